@@ -1,0 +1,75 @@
+"""Forward+backward time of every loss at the authors' size, against two baselines.
+
+Baselines timed in the same run: the bare floor (``q @ P.T`` forward+backward with
+``q: [B, D]`` and ``P: [C, D]`` both requiring grad) and SpeechBrain's AAM-softmax
+(``LogSoftmaxWrapper(AdditiveAngularMargin(0.2, 30))`` over all ``2B`` utterances with
+a cosine classifier of the same size). Prints each loss's median time and ratios.
+
+    python benchmarks/bench_losses.py --threads 2
+"""
+
+import argparse
+import statistics
+import time
+
+import torch
+import torch.nn.functional as F
+from speechbrain.nnet.losses import AdditiveAngularMargin, LogSoftmaxWrapper
+
+from maskproxy_losses import build_loss
+
+
+def median_ms(step, repeats, warmup):
+    for _ in range(warmup):
+        step()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - t0)
+    return 1000 * statistics.median(times)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--speakers", type=int, default=200, help="B, speakers per batch")
+    parser.add_argument("--utts", type=int, default=2, help="utterances per speaker")
+    parser.add_argument("--classes", type=int, default=5994, help="C, training speakers")
+    parser.add_argument("--dim", type=int, default=512, help="D, embedding size")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=30)
+    parser.add_argument("--warmup", type=int, default=5)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    B, C, D, k = args.speakers, args.classes, args.dim, args.utts
+
+    q = torch.randn(B, D, requires_grad=True)
+    P = torch.randn(C, D, requires_grad=True)
+
+    def floor():
+        (q @ P.t()).sum().backward()
+
+    emb = torch.randn(B * k, D, requires_grad=True)
+    labels = torch.randperm(C)[:B].repeat_interleave(k)
+    weight = torch.randn(C, D, requires_grad=True)
+    aam = LogSoftmaxWrapper(AdditiveAngularMargin(margin=0.2, scale=30))
+
+    def aam_step():
+        cos = F.linear(F.normalize(emb), F.normalize(weight))
+        aam(cos.unsqueeze(1), labels.unsqueeze(1)).backward()
+
+    results = {"floor": median_ms(floor, args.repeats, args.warmup)}
+    results["aam_softmax"] = median_ms(aam_step, args.repeats, args.warmup)
+    for name in ("mp", "mp_balance", "mmp", "mmp_balance", "ap"):
+        loss_fn = build_loss(name, C, D)
+        results[name] = median_ms(lambda: loss_fn(emb, labels).backward(), args.repeats, args.warmup)
+
+    print(f"B={B} x {k} utts, C={C}, D={D}, threads={args.threads}, torch {torch.__version__}")
+    print(f"{'':12s} {'ms':>8s} {'x floor':>8s} {'x AAM':>8s}")
+    for name, ms in results.items():
+        print(f"{name:12s} {ms:8.1f} {ms / results['floor']:8.2f} {ms / results['aam_softmax']:8.2f}")
+
+
+if __name__ == "__main__":
+    main()

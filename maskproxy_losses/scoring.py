@@ -1,0 +1,324 @@
+"""Speaker-verification scoring: cosine, the authors' 10-crop protocol, S-norm /
+AS-norm, and EER / minDCF exactly as the authors computed them.
+
+Scores are "higher = more likely the same speaker"; labels are 1 (target) or 0
+(non-target). Trials are given as index arrays into an embedding matrix, so a whole
+trial list scores in one vectorised pass (:func:`index_trials` turns path pairs into
+such arrays).
+
+Example
+-------
+>>> eer, thr = compute_eer([0.9, 0.8, 0.3, 0.1], [1, 1, 0, 0])
+>>> eer
+0.0
+>>> dcf, _ = compute_min_dcf([0.9, 0.2, 0.3, 0.1], [1, 1, 0, 0], p_target=0.05)
+>>> round(dcf, 4)
+0.5
+"""
+
+import numpy as np
+import torch
+from sklearn.metrics import roc_curve
+
+__all__ = [
+    "compute_eer",
+    "compute_min_dcf",
+    "roc",
+    "l2_normalize",
+    "index_trials",
+    "cosine_scores",
+    "crop_samples",
+    "crop_starts",
+    "make_crops",
+    "ten_crop_scores",
+    "speaker_means",
+    "cohort_stats",
+    "apply_score_norm",
+    "score_norm",
+]
+
+SAMPLE_RATE = 16000
+HOP = 160
+WIN_EXTRA = 240  # a crop of F frames is F * 160 + 240 samples
+
+
+# --------------------------------------------------------------------- metrics
+def _as_arrays(scores, labels):
+    scores = np.asarray(scores, dtype=np.float64).reshape(-1)
+    labels = np.asarray(labels).reshape(-1)
+    if scores.shape != labels.shape:
+        raise ValueError(
+            f"scores and labels differ in length: {scores.size} vs {labels.size}"
+        )
+    if scores.size == 0:
+        raise ValueError("no trials to score")
+    if not np.all(np.isfinite(scores)):
+        raise ValueError("scores contain NaN or Inf")
+    bad = ~np.isin(labels, (0, 1))
+    if bad.any():
+        raise ValueError(
+            f"labels must be 0 or 1; found {labels[bad][0]!r} at index {int(np.argmax(bad))}"
+        )
+    labels = labels.astype(np.int64)
+    if labels.min() == labels.max():
+        raise ValueError(
+            "labels hold only one class; EER and minDCF need target (1) and "
+            "non-target (0) trials"
+        )
+    return scores, labels
+
+
+def roc(scores, labels):
+    """Return ``(fpr, fnr, thresholds)`` of the ROC over ``scores`` (sklearn's points).
+
+    A trial is accepted when ``score >= threshold``. sklearn drops collinear
+    intermediate points (``drop_intermediate=True``), as in the authors' code.
+    """
+    scores, labels = _as_arrays(scores, labels)
+    fpr, tpr, thresholds = roc_curve(labels, scores, pos_label=1)
+    return fpr, 1.0 - tpr, thresholds
+
+
+def compute_eer(scores, labels):
+    """Equal error rate as the authors computed it.
+
+    The ROC threshold index minimising ``|fnr - fpr|`` is taken and the EER is
+    ``max(fpr, fnr)`` there. Returns ``(eer, threshold)`` with ``eer`` in [0, 1].
+    """
+    fpr, fnr, thresholds = roc(scores, labels)
+    idx = int(np.nanargmin(np.abs(fnr - fpr)))
+    return float(max(fpr[idx], fnr[idx])), float(thresholds[idx])
+
+
+def compute_min_dcf(scores, labels, p_target=0.01, c_miss=1.0, c_fa=1.0):
+    """Normalised minimum detection cost.
+
+    ``min over thresholds of (c_miss * fnr * p + c_fa * fpr * (1 - p)) /
+    min(c_miss * p, c_fa * (1 - p))``. Returns ``(min_dcf, threshold)``.
+    """
+    if not 0.0 < p_target < 1.0:
+        raise ValueError(f"p_target must be in (0, 1), got {p_target}")
+    fpr, fnr, thresholds = roc(scores, labels)
+    dcf = c_miss * fnr * p_target + c_fa * fpr * (1.0 - p_target)
+    idx = int(np.argmin(dcf))
+    c_def = min(c_miss * p_target, c_fa * (1.0 - p_target))
+    return float(dcf[idx] / c_def), float(thresholds[idx])
+
+
+# ------------------------------------------------------------- cosine scoring
+def l2_normalize(x, axis=-1, eps=1e-12):
+    """Divide ``x`` by its L2 norm along ``axis`` (numpy, float32 or float64 kept).
+
+    >>> l2_normalize(np.array([[3.0, 4.0]])).tolist()
+    [[0.6, 0.8]]
+    """
+    x = np.asarray(x)
+    if not np.issubdtype(x.dtype, np.floating):
+        x = x.astype(np.float64)
+    return x / np.maximum(np.linalg.norm(x, axis=axis, keepdims=True), eps)
+
+
+def index_trials(pairs):
+    """Map ``(enrol_key, test_key)`` pairs to ``(keys, enrol_idx, test_idx)``.
+
+    ``keys`` lists each distinct key once, in order of first appearance; the index
+    arrays point into it (and into an embedding matrix built in that order).
+
+    >>> keys, e, t = index_trials([("a", "b"), ("b", "c"), ("a", "c")])
+    >>> keys, e.tolist(), t.tolist()
+    (['a', 'b', 'c'], [0, 1, 0], [1, 2, 2])
+    """
+    pos = {}
+    flat = np.fromiter(
+        (pos.setdefault(k, len(pos)) for pair in pairs for k in pair), dtype=np.int64
+    )
+    if flat.size % 2:
+        raise ValueError("each trial must be a pair (enrol, test)")
+    return list(pos), flat[0::2].copy(), flat[1::2].copy()
+
+
+def _as_np(emb):
+    if isinstance(emb, torch.Tensor):
+        emb = emb.detach().cpu().numpy()
+    return np.asarray(emb)
+
+
+def cosine_scores(emb, enrol_idx, test_idx):
+    """Cosine similarity of each trial: rows of ``emb`` ([N, D]) picked by the indices.
+
+    Rows are L2-normalised once, then each trial is a row-wise dot product.
+    Returns float64 scores of shape ``[n_trials]``.
+
+    >>> emb = np.array([[1.0, 0.0], [1.0, 1.0], [0.0, 2.0]])
+    >>> np.round(cosine_scores(emb, [0, 0, 1], [1, 2, 2]), 4).tolist()
+    [0.7071, 0.0, 0.7071]
+    """
+    emb = _as_np(emb)
+    if emb.ndim == 3 and emb.shape[1] == 1:  # SpeechBrain's [N, 1, D]
+        emb = emb[:, 0]
+    if emb.ndim != 2:
+        raise ValueError(f"embeddings must be [N, D], got {emb.shape}")
+    emb = l2_normalize(emb.astype(np.float64))
+    e, t = np.asarray(enrol_idx), np.asarray(test_idx)
+    return np.einsum("ij,ij->i", emb[e], emb[t])
+
+
+# ------------------------------------------------------ the authors' 10 crops
+def crop_samples(num_frames):
+    """Samples in a crop of ``num_frames`` frames: ``F * 160 + 240``.
+
+    >>> crop_samples(400)
+    64240
+    """
+    return int(num_frames) * HOP + WIN_EXTRA
+
+
+def crop_starts(num_samples, crop_len, num_crops=10):
+    """Start sample of each crop: ``int(linspace(0, num_samples - crop_len, K))``.
+
+    ``num_samples`` must be at least ``crop_len`` (pad first, see :func:`make_crops`).
+
+    >>> crop_starts(1000, 100, 4).tolist()
+    [0, 300, 600, 900]
+    """
+    if num_samples < crop_len:
+        raise ValueError(f"signal of {num_samples} samples is shorter than a crop ({crop_len})")
+    return np.linspace(0, num_samples - crop_len, num_crops).astype(np.int64)
+
+
+def make_crops(wav, num_frames=400, num_crops=10):
+    """Cut ``num_crops`` crops of ``num_frames`` frames from a 1-D waveform.
+
+    A signal shorter than a crop is first zero-padded symmetrically (the extra
+    sample, if odd, goes to the end). Returns ``[K, crop_len]``, a tensor if
+    ``wav`` is one, else a numpy array.
+
+    >>> make_crops(np.arange(1, 5, dtype=np.float32), num_frames=0, num_crops=2).shape
+    (2, 240)
+    >>> make_crops(np.ones(3), num_frames=0, num_crops=1)[0, 117:122].tolist()
+    [0.0, 1.0, 1.0, 1.0, 0.0]
+    """
+    is_tensor = isinstance(wav, torch.Tensor)
+    x = wav if is_tensor else torch.as_tensor(np.asarray(wav))
+    if x.dim() != 1:
+        raise ValueError(f"expected a 1-D waveform, got shape {tuple(x.shape)}")
+    length = crop_samples(num_frames)
+    if x.shape[0] < length:
+        short = length - x.shape[0]
+        x = torch.nn.functional.pad(x, (short // 2, short - short // 2))
+    starts = torch.as_tensor(crop_starts(x.shape[0], length, num_crops))
+    crops = x[starts[:, None] + torch.arange(length)]
+    return crops if is_tensor else crops.numpy()
+
+
+def ten_crop_scores(crop_emb, enrol_idx, test_idx, chunk=2048):
+    """The authors' multi-crop score of each trial.
+
+    ``crop_emb`` is ``[N, K, D]`` (K crop embeddings per file). The K embeddings
+    are L2-normalised and the score is ``- mean_{i,j} || r_i - c_j + 1e-6 ||_2``
+    over the explicit K x K grid of enrol crops ``r`` and test crops ``c``
+    (direct differences, not the Gram-matrix shortcut). Returns float64 ``[n_trials]``.
+
+    >>> e = np.array([[[1.0, 0.0], [0.0, 1.0]], [[1.0, 0.0], [1.0, 0.0]]])
+    >>> np.round(ten_crop_scores(e, [0], [1]), 4).tolist()  # -(0 + 0 + 2 * sqrt(2)) / 4
+    [-0.7071]
+    """
+    emb = torch.as_tensor(_as_np(crop_emb), dtype=torch.float32)
+    if emb.dim() != 3:
+        raise ValueError(f"crop embeddings must be [N, K, D], got {tuple(emb.shape)}")
+    emb = torch.nn.functional.normalize(emb, dim=-1)
+    e = torch.as_tensor(np.asarray(enrol_idx), dtype=torch.long)
+    t = torch.as_tensor(np.asarray(test_idx), dtype=torch.long)
+    out = []
+    for s in range(0, e.numel(), chunk):
+        r = emb[e[s : s + chunk]] + 1e-6
+        c = emb[t[s : s + chunk]]
+        d = torch.cdist(r, c, compute_mode="donot_use_mm_for_euclid_dist")
+        out.append(-d.mean(dim=(1, 2)))
+    if not out:
+        return np.zeros(0)
+    return torch.cat(out).double().numpy()
+
+
+# ------------------------------------------------------ S-norm and AS-norm
+def speaker_means(emb, spk_ids):
+    """Per-speaker cohort embeddings: mean of L2-normalised embeddings, re-normalised.
+
+    ``emb`` is ``[N, D]`` (or ``[N, K, D]`` crop embeddings, averaged per file
+    first). Returns ``(speakers, [S, D])`` with speakers in order of first appearance.
+
+    >>> spk, m = speaker_means(np.array([[1.0, 0], [0, 1.0], [0, 3.0]]), ["a", "a", "b"])
+    >>> spk, np.round(m, 4).tolist()
+    (['a', 'b'], [[0.7071, 0.7071], [0.0, 1.0]])
+    """
+    emb = l2_normalize(_as_np(emb).astype(np.float64))
+    if emb.ndim == 3:
+        emb = l2_normalize(emb.mean(axis=1))
+    speakers, inverse = [], []
+    pos = {}
+    for s in spk_ids:
+        if s not in pos:
+            pos[s] = len(speakers)
+            speakers.append(s)
+        inverse.append(pos[s])
+    sums = np.zeros((len(speakers), emb.shape[1]))
+    np.add.at(sums, np.asarray(inverse, dtype=np.int64), emb)
+    return speakers, l2_normalize(sums)
+
+
+def cohort_stats(emb, cohort, top_n=None, chunk=512):
+    """Mean and std of each file's scores against the cohort.
+
+    ``emb`` is ``[N, D]`` (cosine scores) or ``[N, K, D]`` (10-crop protocol: the
+    file's crops against each cohort vector, ``- mean_i || r_i - c + 1e-6 ||``);
+    ``cohort`` is ``[C, D]``. With ``top_n`` only the ``top_n`` highest cohort
+    scores of each file count (AS-norm); ``None`` uses the whole cohort (S-norm).
+    Each file is compared with the cohort once, however many trials it is in.
+    Std is the population std (ddof=0). Returns float64 ``(mean [N], std [N])``.
+    """
+    x = torch.as_tensor(_as_np(emb), dtype=torch.float32)
+    x = torch.nn.functional.normalize(x, dim=-1)
+    coh = torch.nn.functional.normalize(torch.as_tensor(_as_np(cohort), dtype=torch.float32), dim=-1)
+    n_coh = coh.shape[0]
+    k = n_coh if top_n is None or top_n <= 0 else min(int(top_n), n_coh)
+    means, stds = [], []
+    for s in range(0, x.shape[0], chunk):
+        xb = x[s : s + chunk]
+        if xb.dim() == 2:
+            sc = xb @ coh.T
+        else:
+            # Gram-matrix distances: a crop is never near-identical to a speaker mean
+            d = torch.cdist(xb + 1e-6, coh.expand(xb.shape[0], -1, -1),
+                            compute_mode="use_mm_for_euclid_dist")
+            sc = -d.mean(dim=1)
+        if k < n_coh:
+            sc = torch.topk(sc, k, dim=1).values
+        sc = sc.double()
+        means.append(sc.mean(dim=1))
+        stds.append(sc.std(dim=1, unbiased=False))
+    return torch.cat(means).numpy(), torch.cat(stds).numpy()
+
+
+def apply_score_norm(scores, enrol_idx, test_idx, mean, std, eps=1e-12):
+    """Symmetric normalisation: ``0.5 * ((s - m_e) / sd_e + (s - m_t) / sd_t)``.
+
+    ``mean`` / ``std`` are per-file cohort statistics (from :func:`cohort_stats`).
+
+    >>> apply_score_norm([1.0], [0], [1], np.array([0.0, 0.5]), np.array([1.0, 0.5])).tolist()
+    [1.0]
+    """
+    s = np.asarray(scores, dtype=np.float64)
+    e, t = np.asarray(enrol_idx), np.asarray(test_idx)
+    mean, std = np.asarray(mean), np.maximum(np.asarray(std), eps)
+    return 0.5 * ((s - mean[e]) / std[e] + (s - mean[t]) / std[t])
+
+
+def score_norm(scores, emb, enrol_idx, test_idx, cohort, top_n=None):
+    """S-norm (``top_n=None``) or AS-norm (top ``top_n`` cohort scores) of trial scores.
+
+    ``emb`` is the embedding matrix the scores came from (``[N, D]`` for cosine,
+    ``[N, K, D]`` for 10-crop); ``cohort`` is ``[C, D]`` (e.g. :func:`speaker_means`
+    of training embeddings).
+    """
+    mean, std = cohort_stats(emb, cohort, top_n=top_n)
+    return apply_score_norm(scores, enrol_idx, test_idx, mean, std)
