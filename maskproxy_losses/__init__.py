@@ -11,6 +11,9 @@ Example
 """
 
 from .angular_proto import AngularPrototypicalLoss
+from .encoder import ResNetSE34L
+from .export import export_model
+from .frontend import build_frontend
 from .grouping import SpeakerGroups, group_by_speaker
 from .mmp import MultinomialMaskedProxyLoss
 from .mp import MaskedProxyLoss
@@ -23,6 +26,9 @@ __all__ = [
     "MultinomialMaskedProxyLoss",
     "AngularPrototypicalLoss",
     "SpeakerBatchSampler",
+    "ResNetSE34L",
+    "build_frontend",
+    "export_model",
     "SpeakerGroups",
     "group_by_speaker",
 ]
