@@ -68,24 +68,36 @@ def _as_arrays(scores, labels):
     return scores, labels
 
 
-def roc(scores, labels):
+def roc(scores, labels, drop_intermediate=True):
     """Return ``(fpr, fnr, thresholds)`` of the ROC over ``scores`` (sklearn's points).
 
-    A trial is accepted when ``score >= threshold``. sklearn drops collinear
-    intermediate points (``drop_intermediate=True``), as in the authors' code.
+    A trial is accepted when ``score >= threshold``; thresholds run from ``inf``
+    (accept none) down to the lowest score (accept all). With ``drop_intermediate``
+    (sklearn's default, as in the authors' code) collinear intermediate points are
+    dropped; ``False`` keeps one point per distinct score.
     """
     scores, labels = _as_arrays(scores, labels)
-    fpr, tpr, thresholds = roc_curve(labels, scores, pos_label=1)
+    fpr, tpr, thresholds = roc_curve(
+        labels, scores, pos_label=1, drop_intermediate=drop_intermediate
+    )
     return fpr, 1.0 - tpr, thresholds
 
 
-def compute_eer(scores, labels):
+def compute_eer(scores, labels, drop_intermediate=True):
     """Equal error rate as the authors computed it.
 
-    The ROC threshold index minimising ``|fnr - fpr|`` is taken and the EER is
-    ``max(fpr, fnr)`` there. Returns ``(eer, threshold)`` with ``eer`` in [0, 1].
+    The ROC threshold index minimising ``|fnr - fpr|`` is taken (the first, i.e. the
+    highest threshold, on ties) and the EER is ``max(fpr, fnr)`` there. Returns
+    ``(eer, threshold)`` with ``eer`` in [0, 1]. The authors' ROC drops collinear
+    points, so on small lists the crossing point itself may be missing and the EER
+    is that of a neighbouring corner; ``drop_intermediate=False`` searches every
+    distinct-score threshold instead.
+
+    >>> s, y = [0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3, 0.2], [0, 1, 0, 1, 1, 0, 0, 0]
+    >>> round(compute_eer(s, y)[0], 4), round(compute_eer(s, y, drop_intermediate=False)[0], 4)
+    (0.6667, 0.4)
     """
-    fpr, fnr, thresholds = roc(scores, labels)
+    fpr, fnr, thresholds = roc(scores, labels, drop_intermediate)
     idx = int(np.nanargmin(np.abs(fnr - fpr)))
     return float(max(fpr[idx], fnr[idx])), float(thresholds[idx])
 
@@ -94,7 +106,9 @@ def compute_min_dcf(scores, labels, p_target=0.01, c_miss=1.0, c_fa=1.0):
     """Normalised minimum detection cost.
 
     ``min over thresholds of (c_miss * fnr * p + c_fa * fpr * (1 - p)) /
-    min(c_miss * p, c_fa * (1 - p))``. Returns ``(min_dcf, threshold)``.
+    min(c_miss * p, c_fa * (1 - p))``. Returns ``(min_dcf, threshold)``; a trial
+    is accepted when ``score >= threshold``. (Dropping collinear ROC points cannot
+    change the minimum of this linear cost.)
     """
     if not 0.0 < p_target < 1.0:
         raise ValueError(f"p_target must be in (0, 1), got {p_target}")
@@ -278,7 +292,8 @@ def cohort_stats(emb, cohort, top_n=None, chunk=512):
     """
     x = torch.as_tensor(_as_np(emb), dtype=torch.float32)
     x = torch.nn.functional.normalize(x, dim=-1)
-    coh = torch.nn.functional.normalize(torch.as_tensor(_as_np(cohort), dtype=torch.float32), dim=-1)
+    coh = torch.as_tensor(_as_np(cohort), dtype=torch.float32)
+    coh = torch.nn.functional.normalize(coh, dim=-1)
     n_coh = coh.shape[0]
     k = n_coh if top_n is None or top_n <= 0 else min(int(top_n), n_coh)
     means, stds = [], []

@@ -1,0 +1,196 @@
+"""The verification recipe end to end on a tiny generated corpus with a random model."""
+
+import importlib.util
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from data_prep.demo_corpus import generate_corpus
+from maskproxy_losses.encoder import ResNetSE34L
+from maskproxy_losses.export import export_model
+from maskproxy_losses.scoring import compute_eer, compute_min_dcf
+
+ROOT = Path(__file__).resolve().parents[1]
+RECIPE = ROOT / "recipes" / "VoxCeleb" / "MaskProxy"
+SCRIPT = RECIPE / "speaker_verification_cosine.py"
+HPARAMS = RECIPE / "hparams" / "verification.yaml"
+
+_spec = importlib.util.spec_from_file_location("speaker_verification_cosine", SCRIPT)
+sv = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(sv)
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    base = tmp_path_factory.mktemp("verification")
+    torch.manual_seed(0)
+    model = ResNetSE34L(channels=(8, 8, 16, 32), blocks=(1, 1, 1, 1), emb_dim=32).eval()
+    model_dir = export_model(base / "model", model, frontend="fbank")
+    corpus = base / "corpus"
+    generate_corpus(str(corpus), train_speakers=3, test_speakers=4, utterances=3,
+                    min_duration=1.0, max_duration=2.0, num_workers=1, n_trials=40)
+    return {"base": base, "model": model_dir, "corpus": corpus, "cache": base / "cache"}
+
+
+def _argv(setup, out, *extra):
+    return [str(HPARAMS), "--pretrained_path", str(setup["model"]),
+            "--data_folder", str(setup["corpus"]), "--output_folder", str(setup["base"] / out),
+            "--cache_dir", str(setup["cache"]), "--device", "cpu", *extra]
+
+
+def _read_scores(path):
+    rows = [line.split() for line in Path(path).read_text().splitlines()]
+    return np.array([int(r[0]) for r in rows]), np.array([float(r[1]) for r in rows]), rows
+
+
+def _shards(cache):
+    return {p: p.stat().st_mtime_ns for p in Path(cache).rglob("shard-*.npz")}
+
+
+def test_end_to_end_and_cache(setup):
+    # 1. default: prepares the manifests of the corpus, cosine scoring
+    metrics = sv.main(_argv(setup, "out_cos"))
+    out = setup["base"] / "out_cos"
+    for name in ("scores.txt", "metrics.json", "det_and_scores.png"):
+        assert (out / name).is_file()
+    assert (setup["corpus"] / "manifests" / "trials.txt").is_file()
+    labels, scores, rows = _read_scores(out / "scores.txt")
+    n_lines = len((setup["corpus"] / "manifests" / "trials.txt").read_text().split("\n")) - 1
+    saved = json.loads((out / "metrics.json").read_text())
+    assert saved["n_trials"] == len(rows) == n_lines == metrics["n_trials"]
+    assert saved["n_target"] == labels.sum()
+    assert (saved["EER"], saved["EER_threshold"]) == compute_eer(scores, labels)
+    for p in (0.01, 0.05):
+        assert (saved[f"minDCF_p{p}"], saved[f"minDCF_p{p}_threshold"]) == compute_min_dcf(
+            scores, labels, p)
+    assert np.all(np.abs(scores) <= 1 + 1e-9)
+    assert saved["embedding_cache"]["computed"] == 12 and saved["embedding_cache"]["hits"] == 0
+    first = _shards(setup["cache"])
+
+    # 2. another scoring option, same embeddings: the test files come from the cache
+    metrics = sv.main(_argv(setup, "out_snorm", "--norm", "snorm"))
+    assert metrics["embedding_cache"]["hits"] == 12
+    assert metrics["embedding_cache"]["computed"] == metrics["options"]["cohort"]["utterances"]
+    after = _shards(setup["cache"])
+    assert all(after[p] == t for p, t in first.items())  # old shards untouched
+    labels2, scores2, _ = _read_scores(setup["base"] / "out_snorm" / "scores.txt")
+    assert (labels2 == labels).all() and not np.allclose(scores2, scores)
+
+    # 3. the 10-crop protocol embeds crops (a separate cache), with AS-norm ...
+    crop = ["--score_mode", "ten_crop", "--num_crops", "3", "--crop_frames", "50"]
+    metrics = sv.main(_argv(setup, "out_crop", *crop, "--norm", "asnorm", "--cohort_top_n", "2"))
+    assert metrics["embedding_cache"]["hits"] == 0 and metrics["options"]["num_crops"] == 3
+    assert metrics["options"]["cohort"]["top_n"] == 2
+    # 4. ... and rescoring it without normalisation computes nothing
+    before = _shards(setup["cache"])
+    metrics = sv.main(_argv(setup, "out_crop2", *crop))
+    assert metrics["embedding_cache"]["computed"] == 0
+    assert _shards(setup["cache"]) == before
+    _, s_crop, _ = _read_scores(setup["base"] / "out_crop2" / "scores.txt")
+    assert np.all(s_crop <= 0)  # minus a mean distance
+
+
+def _write_trials(setup, name, lines):
+    path = setup["base"] / name
+    path.write_text("".join(line + "\n" for line in lines))
+    return path
+
+
+def _wavs(setup):
+    return sorted(str(p) for p in (setup["corpus"] / "wav").rglob("id1*/**/*.wav"))
+
+
+def _expect_exit2(setup, capsys, trials, *extra):
+    with pytest.raises(SystemExit) as err:
+        sv.main(_argv(setup, "out_bad", "--trials_file", str(trials), *extra))
+    assert err.value.code == 2
+    return capsys.readouterr().err
+
+
+def test_bad_input(setup, capsys):
+    w = _wavs(setup)
+    bad_wav = setup["base"] / "garbage.wav"
+    bad_wav.write_bytes(b"not audio at all" * 10)
+    trials = _write_trials(setup, "bad.txt", [
+        f"1 {w[0]} {w[1]}",
+        f"0 {w[0]} {setup['base']}/missing.wav",
+        f"2 {w[0]} {w[3]}",
+        f"1 {w[0]}",
+        f"0 {w[0]} {bad_wav}",
+        f"0 {w[0]} {w[5]}",
+    ])
+    err = _expect_exit2(setup, capsys, trials)
+    assert f"{trials}:2: missing file" in err
+    assert f"{trials}:3: label must be 0 or 1, got '2'" in err
+    assert f"{trials}:4: expected 3 fields" in err
+    assert f"{trials}:5: unreadable audio" in err
+    assert "Traceback" not in err
+
+    # --skip_bad: lines 1 and 6 are scored, the 4 others reported
+    metrics = sv.main(_argv(setup, "out_skip", "--trials_file", str(trials), "--skip_bad", "True"))
+    assert metrics["n_trials"] == 2 and metrics["skipped"]["count"] == 4
+    assert len((setup["base"] / "out_skip" / "scores.txt").read_text().splitlines()) == 2
+    assert "skipped 4 bad entries" in capsys.readouterr().out
+
+    one_class = _write_trials(setup, "one.txt", [f"1 {w[0]} {w[1]}", f"1 {w[2]} {w[3]}"])
+    assert "all 2 trials have label 1" in _expect_exit2(setup, capsys, one_class)
+    empty = _write_trials(setup, "empty.txt", [])
+    assert "no trials to score" in _expect_exit2(setup, capsys, empty)
+    # skipping bad lines can leave one class only
+    assert "all 1 trials" in _expect_exit2(
+        setup, capsys, _write_trials(setup, "b2.txt", [f"1 {w[0]} {w[1]}", f"0 {w[0]} /nope.wav"]),
+        "--skip_bad", "True")
+
+
+def test_relative_paths_and_test_csv(setup):
+    w = _wavs(setup)
+    root = setup["corpus"] / "wav"
+    rel = [str(Path(p).relative_to(root)) for p in w]
+    trials = _write_trials(setup, "rel.txt", [f"1 {rel[0]} {rel[1]}", f"0 {rel[0]} {rel[4]}"])
+    m = sv.main(_argv(setup, "out_rel", "--trials_file", str(trials), "--test_root", str(root)))
+    assert m["n_trials"] == 2 and m["embedding_cache"]["computed"] == 0  # cached already
+    ids = [r.replace("/", "--")[:-4] for r in rel]
+    trials = _write_trials(setup, "ids.txt", [f"1 {ids[0]} {ids[1]}", f"0 {ids[0]} {ids[4]}"])
+    test_csv = setup["corpus"] / "manifests" / "test.csv"
+    m2 = sv.main(_argv(setup, "out_ids", "--trials_file", str(trials), "--test_csv", str(test_csv)))
+    assert m2["EER"] == m["EER"]
+    assert _read_scores(setup["base"] / "out_ids" / "scores.txt")[1].tolist() == \
+        _read_scores(setup["base"] / "out_rel" / "scores.txt")[1].tolist()
+
+
+def test_subprocess_exit_code(setup, tmp_path):
+    w = _wavs(setup)
+    trials = _write_trials(setup, "sub.txt", [f"1 {w[0]} {w[1]}", f"x {w[0]} {w[2]}"])
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPT), *_argv(setup, "out_sub", "--trials_file", str(trials))],
+        capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert proc.returncode == 2
+    assert f"{trials}:2: label must be 0 or 1" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_embedder_batching_and_chunking(setup):
+    encoder = sv.load_encoder(setup["model"], "cpu")
+    w = _wavs(setup)[:4]
+    lengths = {p: sv.read_wav(p).shape[0] for p in w}
+
+    def run(batch_seconds, max_seconds, folder):
+        cache = sv.EmbeddingCache(setup["base"] / folder)
+        return sv.Embedder(encoder, cache, None, batch_seconds, max_seconds)(w, lengths)[0]
+
+    one_by_one = run(0.001, 300, "c1")  # a batch per file
+    batched = run(100, 300, "c2")
+    cos = (one_by_one * batched).sum(1) / np.linalg.norm(one_by_one, axis=1) / np.linalg.norm(
+        batched, axis=1)
+    assert cos.min() > 0.99  # padding only touches the feature front end's edge frames
+    # files longer than max_seconds: the mean of the chunk embeddings
+    chunked = run(100, 0.5, "c3")
+    wav = sv.read_wav(w[0])
+    parts = torch.tensor_split(wav, int(np.ceil(wav.shape[0] / 8000)))
+    want = np.mean([encoder.encode_batch(p[None]).reshape(-1).detach().numpy() for p in parts], 0)
+    np.testing.assert_allclose(chunked[0], want, rtol=1e-3, atol=1e-3)
