@@ -10,6 +10,7 @@ Example
 ['b', 'proxies', 'w']
 """
 
+from .aam import AAMSoftmaxLoss
 from .angular_proto import AngularPrototypicalLoss
 from .encoder import ResNetSE34L
 from .export import export_model
@@ -25,6 +26,7 @@ __all__ = [
     "MaskedProxyLoss",
     "MultinomialMaskedProxyLoss",
     "AngularPrototypicalLoss",
+    "AAMSoftmaxLoss",
     "SpeakerBatchSampler",
     "ResNetSE34L",
     "build_frontend",
@@ -41,17 +43,17 @@ LOSSES = {
     "mmp": MultinomialMaskedProxyLoss,
     "mmp_balance": MultinomialMaskedProxyLoss,
     "ap": AngularPrototypicalLoss,
+    "aam": AAMSoftmaxLoss,
 }
 
-# Utterances per speaker in a batch for each trainfunc (the authors' setting).
-UTTS_PER_SPEAKER = {"mp": (2, 3), "mmp": (2, 3), "mp_balance": 2, "mmp_balance": 2, "ap": 2}
 
 
 def build_loss(name, n_classes=None, emb_dim=None, **overrides):
-    """Build a loss by trainfunc name: ``mp``, ``mmp``, ``mp_balance``, ``mmp_balance``, ``ap``.
+    """Build a loss by name: ``mp``, ``mmp``, ``mp_balance``, ``mmp_balance``, ``ap``, ``aam``.
 
-    ``n_classes`` and ``emb_dim`` size the proxies (unused by ``ap``); ``overrides``
-    go to the constructor (``init_w``, ``init_b``, ``reg_weight``).
+    ``n_classes`` and ``emb_dim`` size the proxies or the classifier (unused by
+    ``ap``); ``overrides`` go to the constructor (``init_w``, ``init_b``,
+    ``reg_weight``; ``margin``, ``scale`` for ``aam``).
     """
     if name not in LOSSES:
         raise ValueError(f"unknown loss {name!r}; choose one of {sorted(LOSSES)}")

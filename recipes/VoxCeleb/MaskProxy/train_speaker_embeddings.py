@@ -1,0 +1,272 @@
+#!/usr/bin/env python3
+"""Train a speaker-embedding model with a Masked Proxy loss (or a baseline).
+
+Run from the repository root (the default data and results paths are relative):
+
+    python recipes/VoxCeleb/MaskProxy/train_speaker_embeddings.py \
+        recipes/VoxCeleb/MaskProxy/hparams/mp_balance.yaml [--overrides]
+
+With no override the built-in corpus is generated (if absent) under
+``data/demo_corpus``, prepared, and used for a run of a few minutes on CPU. For
+VoxCeleb, point the data overrides at your lists (see the recipe README):
+
+    python recipes/VoxCeleb/MaskProxy/train_speaker_embeddings.py \
+        recipes/VoxCeleb/MaskProxy/hparams/mp_balance.yaml --builtin_corpus False \
+        --train_root /data/vox2/dev/wav --train_list /data/vox2/train_list.txt \
+        --test_root /data/vox1/wav --trials_list /data/vox1/veri_test.txt \
+        --manifest_folder results/manifests_vox
+
+Each epoch: training on speaker-grouped batches, then the EER on the held-out dev
+trials (the checkpoint with the best dev EER is kept and drives ReduceLROnPlateau).
+At the end the best model is exported to ``<output_folder>/model`` in the
+EncoderClassifier format and the test EER / minDCF are printed.
+"""
+
+import dataclasses
+import logging
+import math
+import os
+import sys
+
+import speechbrain as sb
+import torch
+import yaml
+from hyperpyyaml import load_hyperpyyaml
+from speechbrain.dataio.dataio import read_audio
+from speechbrain.utils.distributed import if_main_process, run_on_main
+
+from data_prep.demo_corpus import generate_corpus
+from data_prep.voxceleb import prepare_voxceleb
+from maskproxy_losses import SpeakerBatchSampler, export_model
+from maskproxy_losses.scoring import compute_eer, compute_min_dcf, cosine_scores, index_trials
+
+logger = logging.getLogger(__name__)
+
+
+class SpeakerBrain(sb.Brain):
+    """Encoder + loss; dev / test stages collect embeddings and score trials."""
+
+    def compute_forward(self, batch, stage):
+        batch = batch.to(self.device)
+        wavs, lens = batch.sig
+        feats = self.modules.compute_features(wavs)
+        feats = self.modules.mean_var_norm(feats, lens)
+        return self.modules.embedding_model(feats, lens)
+
+    def compute_objectives(self, embeddings, batch, stage):
+        if stage != sb.Stage.TRAIN:  # verification stages: keep embeddings, no loss
+            self.embeddings.update(zip(batch.wav, embeddings.squeeze(1).float().cpu()))
+            return torch.zeros((), device=self.device)
+        labels, _ = batch.spk_id_encoded
+        loss = self.modules.loss_fn(embeddings, labels)
+        if not torch.isfinite(loss):
+            raise FloatingPointError(
+                f"the loss became {loss.item()} at epoch {self.hparams.epoch_counter.current}, "
+                f"step {self.step}; lower the learning rate or check the data"
+            )
+        self.acc_sum = self.acc_sum + _unwrap(self.modules.loss_fn).last_accuracy
+        return loss
+
+    def on_stage_start(self, stage, epoch=None):
+        self.embeddings, self.acc_sum = {}, 0.0
+
+    def on_stage_end(self, stage, stage_loss, epoch=None):
+        if stage == sb.Stage.TRAIN:
+            loss_fn = _unwrap(self.modules.loss_fn)
+            self.train_stats = {
+                "loss": stage_loss,
+                "acc": float(self.acc_sum) / max(self.step, 1),
+                "w": loss_fn.w.item() if hasattr(loss_fn, "w") else float("nan"),
+            }
+            return
+        trials = self.hparams.dev_trials if stage == sb.Stage.VALID else self.hparams.test_trials
+        stats = score_trials(self.embeddings, trials)
+        if stage == sb.Stage.VALID:
+            old_lr, new_lr = self.hparams.lr_scheduler([self.optimizer], epoch, stats["EER"])
+            sb.nnet.schedulers.update_learning_rate(self.optimizer, new_lr)
+            self.hparams.train_logger.log_stats(
+                stats_meta={"epoch": epoch, "lr": old_lr},
+                train_stats=self.train_stats,
+                valid_stats=stats,
+            )
+            self.checkpointer.save_and_keep_only(meta={"EER": stats["EER"]}, min_keys=["EER"])
+        else:
+            self.test_stats = stats
+            self.hparams.train_logger.log_stats(
+                {"Epoch loaded": self.hparams.epoch_counter.current}, test_stats=stats
+            )
+
+    def _train_loader_specifics(self, dataset, loader_kwargs):
+        # SpeakerBatchSampler splits its batches across DDP ranks itself; SpeechBrain's
+        # generic DistributedSamplerWrapper would pad and reshuffle them.
+        sampler = loader_kwargs.get("batch_sampler")
+        if isinstance(sampler, SpeakerBatchSampler):
+            self.train_sampler = sampler
+            return loader_kwargs
+        return super()._train_loader_specifics(dataset, loader_kwargs)
+
+
+def _unwrap(module):
+    return getattr(module, "module", module)
+
+
+def read_trials(path):
+    """``label path1 path2`` lines (written by data_prep) -> (labels, pairs)."""
+    labels, pairs = [], []
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            if line.strip():
+                label, a, b = line.split()
+                labels.append(int(label))
+                pairs.append((a, b))
+    return labels, pairs
+
+
+def score_trials(embeddings, trials_path):
+    """Cosine-score a trial list against ``{wav path: embedding}``: EER and minDCF in %."""
+    labels, pairs = read_trials(trials_path)
+    keys, enrol, test = index_trials(pairs)
+    emb = torch.stack([embeddings[k] for k in keys])
+    scores = cosine_scores(emb, enrol, test)
+    eer, threshold = compute_eer(scores, labels)
+    return {
+        "EER": round(100 * eer, 3),
+        "minDCF_0.01": round(compute_min_dcf(scores, labels, 0.01)[0], 4),
+        "minDCF_0.05": round(compute_min_dcf(scores, labels, 0.05)[0], 4),
+        "threshold": round(threshold, 4),
+    }
+
+
+def prepare_data(hparams):
+    """Generate the built-in corpus when asked, then write the manifests."""
+    if hparams["builtin_corpus"]:
+        generate_corpus(hparams["data_folder"], seed=hparams["corpus_seed"])
+    return prepare_voxceleb(
+        hparams["manifest_folder"],
+        train_root=hparams["train_root"],
+        test_root=hparams["test_root"],
+        train_list=hparams["train_list"],
+        trials=hparams["trials_list"],
+        dev_share=hparams["dev_share"],
+        n_dev_trials=hparams["n_dev_trials"],
+        seed=hparams["prep_seed"],
+        skip_bad=hparams["skip_bad"],
+    )
+
+
+def dataio_prep(hparams, manifests):
+    """Datasets (random crops for training, full files for dev / test) and the sampler."""
+    crop = hparams["crop_frames"] * 160 + 240  # samples of a crop of F frames (authors)
+
+    @sb.utils.data_pipeline.takes("wav", "duration")
+    @sb.utils.data_pipeline.provides("sig")
+    def random_crop(wav, duration):
+        n = int(round(float(duration) * hparams["sample_rate"]))
+        if n > crop:
+            start = int(torch.randint(0, n - crop + 1, ()).item())
+            return read_audio({"file": wav, "start": start, "stop": start + crop})
+        sig = read_audio(wav)
+        return sig.repeat(math.ceil(crop / max(len(sig), 1)))[:crop]  # short: wrap around
+
+    @sb.utils.data_pipeline.takes("wav")
+    @sb.utils.data_pipeline.provides("sig")
+    def full_file(wav):
+        return read_audio(wav)
+
+    label_encoder = sb.dataio.encoder.CategoricalEncoder()
+    train = sb.dataio.dataset.DynamicItemDataset.from_csv(manifests["train_csv"])
+    train.add_dynamic_item(random_crop)
+    label_encoder.load_or_create(
+        os.path.join(hparams["save_folder"], "label_encoder.txt"), from_didatasets=[train], output_key="spk_id"
+    )
+    train.add_dynamic_item(label_encoder.encode_label_torch, takes="spk_id", provides="spk_id_encoded")
+    train.set_output_keys(["id", "sig", "spk_id_encoded"])
+
+    def verification_set(csv):
+        data = sb.dataio.dataset.DynamicItemDataset.from_csv(csv).filtered_sorted(sort_key="duration")
+        data.add_dynamic_item(full_file)
+        data.set_output_keys(["id", "sig", "wav"])
+        return data
+
+    speakers = [train.data[i]["spk_id"] for i in train.data_ids]
+    sampler = SpeakerBatchSampler(
+        speakers,
+        speakers_per_batch=hparams["speakers_per_batch"],
+        utts_per_speaker=hparams["utts_per_speaker"],
+        max_per_speaker=hparams["max_per_speaker"],
+        seed=hparams["seed"],
+    )
+    dev, test = verification_set(manifests["dev_csv"]), verification_set(manifests["test_csv"])
+    return train, dev, test, sampler, len(label_encoder)
+
+
+def apply_builtin_scale(hparams, overrides):
+    """The built-in corpus is far smaller than VoxCeleb2: use its own batch and epochs
+    (values given on the command line win)."""
+    if not hparams["builtin_corpus"]:
+        return
+    given = yaml.safe_load(overrides) or {} if overrides else {}
+    for key in ("speakers_per_batch", "number_of_epochs"):
+        value = hparams["builtin"][key]
+        if key not in given and hparams[key] != value:
+            logger.info("built-in corpus: %s = %s (VoxCeleb setting: %s)", key, value, hparams[key])
+            hparams[key] = value
+    hparams["epoch_counter"].limit = hparams["number_of_epochs"]
+
+
+def main(argv):
+    hparams_file, run_opts, overrides = sb.parse_arguments(argv)
+    with open(hparams_file, encoding="utf-8") as fin:
+        hparams = load_hyperpyyaml(fin, overrides)
+    if run_opts.distributed_backend == "nccl" and not torch.cuda.is_available():
+        run_opts = dataclasses.replace(run_opts, distributed_backend="gloo")  # DDP on CPU
+    sb.utils.distributed.ddp_init_group(run_opts)
+    sb.create_experiment_directory(
+        experiment_directory=hparams["output_folder"], hyperparams_to_save=hparams_file, overrides=overrides
+    )
+    apply_builtin_scale(hparams, overrides)
+
+    run_on_main(prepare_data, kwargs={"hparams": hparams})
+    manifests = prepare_data(hparams)  # on every rank: returns the paths (outputs reused)
+    hparams["dev_trials"], hparams["test_trials"] = manifests["dev_trials"], manifests["trials"]
+    train, dev, test, sampler, n_speakers = dataio_prep(hparams, manifests)
+
+    hparams["modules"]["loss_fn"] = hparams["loss_fn"](n_classes=n_speakers)
+    hparams["checkpointer"].add_recoverable("loss_fn", hparams["modules"]["loss_fn"])
+    brain = SpeakerBrain(
+        modules=hparams["modules"],
+        opt_class=hparams["opt_class"],
+        hparams=hparams,
+        run_opts=run_opts,
+        checkpointer=hparams["checkpointer"],
+    )
+    logger.info(
+        "%s: %d training speakers, %d utterances, %d batches/epoch (per process) of %d speakers x %s utterances, "
+        "%d-frame crops; encoder %.2f M parameters",
+        hparams["loss_name"], n_speakers, len(train), len(sampler), hparams["speakers_per_batch"],
+        hparams["utts_per_speaker"], hparams["crop_frames"],
+        sum(p.numel() for p in hparams["embedding_model"].parameters()) / 1e6,
+    )
+    brain.fit(
+        brain.hparams.epoch_counter,
+        train_set=train,
+        valid_set=dev,
+        train_loader_kwargs={"batch_sampler": sampler, "num_workers": hparams["num_workers"]},
+        valid_loader_kwargs=hparams["verification_loader"],
+    )
+    brain.evaluate(test, min_key="EER", test_loader_kwargs=hparams["verification_loader"])
+    if if_main_process():
+        out = export_model(
+            hparams["export_folder"], hparams["embedding_model"], frontend="fbank",
+            n_mels=hparams["n_mels"], overwrite=True,
+        )
+        stats = brain.test_stats
+        print(
+            f"[{hparams['loss_name']}] test EER {stats['EER']:.2f} %  minDCF(0.01) {stats['minDCF_0.01']:.4f}  "
+            f"minDCF(0.05) {stats['minDCF_0.05']:.4f}  (best dev-EER checkpoint, exported to {out})"
+        )
+    return brain
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,141 @@
+"""End-to-end runs of the training recipe on a tiny generated corpus."""
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from data_prep.demo_corpus import generate_corpus
+
+ROOT = Path(__file__).resolve().parents[1]
+RECIPE = ROOT / "recipes" / "VoxCeleb" / "MaskProxy"
+sys.path.insert(0, str(RECIPE))
+import train_speaker_embeddings as recipe  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    root = tmp_path_factory.mktemp("corpus")
+    generate_corpus(root, train_speakers=6, test_speakers=3, utterances=6, seed=3,
+                    min_duration=1.0, max_duration=1.6, n_trials=30)
+    return root
+
+
+def _args(corpus, out, name="mp_balance", extra=()):
+    return [
+        str(RECIPE / "hparams" / f"{name}.yaml"),
+        "--builtin_corpus", "False",
+        "--data_folder", str(corpus),
+        "--manifest_folder", str(corpus / "manifests"),
+        "--output_folder", str(out),
+        "--speakers_per_batch", "3",
+        "--crop_frames", "60",
+        "--number_of_epochs", "1",
+        "--num_workers", "0",
+        "--dev_share", "2",
+        "--emb_dim", "64",
+        *extra,
+    ]
+
+
+def _final_line(text):
+    m = re.search(r"test EER ([\d.]+) %  minDCF\(0.01\) ([\d.]+)", text)
+    assert m, text[-2000:]
+    return float(m.group(1)), float(m.group(2))
+
+
+@pytest.mark.parametrize("name", ["mp", "mmp", "mp_balance", "mmp_balance", "ap", "aam"])
+def test_tiny_run_per_loss(corpus, tmp_path, name, capsys):
+    brain = recipe.main(_args(corpus, tmp_path / name, name))
+    eer, dcf = _final_line(capsys.readouterr().out)
+    assert 0 <= eer <= 100 and 0 <= dcf <= 1.0 + 1e-9
+    log = (tmp_path / name / "train_log.txt").read_text()
+    assert log.startswith("epoch: 1, lr: 2.00e-01 - train loss:") and "valid EER" in log
+    loss_fn = brain.modules.loss_fn
+    if name in ("mp", "mmp", "mp_balance", "mmp_balance"):
+        assert loss_fn.proxies.shape == (6, 64)  # one proxy per training speaker
+    # The stage's accuracy comes from the loss and is a real fraction.
+    assert 0.0 <= brain.train_stats["acc"] <= 1.0
+
+
+def test_export_matches_trained_model(corpus, tmp_path, capsys):
+    from speechbrain.dataio.dataio import read_audio
+    from speechbrain.inference.speaker import EncoderClassifier
+
+    brain = recipe.main(_args(corpus, tmp_path / "run"))
+    test_eer, _ = _final_line(capsys.readouterr().out)
+    model = EncoderClassifier.from_hparams(source=str(tmp_path / "run" / "model"),
+                                           savedir=str(tmp_path / "loaded"))
+    wav = sorted((corpus / "wav").rglob("*.wav"))[0]
+    sig = read_audio(str(wav)).unsqueeze(0)
+    brain.modules.eval()
+    with torch.no_grad():
+        feats = brain.modules.mean_var_norm(brain.modules.compute_features(sig), torch.ones(1))
+        want = brain.modules.embedding_model(feats, torch.ones(1))
+    got = model.encode_batch(sig)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+    # The exported model reproduces the printed test EER through the scoring path.
+    embeddings = {}
+    for line in (corpus / "manifests" / "test.csv").read_text().splitlines()[1:]:
+        path = line.split(",")[2]
+        embeddings[path] = model.encode_batch(read_audio(path).unsqueeze(0)).squeeze()
+    stats = recipe.score_trials(embeddings, corpus / "manifests" / "trials.txt")
+    assert stats["EER"] == pytest.approx(test_eer, abs=0.01)
+
+
+def _run(args, **kw):
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    return subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, **kw)
+
+
+@pytest.mark.slow
+def test_resume_after_kill_mid_epoch(corpus, tmp_path):
+    out = tmp_path / "run"
+    cmd = [sys.executable, str(RECIPE / "train_speaker_embeddings.py"),
+           *_args(corpus, out, extra=["--number_of_epochs", "2", "--ckpt_interval_steps", "1"])]
+    proc = _run(cmd)
+    save = out / "save"
+    deadline = time.time() + 300
+    # Kill -9 as soon as an intra-epoch checkpoint of epoch 1 exists.
+    while time.time() < deadline and proc.poll() is None:
+        if save.is_dir() and any(p.name.startswith("CKPT") for p in save.iterdir()):
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run ended before it could be killed"
+    time.sleep(0.5)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (out / "model").exists()
+    before = {p.name for p in save.iterdir() if p.name.startswith("CKPT")}
+    assert before
+    resumed = _run(cmd)
+    text, _ = resumed.communicate(timeout=600)
+    assert resumed.returncode == 0, text[-3000:]
+    assert "Loading a checkpoint from" in text
+    log = (out / "train_log.txt").read_text().splitlines()
+    assert [l.split(",")[0] for l in log if l.startswith("epoch")] == ["epoch: 1", "epoch: 2"]
+    assert (out / "model" / "embedding_model.ckpt").is_file()
+    _final_line(text)
+
+
+@pytest.mark.slow
+def test_ddp_two_processes_on_cpu(corpus, tmp_path):
+    torchrun = Path(sys.executable).with_name("torchrun")
+    out = tmp_path / "ddp"
+    cmd = [str(torchrun), "--nproc_per_node=2", "--master_port", "29517",
+           str(RECIPE / "train_speaker_embeddings.py"), *_args(corpus, out, name="mp")]
+    proc = _run(cmd)
+    text, _ = proc.communicate(timeout=600)
+    assert proc.returncode == 0, text[-3000:]
+    # Each of the 2 processes gets half of the epoch's batches.
+    counts = [int(n) for n in re.findall(r"(\d+) batches/epoch \(per process\)", text)]
+    assert counts and all(c == counts[0] for c in counts)
+    assert (out / "model" / "embedding_model.ckpt").is_file()
+    _final_line(text)
