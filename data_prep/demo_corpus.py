@@ -46,9 +46,9 @@ from scipy import fft as sp_fft
 from scipy import signal
 from tqdm import tqdm
 
-from data_prep.voxceleb import atomic_write_text, make_trials
+from data_prep.voxceleb import atomic_write_text, make_trials, prepare_voxceleb
 
-__all__ = ["generate_corpus", "baseline_scores", "synth_utterance", "main"]
+__all__ = ["generate_corpus", "prepare_builtin", "baseline_scores", "synth_utterance", "main"]
 
 SR = 16000
 MARKER = "corpus.json"
@@ -382,6 +382,28 @@ def generate_corpus(output_dir, train_speakers=60, test_speakers=20, utterances=
 
 
 # ----------------------------------------------------------------------------- baseline
+
+
+# Dev utterances held out per training speaker of the built-in corpus (3 x 60 speakers
+# give 360 dev trials for the per-epoch validation EER).
+BUILTIN_DEV_PER_SPEAKER = 3
+
+
+def prepare_builtin(data_folder, manifest_folder=None, corpus_seed=0, prep_seed=1986):
+    """The built-in corpus and its manifests, as every recipe uses them.
+
+    Generates the default corpus in ``data_folder`` unless a complete corpus is
+    already there (whatever its size), then runs ``prepare_voxceleb`` on its lists
+    (outputs reused when up to date). Returns ``prepare_voxceleb``'s paths.
+    """
+    root = os.path.join(data_folder, "wav")
+    lists = {"train_list": os.path.join(data_folder, "train_list.txt"),
+             "trials": os.path.join(data_folder, "veri_list.txt")}
+    if _read_json(os.path.join(data_folder, MARKER)) is None:
+        generate_corpus(data_folder, seed=corpus_seed)
+    return prepare_voxceleb(manifest_folder or os.path.join(data_folder, "manifests"),
+                            train_root=root, dev_share=BUILTIN_DEV_PER_SPEAKER, seed=prep_seed,
+                            **lists)
 
 
 def _read_trial_list(trials, root):

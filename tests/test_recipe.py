@@ -56,7 +56,8 @@ def test_tiny_run_per_loss(corpus, tmp_path, name, capsys):
     eer, dcf = _final_line(capsys.readouterr().out)
     assert 0 <= eer <= 100 and 0 <= dcf <= 1.0 + 1e-9
     log = (tmp_path / name / "train_log.txt").read_text()
-    assert log.startswith("epoch: 1, lr: 2.00e-01 - train loss:") and "valid EER" in log
+    assert log.startswith("epoch: 1, lr: 2.00e-01, epoch_s: ") and "valid EER" in log
+    assert re.search(r"train loss: [\d.]+, train acc: [\d.e+-]+, train w: [\d.a-z]+, train utt_per_s: [\d.e+]+", log)
     loss_fn = brain.modules.loss_fn
     if name in ("mp", "mmp", "mp_balance", "mmp_balance"):
         assert loss_fn.proxies.shape == (6, 64)  # one proxy per training speaker
@@ -139,3 +140,26 @@ def test_ddp_two_processes_on_cpu(corpus, tmp_path):
     assert counts and all(c == counts[0] for c in counts)
     assert (out / "model" / "embedding_model.ckpt").is_file()
     _final_line(text)
+
+
+def test_summarize_results(tmp_path):
+    import summarize_results
+
+    logs = {
+        ("mp", "1"): "epoch: 1, lr: 2.00e-01, epoch_s: 10.0 - train loss: 3.0, train acc: 0.1, "
+                     "train w: 10.0, train utt_per_s: 50.0 - valid EER: 30.0\n"
+                     "epoch: 2, lr: 2.00e-01, epoch_s: 12.0 - train loss: 2.0, train acc: 0.2, "
+                     "train w: 10.5, train utt_per_s: 70.0 - valid EER: 20.0\n"
+                     "Epoch loaded: 2 - test EER: 20.00, test minDCF_0.01: 5.00e-01\n",
+        ("mp", "2"): "epoch: 1, lr: 2.00e-01, epoch_s: 14.0 - train loss: 3.0, train acc: 0.1, "
+                     "train w: 10.0, train utt_per_s: 60.0 - valid EER: 30.0\n"
+                     "Epoch loaded: 1 - test EER: 30.00, test minDCF_0.01: 7.00e-01\n",
+        ("ap", "1"): "epoch: 1, lr: 2.00e-01, epoch_s: 9.0 - train loss: 3.0 - valid EER: 30.0\n",  # unfinished
+    }
+    for (loss, seed), text in logs.items():
+        (tmp_path / loss / seed).mkdir(parents=True)
+        (tmp_path / loss / seed / "train_log.txt").write_text(text)
+    table = summarize_results.summarize(tmp_path).splitlines()
+    assert len(table) == 3  # header, separator, mp (ap has no test result)
+    # EER mean 25, sample std of (20, 30) = 7.07; minDCF 0.6 +- 0.141; epochs 12 +- 2; utt/s 60 +- 10
+    assert table[2] == "| mp | 2 (1, 2) | 25.00 ± 7.07 | 0.600 ± 0.141 | 12 ± 2 | 60 ± 10 |"

@@ -39,6 +39,7 @@ import torch
 from hyperpyyaml import load_hyperpyyaml
 from tqdm import tqdm
 
+from data_prep.demo_corpus import prepare_builtin
 from data_prep.voxceleb import probe
 from maskproxy_losses import scoring
 
@@ -406,26 +407,6 @@ def plot(scores, labels, metrics, path):
 
 
 # ---------------------------------------------------------------- the recipe
-def prepare_demo(hparams):
-    """Generate the built-in corpus and its manifests when they are missing."""
-    from data_prep.demo_corpus import generate_corpus
-    from data_prep.voxceleb import prepare_voxceleb
-
-    data = Path(hparams["data_folder"])
-    paths = {"wav_root": data / "wav", "train_list": data / "train_list.txt",
-             "trials": data / "veri_list.txt"}
-    if not paths["trials"].is_file():  # an existing corpus is used as it is
-        logger.info("generating the built-in corpus in %s", data)
-        paths = generate_corpus(str(data), seed=int(hparams.get("corpus_seed", 0)))
-    prepare_voxceleb(
-        hparams["manifest_folder"],
-        train_root=str(paths["wav_root"]),
-        train_list=str(paths["train_list"]),
-        trials=str(paths["trials"]),
-        seed=int(hparams.get("prep_seed", 1986)),
-    )
-
-
 def load_hparams(argv):
     """``sb.parse_arguments`` + ``load_hyperpyyaml``."""
     hparams_file, run_opts, overrides = sb.parse_arguments(argv)
@@ -467,7 +448,8 @@ def run(hparams, device="cpu"):
     if (not trials_file.is_file() and hparams.get("prepare_demo")
             and trials_file.resolve() == manifests / "trials.txt"
             and manifests == (Path(hparams["data_folder"]) / "manifests").resolve()):
-        prepare_demo(hparams)
+        prepare_builtin(hparams["data_folder"], hparams["manifest_folder"],
+                        corpus_seed=int(hparams["corpus_seed"]), prep_seed=int(hparams["prep_seed"]))
     if not trials_file.is_file():
         raise BadInput(f"{trials_file}: trial list not found")
     id_to_wav = read_test_csv(hparams["test_csv"]) if hparams.get("test_csv") else None

@@ -27,6 +27,7 @@ import logging
 import math
 import os
 import sys
+import time
 
 import speechbrain as sb
 import torch
@@ -35,7 +36,7 @@ from hyperpyyaml import load_hyperpyyaml
 from speechbrain.dataio.dataio import read_audio
 from speechbrain.utils.distributed import if_main_process, run_on_main
 
-from data_prep.demo_corpus import generate_corpus
+from data_prep.demo_corpus import prepare_builtin
 from data_prep.voxceleb import prepare_voxceleb
 from maskproxy_losses import SpeakerBatchSampler, export_model
 from maskproxy_losses.scoring import compute_eer, compute_min_dcf, cosine_scores, index_trials
@@ -65,10 +66,14 @@ class SpeakerBrain(sb.Brain):
                 f"step {self.step}; lower the learning rate or check the data"
             )
         self.acc_sum = self.acc_sum + _unwrap(self.modules.loss_fn).last_accuracy
+        self.n_utts += len(labels)
         return loss
 
     def on_stage_start(self, stage, epoch=None):
-        self.embeddings, self.acc_sum = {}, 0.0
+        self.embeddings, self.acc_sum, self.n_utts = {}, 0.0, 0
+        self.stage_start = time.perf_counter()
+        if stage == sb.Stage.TRAIN:
+            self.epoch_start = self.stage_start
 
     def on_stage_end(self, stage, stage_loss, epoch=None):
         if stage == sb.Stage.TRAIN:
@@ -77,6 +82,7 @@ class SpeakerBrain(sb.Brain):
                 "loss": stage_loss,
                 "acc": float(self.acc_sum) / max(self.step, 1),
                 "w": loss_fn.w.item() if hasattr(loss_fn, "w") else float("nan"),
+                "utt_per_s": round(self.n_utts / (time.perf_counter() - self.stage_start), 1),
             }
             return
         trials = self.hparams.dev_trials if stage == sb.Stage.VALID else self.hparams.test_trials
@@ -85,7 +91,8 @@ class SpeakerBrain(sb.Brain):
             old_lr, new_lr = self.hparams.lr_scheduler([self.optimizer], epoch, stats["EER"])
             sb.nnet.schedulers.update_learning_rate(self.optimizer, new_lr)
             self.hparams.train_logger.log_stats(
-                stats_meta={"epoch": epoch, "lr": old_lr},
+                stats_meta={"epoch": epoch, "lr": old_lr,
+                            "epoch_s": round(time.perf_counter() - self.epoch_start, 1)},
                 train_stats=self.train_stats,
                 valid_stats=stats,
             )
@@ -138,9 +145,10 @@ def score_trials(embeddings, trials_path):
 
 
 def prepare_data(hparams):
-    """Generate the built-in corpus when asked, then write the manifests."""
+    """Manifests of the built-in corpus (generated when absent) or of the given lists."""
     if hparams["builtin_corpus"]:
-        generate_corpus(hparams["data_folder"], seed=hparams["corpus_seed"])
+        return prepare_builtin(hparams["data_folder"], hparams["manifest_folder"],
+                               corpus_seed=hparams["corpus_seed"], prep_seed=hparams["prep_seed"])
     return prepare_voxceleb(
         hparams["manifest_folder"],
         train_root=hparams["train_root"],
