@@ -44,8 +44,8 @@ class AngularPrototypicalLoss(torch.nn.Module):
         dtype = torch.float64 if embeddings.dtype == torch.float64 else torch.float32
         with _no_autocast(embeddings.device):
             # Labels only group the batch here: any integer ids are fine.
-            _, ids = torch.unique(labels, return_inverse=True)
-            g = group_by_speaker(embeddings.to(dtype), ids, int(ids.max()) + 1, self.eps)
+            speakers, ids = torch.unique(labels, return_inverse=True)
+            g = group_by_speaker(embeddings.to(dtype), ids, len(speakers), self.eps)
             anchors = g.anchors / g.anchors.norm(dim=1, keepdim=True).clamp_min(self.eps)
             w, b = self.w.to(dtype), self.b.to(dtype)
             logits = w * (g.queries @ anchors.t()) + b

@@ -27,20 +27,22 @@ def corpus(tmp_path_factory):
     return root
 
 
-def _args(corpus, out, name="mp_balance", extra=()):
-    return [
-        str(RECIPE / "hparams" / f"{name}.yaml"),
-        "--builtin_corpus", "False",
-        "--data_folder", str(corpus),
-        "--manifest_folder", str(corpus / "manifests"),
-        "--output_folder", str(out),
-        "--speakers_per_batch", "3",
-        "--crop_frames", "60",
-        "--number_of_epochs", "1",
-        "--num_workers", "0",
-        "--dev_share", "2",
-        "--emb_dim", "64",
-        *extra,
+def _args(corpus, out, name="mp_balance", **changes):
+    options = {
+        "builtin_corpus": "False",
+        "data_folder": corpus,
+        "manifest_folder": corpus / "manifests",
+        "output_folder": out,
+        "speakers_per_batch": 3,
+        "crop_frames": 60,
+        "number_of_epochs": 1,
+        "num_workers": 0,
+        "dev_share": 2,
+        "emb_dim": 64,
+        **changes,
+    }
+    return [str(RECIPE / "hparams" / f"{name}.yaml")] + [
+        str(x) for key, value in options.items() for x in (f"--{key}", value)
     ]
 
 
@@ -100,7 +102,7 @@ def _run(args, **kw):
 def test_resume_after_kill_mid_epoch(corpus, tmp_path):
     out = tmp_path / "run"
     cmd = [sys.executable, str(RECIPE / "train_speaker_embeddings.py"),
-           *_args(corpus, out, extra=["--number_of_epochs", "2", "--ckpt_interval_steps", "1"])]
+           *_args(corpus, out, number_of_epochs=2, ckpt_interval_steps=1)]
     proc = _run(cmd)
     save = out / "save"
     deadline = time.time() + 300
@@ -109,7 +111,7 @@ def test_resume_after_kill_mid_epoch(corpus, tmp_path):
         if save.is_dir() and any(p.name.startswith("CKPT") for p in save.iterdir()):
             break
         time.sleep(0.05)
-    assert proc.poll() is None, "the run ended before it could be killed"
+    assert proc.poll() is None, "the run ended before it could be killed:\n" + proc.stdout.read()[-3000:]
     time.sleep(0.5)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
@@ -130,7 +132,7 @@ def test_resume_after_kill_mid_epoch(corpus, tmp_path):
 def test_ddp_two_processes_on_cpu(corpus, tmp_path):
     torchrun = Path(sys.executable).with_name("torchrun")
     out = tmp_path / "ddp"
-    cmd = [str(torchrun), "--nproc_per_node=2", "--master_port", "29517",
+    cmd = [str(torchrun), "--standalone", "--nproc_per_node=2",
            str(RECIPE / "train_speaker_embeddings.py"), *_args(corpus, out, name="mp")]
     proc = _run(cmd)
     text, _ = proc.communicate(timeout=600)

@@ -113,6 +113,18 @@ class SpeakerBrain(sb.Brain):
         return super()._train_loader_specifics(dataset, loader_kwargs)
 
 
+    def _wrap_distributed(self):
+        # SpeechBrain converts BatchNorm to SyncBatchNorm, which needs GPUs: plain DDP on CPU.
+        if self.distributed_launch and str(self.device).startswith("cpu"):
+            for name, module in self.modules.items():
+                if any(p.requires_grad for p in module.parameters()):
+                    self.modules[name] = torch.nn.parallel.DistributedDataParallel(
+                        module, find_unused_parameters=self.find_unused_parameters
+                    )
+            return
+        super()._wrap_distributed()
+
+
 def _unwrap(module):
     return getattr(module, "module", module)
 
@@ -214,8 +226,7 @@ def apply_builtin_scale(hparams, overrides):
     if not hparams["builtin_corpus"]:
         return
     given = yaml.safe_load(overrides) or {} if overrides else {}
-    for key in ("speakers_per_batch", "number_of_epochs"):
-        value = hparams["builtin"][key]
+    for key, value in hparams["builtin"].items():
         if key not in given and hparams[key] != value:
             logger.info("built-in corpus: %s = %s (VoxCeleb setting: %s)", key, value, hparams[key])
             hparams[key] = value
@@ -227,12 +238,17 @@ def main(argv):
     with open(hparams_file, encoding="utf-8") as fin:
         hparams = load_hyperpyyaml(fin, overrides)
     if run_opts.distributed_backend == "nccl" and not torch.cuda.is_available():
-        run_opts = dataclasses.replace(run_opts, distributed_backend="gloo")  # DDP on CPU
+        run_opts = dataclasses.replace(  # DDP on CPU
+            run_opts, distributed_backend="gloo",
+            overridden_args=run_opts.overridden_args | {"distributed_backend"},
+        )
     sb.utils.distributed.ddp_init_group(run_opts)
     sb.create_experiment_directory(
         experiment_directory=hparams["output_folder"], hyperparams_to_save=hparams_file, overrides=overrides
     )
     apply_builtin_scale(hparams, overrides)
+    if run_opts.ckpt_interval_steps > 0:  # SpeechBrain allows one intra-epoch interval only
+        hparams.pop("ckpt_interval_minutes", None)
 
     run_on_main(prepare_data, kwargs={"hparams": hparams})
     manifests = prepare_data(hparams)  # on every rank: returns the paths (outputs reused)
