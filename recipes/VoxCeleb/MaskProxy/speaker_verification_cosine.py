@@ -40,7 +40,7 @@ from hyperpyyaml import load_hyperpyyaml
 from tqdm import tqdm
 
 from data_prep.demo_corpus import prepare_builtin
-from data_prep.voxceleb import probe
+from data_prep.voxceleb import atomic_write_bytes, atomic_write_text, probe
 from maskproxy_losses import scoring
 
 logger = logging.getLogger(__name__)
@@ -63,25 +63,6 @@ def report(problems, limit=MAX_LISTED):
     if len(problems) > limit:
         lines.append(f"... and {len(problems) - limit} more")
     return "\n".join(lines)
-
-
-# ------------------------------------------------------------------ outputs
-def atomic_write_bytes(path, data):
-    """Write ``data`` to ``path`` through a temporary file + ``os.replace``."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.tmp-")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-
-
-def atomic_write_text(path, text):
-    atomic_write_bytes(path, text.encode("utf-8"))
 
 
 # ------------------------------------------------------------------- inputs
