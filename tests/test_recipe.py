@@ -67,6 +67,12 @@ def test_tiny_run_per_loss(corpus, tmp_path, name, capsys):
     assert 0.0 <= brain.train_stats["acc"] <= 1.0
 
 
+def test_nan_stops_with_the_step_named(corpus, tmp_path):
+    with pytest.raises(FloatingPointError, match=r"became NaN/Inf at epoch 1, step \d+; lower the learning"):
+        recipe.main(_args(corpus, tmp_path / "nan", lr=1e30))
+    assert not (tmp_path / "nan" / "model").exists()
+
+
 def test_export_matches_trained_model(corpus, tmp_path, capsys):
     from speechbrain.dataio.dataio import read_audio
     from speechbrain.inference.speaker import EncoderClassifier

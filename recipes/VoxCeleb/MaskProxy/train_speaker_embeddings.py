@@ -59,15 +59,19 @@ class SpeakerBrain(sb.Brain):
             self.embeddings.update(zip(batch.wav, embeddings.squeeze(1).float().cpu()))
             return torch.zeros((), device=self.device)
         labels, _ = batch.spk_id_encoded
+        self._check_finite(embeddings, "the embeddings")
         loss = self.modules.loss_fn(embeddings, labels)
-        if not torch.isfinite(loss):
-            raise FloatingPointError(
-                f"the loss became {loss.item()} at epoch {self.hparams.epoch_counter.current}, "
-                f"step {self.step}; lower the learning rate or check the data"
-            )
+        self._check_finite(loss, "the loss")
         self.acc_sum = self.acc_sum + _unwrap(self.modules.loss_fn).last_accuracy
         self.n_utts += len(labels)
         return loss
+
+    def _check_finite(self, value, what):
+        if not torch.isfinite(value).all():
+            raise FloatingPointError(
+                f"{what} became NaN/Inf at epoch {self.hparams.epoch_counter.current}, "
+                f"step {self.step}; lower the learning rate or check the data"
+            )
 
     def on_stage_start(self, stage, epoch=None):
         self.embeddings, self.acc_sum, self.n_utts = {}, 0.0, 0
@@ -293,4 +297,7 @@ def main(argv):
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    try:
+        main(sys.argv[1:])
+    except FloatingPointError as err:
+        sys.exit(f"error: {err}")
