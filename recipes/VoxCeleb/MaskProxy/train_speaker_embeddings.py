@@ -116,7 +116,6 @@ class SpeakerBrain(sb.Brain):
             return loader_kwargs
         return super()._train_loader_specifics(dataset, loader_kwargs)
 
-
     def _wrap_distributed(self):
         # SpeechBrain converts BatchNorm to SyncBatchNorm, which needs GPUs: plain DDP on CPU.
         if self.distributed_launch and str(self.device).startswith("cpu"):
@@ -146,7 +145,7 @@ def read_trials(path):
 
 
 def score_trials(embeddings, trials_path):
-    """Cosine-score a trial list against ``{wav path: embedding}``: EER and minDCF in %."""
+    """Cosine-score a trial list against ``{wav path: embedding}``: EER (%), minDCF, threshold."""
     labels, pairs = read_trials(trials_path)
     keys, enrol, test = index_trials(pairs)
     emb = torch.stack([embeddings[k] for k in keys])
