@@ -21,10 +21,14 @@ from .mp import MASKED, ProxyLossBase
 __all__ = ["MultinomialMaskedProxyLoss"]
 
 
+def log1p_exp(x):
+    """``log(1 + exp(x))`` without overflow (softplus with no threshold)."""
+    return torch.logaddexp(x, torch.zeros_like(x))
+
+
 def log1p_sum_exp(u, dim=None):
     """``log(1 + sum exp(u))`` over ``dim`` (all elements when None), stably."""
-    lse = torch.logsumexp(u.reshape(-1), 0) if dim is None else torch.logsumexp(u, dim)
-    return torch.logaddexp(lse, torch.zeros_like(lse))
+    return log1p_exp(torch.logsumexp(u.reshape(-1), 0) if dim is None else torch.logsumexp(u, dim))
 
 
 class MultinomialMaskedProxyLoss(ProxyLossBase):
@@ -57,7 +61,8 @@ class MultinomialMaskedProxyLoss(ProxyLossBase):
         loss_pair = log1p_sum_exp((z_anchor - b).masked_fill(eye, MASKED), 1).mean()
         loss = loss_pos + loss_pair
         if n_spk < self.n_classes:  # absent classes exist
-            loss = loss + torch.logaddexp(lse_proxy - b, torch.zeros_like(lse_proxy)).mean()
+            # lse_proxy is logsumexp over the absent classes: log(1 + sum exp(z - b))
+            loss = loss + log1p_exp(lse_proxy - b).mean()
         loss = loss + self.reg_weight * self.regulariser(groups, present, w, -b)
         with torch.no_grad():  # w > 0, so the argmax of the logits is that of <q, m>
             correct = (pos >= z_anchor.amax(1)) & (pos > max_proxy)
