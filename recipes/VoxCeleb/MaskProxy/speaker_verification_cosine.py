@@ -77,39 +77,6 @@ def read_test_csv(path):
     return {r["ID"]: r["wav"] for r in rows}
 
 
-def read_trials(trials_file, test_root=None, id_to_wav=None):
-    """Parse ``label path1 path2`` lines.
-
-    Each path is a ``test_csv`` ID (when ``id_to_wav`` is given), an absolute path, or a
-    path relative to ``test_root`` (default: the trial file's folder). Returns
-    ``(trials, problems)``: trials are ``(label, token1, token2, abs1, abs2, where)``.
-    Audio is not checked here (see :func:`check_audio`).
-    """
-    root = Path(test_root) if test_root else Path(trials_file).parent
-    id_to_wav = id_to_wav or {}
-    trials, problems = [], []
-    with open(trials_file, encoding="utf-8", errors="replace") as f:
-        for lineno, line in enumerate(f, 1):
-            fields = line.split()
-            if not fields:
-                continue
-            where = f"{trials_file}:{lineno}"
-            if len(fields) != 3:
-                problems.append(
-                    f"{where}: expected 3 fields 'label path1 path2', got {len(fields)}"
-                )
-                continue
-            if fields[0] not in ("0", "1"):
-                problems.append(f"{where}: label must be 0 or 1, got {fields[0]!r}")
-                continue
-            paths = [
-                os.path.abspath(id_to_wav.get(tok) or os.path.join(root, tok))
-                for tok in fields[1:]
-            ]
-            trials.append((int(fields[0]), fields[1], fields[2], *paths, where))
-    return trials, problems
-
-
 def check_audio(entries):
     """Probe each distinct audio file once.
 
@@ -435,7 +402,7 @@ def run(hparams, device="cpu"):
         raise BadInput(f"{trials_file}: trial list not found")
     id_to_wav = read_test_csv(hparams["test_csv"]) if hparams.get("test_csv") else None
 
-    trials, problems = read_trials(trials_file, hparams.get("test_root"), id_to_wav)
+    trials, problems = scoring.read_trials(trials_file, hparams.get("test_root"), id_to_wav)
     lengths, audio_problems, bad = check_audio([(t[5], t[3:5]) for t in trials])
     problems += audio_problems
     trials = [t for t in trials if t[5] not in bad]
