@@ -16,6 +16,9 @@ VoxCeleb, point the data overrides at your lists (see the recipe README):
         --test_root /data/vox1/wav --trials_list /data/vox1/veri_test.txt \
         --manifest_folder results/manifests_vox
 
+Augmentation is off by default (as in the paper); ``--noise_csv`` / ``--rir_csv`` (SpeechBrain
+augmentation CSVs) turn on noise / reverberation for a share ``augment_prob`` of the batches.
+
 Each epoch: training on speaker-grouped batches, then the EER on the held-out dev
 trials (the checkpoint with the best dev EER is kept and drives ReduceLROnPlateau).
 At the end the best model is exported to ``<output_folder>/model`` in the
@@ -33,13 +36,15 @@ import speechbrain as sb
 import torch
 import yaml
 from hyperpyyaml import load_hyperpyyaml
+from speechbrain.augment.augmenter import Augmenter
+from speechbrain.augment.time_domain import AddNoise, AddReverb
 from speechbrain.dataio.dataio import read_audio
 from speechbrain.utils.distributed import if_main_process, run_on_main
 
 from data_prep.demo_corpus import prepare_builtin
-from data_prep.voxceleb import prepare_voxceleb
+from data_prep.voxceleb import PrepError, prepare_voxceleb
 from maskproxy_losses import SpeakerBatchSampler, export_model
-from maskproxy_losses.scoring import compute_eer, compute_min_dcf, cosine_scores, index_trials
+from maskproxy_losses.scoring import compute_eer, compute_min_dcf, cosine_scores, index_trials, read_trials
 
 logger = logging.getLogger(__name__)
 
@@ -50,6 +55,8 @@ class SpeakerBrain(sb.Brain):
     def compute_forward(self, batch, stage):
         batch = batch.to(self.device)
         wavs, lens = batch.sig
+        if stage == sb.Stage.TRAIN and self.hparams.wav_augment is not None:
+            wavs, lens = self.hparams.wav_augment(wavs, lens)  # same batch size and order
         feats = self.modules.compute_features(wavs)
         feats = self.modules.mean_var_norm(feats, lens)
         return self.modules.embedding_model(feats, lens)
@@ -132,22 +139,13 @@ def _unwrap(module):
     return getattr(module, "module", module)
 
 
-def read_trials(path):
-    """``label path1 path2`` lines (written by data_prep) -> (labels, pairs)."""
-    labels, pairs = [], []
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            if line.strip():
-                label, a, b = line.split()
-                labels.append(int(label))
-                pairs.append((a, b))
-    return labels, pairs
-
-
 def score_trials(embeddings, trials_path):
     """Cosine-score a trial list against ``{wav path: embedding}``: EER (%), minDCF, threshold."""
-    labels, pairs = read_trials(trials_path)
-    keys, enrol, test = index_trials(pairs)
+    trials, problems = read_trials(trials_path)
+    if problems:
+        raise PrepError(problems)
+    labels = [t[0] for t in trials]
+    keys, enrol, test = index_trials([t[1:3] for t in trials])
     emb = torch.stack([embeddings[k] for k in keys])
     scores = cosine_scores(emb, enrol, test)
     eer, threshold = compute_eer(scores, labels)
@@ -223,6 +221,37 @@ def dataio_prep(hparams, manifests):
     return train, dev, test, sampler, len(label_encoder)
 
 
+def build_augmenter(hparams):
+    """SpeechBrain ``Augmenter`` adding noise (``noise_csv``) and / or reverberation
+    (``rir_csv``) in place, or None when neither CSV is given."""
+    sample_rate, augmentations = hparams["sample_rate"], []
+    for key in ("noise_csv", "rir_csv"):
+        path = hparams.get(key)
+        if not path:
+            continue
+        if not os.path.isfile(path):
+            raise PrepError([f"{path}: {key} not found"])
+        with open(path, encoding="utf-8") as f:
+            header = f.readline().strip().split(",")
+        if not {"ID", "duration", "wav"} <= set(header):
+            raise PrepError([f"{path}:1: {key} needs the columns ID, duration and wav, got {header}"])
+        if key == "noise_csv":
+            augmentations.append(AddNoise(
+                csv_file=path, snr_low=hparams["snr_low"], snr_high=hparams["snr_high"],
+                noise_sample_rate=sample_rate, clean_sample_rate=sample_rate,
+            ))
+        else:
+            augmentations.append(AddReverb(
+                csv_file=path, reverb_sample_rate=sample_rate, clean_sample_rate=sample_rate,
+            ))
+    if not augmentations:
+        return None
+    return Augmenter(
+        augmentations=augmentations, min_augmentations=1, max_augmentations=len(augmentations),
+        shuffle_augmentations=True, augment_prob=hparams["augment_prob"],
+    )
+
+
 def apply_builtin_scale(hparams, overrides):
     """The built-in corpus is far smaller than VoxCeleb2: use its own batch and epochs
     (values given on the command line win)."""
@@ -253,8 +282,8 @@ def main(argv):
     if run_opts.ckpt_interval_steps > 0:  # SpeechBrain allows one intra-epoch interval only
         hparams.pop("ckpt_interval_minutes", None)
 
-    run_on_main(prepare_data, kwargs={"hparams": hparams})
-    manifests = prepare_data(hparams)  # on every rank: returns the paths (outputs reused)
+    hparams["wav_augment"] = build_augmenter(hparams)
+    manifests = run_on_main(prepare_data, kwargs={"hparams": hparams})  # paths sent to every rank
     hparams["dev_trials"], hparams["test_trials"] = manifests["dev_trials"], manifests["trials"]
     train, dev, test, sampler, n_speakers = dataio_prep(hparams, manifests)
 
@@ -269,9 +298,10 @@ def main(argv):
     )
     logger.info(
         "%s: %d training speakers, %d utterances, %d batches/epoch (per process) of %d speakers x %s utterances, "
-        "%d-frame crops; encoder %.2f M parameters",
+        "%d-frame crops; augmentation: %s; encoder %.2f M parameters",
         hparams["loss_name"], n_speakers, len(train), len(sampler), hparams["speakers_per_batch"],
         hparams["utts_per_speaker"], hparams["crop_frames"],
+        " + ".join(k[:-4] for k in ("noise_csv", "rir_csv") if hparams.get(k)) or "none",
         sum(p.numel() for p in hparams["embedding_model"].parameters()) / 1e6,
     )
     brain.fit(
@@ -298,5 +328,5 @@ def main(argv):
 if __name__ == "__main__":
     try:
         main(sys.argv[1:])
-    except FloatingPointError as err:
+    except (FloatingPointError, PrepError) as err:  # NaN loss or bad input: the message only
         sys.exit(f"error: {err}")
