@@ -137,7 +137,7 @@ def l2_normalize(x, axis=-1, eps=1e-12):
 
 
 def read_trials(trials_file, test_root=None, id_to_wav=None):
-    """Parse ``label path1 path2`` lines.
+    r"""Parse ``label path1 path2`` lines.
 
     Each path is a ``test_csv`` ID (when ``id_to_wav`` is given), an absolute path, or a
     path relative to ``test_root`` (default: the trial file's folder). Returns
