@@ -1,14 +1,16 @@
-"""Is training compute-bound? Recipe steps/s against the bare encoder, same batch and crop.
+"""Is training compute-bound? Recipe utterances/s against the bare encoder, same batches.
 
-Times, in one run:
-  * bare: ResNetSE34L forward + backward on random features ``[N, F, n_mels]``;
+Times, in alternating blocks of ``--steps`` steps (``--rounds`` of each):
   * recipe: ``SpeakerBrain.fit_batch`` on real batches from the recipe's DataLoader
-    (speaker-grouped sampler, random crops read from disk, Fbank, normalisation,
-    loss, backward, SGD step).
-Prints utterances/s of both and their ratio (target: recipe >= 90 % of bare).
+    (speaker-grouped sampler, random crops read from disk by ``--num_workers`` loader
+    workers, Fbank, normalisation, loss, backward, SGD step);
+  * bare: ResNetSE34L forward + backward on random features of exactly the shapes of
+    the recipe batches of the block before (same batch sizes, same crop).
+Prints both rates per round and the ratio of the totals (target: recipe >= 90 % of bare).
+Alternating blocks keep slow drifts of the machine out of the ratio.
 
     python benchmarks/bench_recipe.py --hparams recipes/VoxCeleb/MaskProxy/hparams/mp_balance.yaml \
-        --speakers 20 --steps 10 --threads 2
+        --speakers 20 --steps 10 --rounds 3 --threads 2
 """
 
 import argparse
@@ -26,20 +28,12 @@ sys.path.insert(0, str(RECIPE))
 import train_speaker_embeddings as recipe  # noqa: E402
 
 
-def rate(step, n_utts, steps, warmup):
-    for _ in range(warmup):
-        step()
-    t0 = time.perf_counter()
-    for _ in range(steps):
-        step()
-    return n_utts * steps / (time.perf_counter() - t0)
-
-
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--hparams", default=str(RECIPE / "hparams" / "mp_balance.yaml"))
     parser.add_argument("--speakers", type=int, default=20, help="speakers per batch")
-    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--steps", type=int, default=10, help="steps per timed block")
+    parser.add_argument("--rounds", type=int, default=3, help="recipe / bare block pairs")
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--num_workers", type=int, default=1)
@@ -51,53 +45,57 @@ def main(argv=None):
                  "num_workers": args.num_workers}
     with open(args.hparams, encoding="utf-8") as fin:
         hparams = load_hyperpyyaml(fin, overrides)
+    hparams["wav_augment"] = recipe.build_augmenter(hparams)  # as the recipe (None by default)
     manifests = recipe.prepare_data(hparams)
     train, _, _, sampler, n_speakers = recipe.dataio_prep(hparams, manifests)
     hparams["modules"]["loss_fn"] = hparams["loss_fn"](n_classes=n_speakers)
     brain = recipe.SpeakerBrain(modules=hparams["modules"], opt_class=hparams["opt_class"],
                                 hparams=hparams, run_opts={"device": "cpu"})
     brain.on_fit_start()
-    brain.on_stage_start(sb.Stage.TRAIN)
     brain.modules.train()
-    k = hparams["utts_per_speaker"]
-    k = k if isinstance(k, int) else sum(k) / len(k)
-    n = int(round(args.speakers * k))
-    frames = hparams["crop_frames"]
-
-    # Bare encoder: same number of utterances and feature frames (Fbank gives F + 2).
-    feats = torch.randn(n, frames + 2, hparams["n_mels"])
     model = brain.modules.embedding_model
+    frames = hparams["crop_frames"] + 2  # Fbank frames of a crop
 
-    def bare():
+    def recipe_batches():  # epoch after epoch, one DataLoader as in the recipe
+        loader = brain.make_dataloader(train, sb.Stage.TRAIN, **recipe.train_loader_kwargs(hparams, sampler))
+        epoch = 0
+        while True:
+            epoch += 1
+            sampler.set_epoch(epoch)
+            brain.on_stage_start(sb.Stage.TRAIN, epoch)
+            yield from loader
+
+    def bare_step(n):
         model.zero_grad(set_to_none=True)
-        model(feats).sum().backward()
+        model(torch.randn(n, frames, hparams["n_mels"])).sum().backward()
 
-    loader = brain.make_dataloader(train, sb.Stage.TRAIN, batch_sampler=sampler, num_workers=args.num_workers)
-    batches = iter(loader)
-    counted = []
-
-    def recipe_step():
-        batch = next(batches)
-        counted.append(len(batch.id))
-        brain.fit_batch(batch)
-
-    bare_rate = rate(bare, n, args.steps, args.warmup)
-    counted.clear()
-    steps = min(args.steps, len(sampler) - args.warmup)
-    t0 = time.perf_counter()
+    batches = recipe_batches()
     for _ in range(args.warmup):
-        recipe_step()
-    counted.clear()
-    t0 = time.perf_counter()
-    for _ in range(steps):
-        recipe_step()
-    recipe_rate = sum(counted) / (time.perf_counter() - t0)
-    print(f"{hparams['loss_name']}: batch {n} utterances ({args.speakers} speakers), {frames}-frame crops, "
-          f"threads={args.threads}, loader workers={args.num_workers}")
+        batch = next(batches)
+        brain.fit_batch(batch)
+        bare_step(len(batch.id))
+    totals = {"recipe": [0, 0.0], "bare": [0, 0.0]}
+    print(f"{hparams['loss_name']}: {args.speakers} speakers x {hparams['utts_per_speaker']} utterances, "
+          f"{hparams['crop_frames']}-frame crops, threads={args.threads}, loader workers={args.num_workers}")
+    for r in range(1, args.rounds + 1):
+        sizes, t0 = [], time.perf_counter()
+        for _ in range(args.steps):
+            batch = next(batches)
+            sizes.append(len(batch.id))
+            brain.fit_batch(batch)
+        t_recipe, t0 = time.perf_counter() - t0, time.perf_counter()
+        for n in sizes:
+            bare_step(n)
+        t_bare = time.perf_counter() - t0
+        for key, t in (("recipe", t_recipe), ("bare", t_bare)):
+            totals[key][0] += sum(sizes)
+            totals[key][1] += t
+        print(f"round {r}: batches of {min(sizes)}-{max(sizes)} utterances, "
+              f"recipe {sum(sizes) / t_recipe:6.1f} utt/s, bare {sum(sizes) / t_bare:6.1f} utt/s")
+    recipe_rate, bare_rate = (n / t for n, t in (totals["recipe"], totals["bare"]))
     print(f"bare encoder forward+backward : {bare_rate:7.1f} utt/s")
     print(f"recipe fit_batch (everything) : {recipe_rate:7.1f} utt/s")
     print(f"ratio recipe / bare           : {recipe_rate / bare_rate:7.2f}  (target >= 0.90)")
-
 
 if __name__ == "__main__":
     main()

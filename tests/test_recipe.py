@@ -105,10 +105,11 @@ def _run(args, **kw):
 
 
 @pytest.mark.slow
-def test_resume_after_kill_mid_epoch(corpus, tmp_path):
+@pytest.mark.parametrize("workers", [0, 1])  # 1: a persistent loader worker, as by default
+def test_resume_after_kill_mid_epoch(corpus, tmp_path, workers):
     out = tmp_path / "run"
     cmd = [sys.executable, str(RECIPE / "train_speaker_embeddings.py"),
-           *_args(corpus, out, number_of_epochs=2, ckpt_interval_steps=1)]
+           *_args(corpus, out, number_of_epochs=2, ckpt_interval_steps=1, num_workers=workers)]
     proc = _run(cmd)
     save = out / "save"
     deadline = time.time() + 300

@@ -55,8 +55,9 @@ class SpeakerBrain(sb.Brain):
     def compute_forward(self, batch, stage):
         batch = batch.to(self.device)
         wavs, lens = batch.sig
-        if stage == sb.Stage.TRAIN and self.hparams.wav_augment is not None:
-            wavs, lens = self.hparams.wav_augment(wavs, lens)  # same batch size and order
+        augment = getattr(self.hparams, "wav_augment", None)
+        if stage == sb.Stage.TRAIN and augment is not None:
+            wavs, lens = augment(wavs, lens)  # same batch size and order
         feats = self.modules.compute_features(wavs)
         feats = self.modules.mean_var_norm(feats, lens)
         return self.modules.embedding_model(feats, lens)
@@ -252,6 +253,13 @@ def build_augmenter(hparams):
     )
 
 
+def train_loader_kwargs(hparams, sampler):
+    """Training DataLoader options: the speaker-grouped batches, loader workers kept
+    alive across epochs (starting new ones every epoch costs seconds on a small CPU)."""
+    workers = hparams["num_workers"]
+    return {"batch_sampler": sampler, "num_workers": workers, "persistent_workers": workers > 0}
+
+
 def apply_builtin_scale(hparams, overrides):
     """The built-in corpus is far smaller than VoxCeleb2: use its own batch and epochs
     (values given on the command line win)."""
@@ -308,7 +316,7 @@ def main(argv):
         brain.hparams.epoch_counter,
         train_set=train,
         valid_set=dev,
-        train_loader_kwargs={"batch_sampler": sampler, "num_workers": hparams["num_workers"]},
+        train_loader_kwargs=train_loader_kwargs(hparams, sampler),
         valid_loader_kwargs=hparams["verification_loader"],
     )
     brain.evaluate(test, min_key="EER", test_loader_kwargs=hparams["verification_loader"])
