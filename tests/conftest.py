@@ -15,3 +15,14 @@ FIXTURES = SHARED / "fixtures"
 def _two_threads():
     torch.set_num_threads(2)
     yield
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    """A tiny built-in corpus (6 training, 3 test speakers) for end-to-end recipe runs."""
+    from data_prep.demo_corpus import generate_corpus
+
+    root = tmp_path_factory.mktemp("corpus")
+    generate_corpus(root, train_speakers=6, test_speakers=3, utterances=6, seed=3,
+                    min_duration=1.0, max_duration=1.6, n_trials=30)
+    return root

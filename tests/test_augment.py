@@ -15,7 +15,7 @@ from data_prep.voxceleb import PrepError
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "recipes" / "VoxCeleb" / "MaskProxy"))
 import train_speaker_embeddings as recipe  # noqa: E402
-from test_recipe import _args, _final_line, corpus  # noqa: E402,F401
+from test_recipe import _args, _final_line  # noqa: E402
 
 SR = 16000
 
@@ -68,9 +68,17 @@ def test_missing_or_malformed_csv_is_named(tmp_path):
     with pytest.raises(PrepError, match=re.escape(f"{tmp_path / 'none.csv'}: noise_csv not found")):
         recipe.build_augmenter(_hparams(noise_csv=str(tmp_path / "none.csv")))
     bad = tmp_path / "bad.csv"
-    bad.write_text("path,length\nx.wav,1.0\n")
-    with pytest.raises(PrepError, match=re.escape(f"{bad}:1: rir_csv needs the columns ID, duration and wav")):
+    bad.write_text("ID,duration,wav\nx,1.0,x.wav\n")  # SpeechBrain's reader also needs the last two
+    with pytest.raises(PrepError, match=re.escape(f"{bad}:1: rir_csv lacks the column(s) wav_format, wav_opts")):
         recipe.build_augmenter(_hparams(rir_csv=str(bad)))
+    rows = tmp_path / "rows.csv"
+    rows.write_text("ID,duration,wav,wav_format,wav_opts\n"
+                    f"a,1.0,{tmp_path / 'gone.wav'},wav,\n"
+                    "b,1.0\n")
+    with pytest.raises(PrepError) as err:
+        recipe.build_augmenter(_hparams(noise_csv=str(rows)))
+    assert err.value.problems == [f"{rows}:2: audio file not found: {tmp_path / 'gone.wav'}",
+                                  f"{rows}:3: expected 5 fields, got 2"]
 
 
 def test_training_with_noise_and_reverberation(corpus, tmp_path, capsys):

@@ -11,20 +11,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from data_prep.demo_corpus import generate_corpus
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPE = ROOT / "recipes" / "VoxCeleb" / "MaskProxy"
 sys.path.insert(0, str(RECIPE))
 import train_speaker_embeddings as recipe  # noqa: E402
-
-
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory):
-    root = tmp_path_factory.mktemp("corpus")
-    generate_corpus(root, train_speakers=6, test_speakers=3, utterances=6, seed=3,
-                    min_duration=1.0, max_duration=1.6, n_trials=30)
-    return root
 
 
 def _args(corpus, out, name="mp_balance", **changes):

@@ -25,6 +25,7 @@ At the end the best model is exported to ``<output_folder>/model`` in the
 EncoderClassifier format and the test EER / minDCF are printed.
 """
 
+import csv
 import dataclasses
 import logging
 import math
@@ -222,6 +223,35 @@ def dataio_prep(hparams, manifests):
     return train, dev, test, sampler, len(label_encoder)
 
 
+AUGMENT_CSV_COLUMNS = ("ID", "duration", "wav", "wav_format", "wav_opts")
+
+
+def check_augment_csv(path, key):
+    """Raise ``PrepError`` naming ``file:line`` unless ``path`` is a SpeechBrain
+    augmentation CSV whose rows point at existing audio files."""
+    with open(path, encoding="utf-8", newline="") as f:
+        reader = csv.reader(f)
+        header = next(reader, [])
+        missing = [c for c in AUGMENT_CSV_COLUMNS if c not in header]
+        if missing:  # SpeechBrain's augmentation CSV reader needs all five
+            raise PrepError([f"{path}:1: {key} lacks the column(s) {', '.join(missing)} "
+                             f"(expected {','.join(AUGMENT_CSV_COLUMNS)}, as written by "
+                             "speechbrain.augment.preparation.prepare_csv)"])
+        problems, n_rows, wav = [], 0, header.index("wav")
+        for lineno, row in enumerate(reader, 2):
+            if not row:
+                continue
+            n_rows += 1
+            if len(row) != len(header):
+                problems.append(f"{path}:{lineno}: expected {len(header)} fields, got {len(row)}")
+            elif not os.path.isfile(row[wav]):
+                problems.append(f"{path}:{lineno}: audio file not found: {row[wav]}")
+    if not n_rows:
+        problems.append(f"{path}: {key} lists no audio files")
+    if problems:
+        raise PrepError(problems)
+
+
 def build_augmenter(hparams):
     """SpeechBrain ``Augmenter`` adding noise (``noise_csv``) and / or reverberation
     (``rir_csv``) in place, or None when neither CSV is given."""
@@ -232,10 +262,7 @@ def build_augmenter(hparams):
             continue
         if not os.path.isfile(path):
             raise PrepError([f"{path}: {key} not found"])
-        with open(path, encoding="utf-8") as f:
-            header = f.readline().strip().split(",")
-        if not {"ID", "duration", "wav"} <= set(header):
-            raise PrepError([f"{path}:1: {key} needs the columns ID, duration and wav, got {header}"])
+        check_augment_csv(path, key)
         if key == "noise_csv":
             augmentations.append(AddNoise(
                 csv_file=path, snr_low=hparams["snr_low"], snr_high=hparams["snr_high"],
