@@ -74,7 +74,7 @@ def main(argv=None):
         batch = next(batches)
         brain.fit_batch(batch)
         bare_step(len(batch.id))
-    totals = {"recipe": [0, 0.0], "bare": [0, 0.0]}
+    n_total = t_recipe_total = t_bare_total = 0
     print(f"{hparams['loss_name']}: {args.speakers} speakers x {hparams['utts_per_speaker']} utterances, "
           f"{hparams['crop_frames']}-frame crops, threads={args.threads}, loader workers={args.num_workers}")
     for r in range(1, args.rounds + 1):
@@ -87,12 +87,10 @@ def main(argv=None):
         for n in sizes:
             bare_step(n)
         t_bare = time.perf_counter() - t0
-        for key, t in (("recipe", t_recipe), ("bare", t_bare)):
-            totals[key][0] += sum(sizes)
-            totals[key][1] += t
+        n_total, t_recipe_total, t_bare_total = n_total + sum(sizes), t_recipe_total + t_recipe, t_bare_total + t_bare
         print(f"round {r}: batches of {min(sizes)}-{max(sizes)} utterances, "
               f"recipe {sum(sizes) / t_recipe:6.1f} utt/s, bare {sum(sizes) / t_bare:6.1f} utt/s")
-    recipe_rate, bare_rate = (n / t for n, t in (totals["recipe"], totals["bare"]))
+    recipe_rate, bare_rate = n_total / t_recipe_total, n_total / t_bare_total
     print(f"bare encoder forward+backward : {bare_rate:7.1f} utt/s")
     print(f"recipe fit_batch (everything) : {recipe_rate:7.1f} utt/s")
     print(f"ratio recipe / bare           : {recipe_rate / bare_rate:7.2f}  (target >= 0.90)")

@@ -229,6 +229,8 @@ AUGMENT_CSV_COLUMNS = ("ID", "duration", "wav", "wav_format", "wav_opts")
 def check_augment_csv(path, key):
     """Raise ``PrepError`` naming ``file:line`` unless ``path`` is a SpeechBrain
     augmentation CSV whose rows point at existing audio files."""
+    if not os.path.isfile(path):
+        raise PrepError([f"{path}: {key} not found"])
     with open(path, encoding="utf-8", newline="") as f:
         reader = csv.reader(f)
         header = next(reader, [])
@@ -255,23 +257,16 @@ def check_augment_csv(path, key):
 def build_augmenter(hparams):
     """SpeechBrain ``Augmenter`` adding noise (``noise_csv``) and / or reverberation
     (``rir_csv``) in place, or None when neither CSV is given."""
-    sample_rate, augmentations = hparams["sample_rate"], []
-    for key in ("noise_csv", "rir_csv"):
-        path = hparams.get(key)
-        if not path:
-            continue
-        if not os.path.isfile(path):
-            raise PrepError([f"{path}: {key} not found"])
-        check_augment_csv(path, key)
-        if key == "noise_csv":
-            augmentations.append(AddNoise(
-                csv_file=path, snr_low=hparams["snr_low"], snr_high=hparams["snr_high"],
-                noise_sample_rate=sample_rate, clean_sample_rate=sample_rate,
-            ))
-        else:
-            augmentations.append(AddReverb(
-                csv_file=path, reverb_sample_rate=sample_rate, clean_sample_rate=sample_rate,
-            ))
+    rate, augmentations = hparams["sample_rate"], []
+    if hparams.get("noise_csv"):
+        check_augment_csv(hparams["noise_csv"], "noise_csv")
+        augmentations.append(AddNoise(
+            csv_file=hparams["noise_csv"], snr_low=hparams["snr_low"], snr_high=hparams["snr_high"],
+            noise_sample_rate=rate, clean_sample_rate=rate,
+        ))
+    if hparams.get("rir_csv"):
+        check_augment_csv(hparams["rir_csv"], "rir_csv")
+        augmentations.append(AddReverb(csv_file=hparams["rir_csv"], reverb_sample_rate=rate, clean_sample_rate=rate))
     if not augmentations:
         return None
     return Augmenter(
