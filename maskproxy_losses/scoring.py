@@ -16,20 +16,17 @@ Example
 0.5
 """
 
-import os
-from pathlib import Path
-
 import numpy as np
 import torch
 from sklearn.metrics import roc_curve
+
+from maskproxy_losses.audio import crop_samples
 
 __all__ = [
     "compute_eer",
     "compute_min_dcf",
     "roc",
     "l2_normalize",
-    "read_trials",
-    "index_trials",
     "cosine_scores",
     "crop_samples",
     "crop_starts",
@@ -41,9 +38,6 @@ __all__ = [
     "score_norm",
 ]
 
-SAMPLE_RATE = 16000
-HOP = 160
-WIN_EXTRA = 240  # a crop of F frames is F * 160 + 240 samples
 
 
 # --------------------------------------------------------------------- metrics
@@ -136,67 +130,6 @@ def l2_normalize(x, axis=-1, eps=1e-12):
     return x / np.maximum(np.linalg.norm(x, axis=axis, keepdims=True), eps)
 
 
-def read_trials(trials_file, test_root=None, id_to_wav=None):
-    r"""Parse ``label path1 path2`` lines.
-
-    Each path is a ``test_csv`` ID (when ``id_to_wav`` is given), an absolute path, or a
-    path relative to ``test_root`` (default: the trial file's folder). Returns
-    ``(trials, problems)``: trials are ``(label, token1, token2, abs1, abs2, where)``
-    and each problem names ``file:line`` and what is wrong. Audio is not opened here.
-
-    >>> import os, tempfile
-    >>> path = os.path.join(tempfile.mkdtemp(), "trials.txt")
-    >>> _ = open(path, "w").write("1 a.wav b.wav\n2 a.wav c.wav\n0 a.wav\n")
-    >>> trials, problems = read_trials(path, test_root="/data")
-    >>> trials[0][:5]
-    (1, 'a.wav', 'b.wav', '/data/a.wav', '/data/b.wav')
-    >>> [p.split(":", 2)[1:] for p in problems]
-    [['2', " label must be 0 or 1, got '2'"], ['3', " expected 3 fields 'label path1 path2', got 2"]]
-    """
-    root = Path(test_root) if test_root else Path(trials_file).parent
-    id_to_wav = id_to_wav or {}
-    trials, problems = [], []
-    with open(trials_file, encoding="utf-8", errors="replace") as f:
-        for lineno, line in enumerate(f, 1):
-            fields = line.split()
-            if not fields:
-                continue
-            where = f"{trials_file}:{lineno}"
-            if len(fields) != 3:
-                problems.append(
-                    f"{where}: expected 3 fields 'label path1 path2', got {len(fields)}"
-                )
-                continue
-            if fields[0] not in ("0", "1"):
-                problems.append(f"{where}: label must be 0 or 1, got {fields[0]!r}")
-                continue
-            paths = [
-                os.path.abspath(id_to_wav.get(tok) or os.path.join(root, tok))
-                for tok in fields[1:]
-            ]
-            trials.append((int(fields[0]), fields[1], fields[2], *paths, where))
-    return trials, problems
-
-
-def index_trials(pairs):
-    """Map ``(enrol_key, test_key)`` pairs to ``(keys, enrol_idx, test_idx)``.
-
-    ``keys`` lists each distinct key once, in order of first appearance; the index
-    arrays point into it (and into an embedding matrix built in that order).
-
-    >>> keys, e, t = index_trials([("a", "b"), ("b", "c"), ("a", "c")])
-    >>> keys, e.tolist(), t.tolist()
-    (['a', 'b', 'c'], [0, 1, 0], [1, 2, 2])
-    """
-    pos = {}
-    flat = np.fromiter(
-        (pos.setdefault(k, len(pos)) for pair in pairs for k in pair), dtype=np.int64
-    )
-    if flat.size % 2:
-        raise ValueError("each trial must be a pair (enrol, test)")
-    return list(pos), flat[0::2].copy(), flat[1::2].copy()
-
-
 def _as_np(emb):
     if isinstance(emb, torch.Tensor):
         emb = emb.detach().cpu().numpy()
@@ -224,15 +157,6 @@ def cosine_scores(emb, enrol_idx, test_idx):
 
 
 # ------------------------------------------------------ the authors' 10 crops
-def crop_samples(num_frames):
-    """Samples in a crop of ``num_frames`` frames: ``F * 160 + 240``.
-
-    >>> crop_samples(400)
-    64240
-    """
-    return int(num_frames) * HOP + WIN_EXTRA
-
-
 def crop_starts(num_samples, crop_len, num_crops=10):
     """Start sample of each crop: ``int(linspace(0, num_samples - crop_len, K))``.
 

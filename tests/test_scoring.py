@@ -7,13 +7,13 @@ import torch
 from speechbrain.utils.metric_stats import EER as sb_eer
 from speechbrain.utils.metric_stats import minDCF as sb_min_dcf
 
+from maskproxy_losses.trials import index_trials
 from maskproxy_losses.scoring import (
     compute_eer,
     compute_min_dcf,
     cosine_scores,
     crop_samples,
     crop_starts,
-    index_trials,
     make_crops,
     score_norm,
     speaker_means,

@@ -42,6 +42,7 @@ from tqdm import tqdm
 from data_prep.demo_corpus import prepare_builtin
 from data_prep.voxceleb import atomic_write_bytes, atomic_write_text, probe
 from maskproxy_losses import scoring
+from maskproxy_losses.trials import index_trials, read_trials
 
 logger = logging.getLogger(__name__)
 
@@ -402,7 +403,7 @@ def run(hparams, device="cpu"):
         raise BadInput(f"{trials_file}: trial list not found")
     id_to_wav = read_test_csv(hparams["test_csv"]) if hparams.get("test_csv") else None
 
-    trials, problems = scoring.read_trials(trials_file, hparams.get("test_root"), id_to_wav)
+    trials, problems = read_trials(trials_file, hparams.get("test_root"), id_to_wav)
     lengths, audio_problems, bad = check_audio([(t[5], t[3:5]) for t in trials])
     problems += audio_problems
     trials = [t for t in trials if t[5] not in bad]
@@ -432,7 +433,7 @@ def run(hparams, device="cpu"):
     embed = Embedder(load_encoder(model_dir, device), cache, crops,
                      float(hparams["batch_seconds"]), float(hparams["max_seconds"]))
 
-    keys, enrol, test = scoring.index_trials([(t[3], t[4]) for t in trials])
+    keys, enrol, test = index_trials([(t[3], t[4]) for t in trials])
     wheres = {}
     for t in trials:
         wheres.setdefault(t[3], t[5])

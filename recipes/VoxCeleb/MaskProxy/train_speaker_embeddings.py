@@ -45,7 +45,8 @@ from speechbrain.utils.distributed import if_main_process, run_on_main
 from data_prep.demo_corpus import prepare_builtin
 from data_prep.voxceleb import PrepError, prepare_voxceleb
 from maskproxy_losses import SpeakerBatchSampler, export_model
-from maskproxy_losses.scoring import compute_eer, compute_min_dcf, cosine_scores, index_trials, read_trials
+from maskproxy_losses.scoring import compute_eer, compute_min_dcf, cosine_scores
+from maskproxy_losses.trials import index_trials, read_trials
 
 logger = logging.getLogger(__name__)
 

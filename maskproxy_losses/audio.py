@@ -1,0 +1,77 @@
+"""Audio conventions of the project: 16 kHz mono, crops of F frames, reading and probing.
+
+A crop of ``F`` frames is ``F * 160 + 240`` samples (10 ms hop, 25 ms window), as in
+the authors' code; :data:`MIN_SAMPLES` is the shortest signal the front ends and the
+encoder can embed (shorter files are refused by data preparation and scoring).
+
+Example
+-------
+>>> crop_samples(200), crop_samples(350)
+(32240, 56240)
+>>> batch, lens = pad_batch([torch.ones(3), torch.ones(1)])
+>>> batch.tolist(), [round(x, 3) for x in lens.tolist()]
+([[1.0, 1.0, 1.0], [1.0, 0.0, 0.0]], [1.0, 0.333])
+"""
+
+import os
+
+import soundfile as sf
+import torch
+
+__all__ = ["SAMPLE_RATE", "HOP", "WIN_EXTRA", "MIN_SAMPLES", "crop_samples", "probe", "read_wav", "pad_batch"]
+
+SAMPLE_RATE = 16000
+HOP = 160
+WIN_EXTRA = 240  # a crop of F frames is F * 160 + 240 samples
+MIN_SAMPLES = 400  # one 25 ms analysis window: 0.025 s at 16 kHz
+
+
+def crop_samples(num_frames):
+    """Samples in a crop of ``num_frames`` frames: ``F * 160 + 240``.
+
+    >>> crop_samples(400)
+    64240
+    """
+    return int(num_frames) * HOP + WIN_EXTRA
+
+
+def probe(path, min_samples=MIN_SAMPLES):
+    """``(duration_s, None)`` from the header of ``path``, or ``(None, what is wrong)``.
+
+    A file is usable when it exists, libsndfile reads its header, it is 16 kHz mono and
+    it holds at least ``min_samples`` samples.
+    """
+    if not os.path.isfile(path):
+        return None, f"missing file {path}"
+    try:
+        info = sf.info(path)
+    except Exception as err:  # libsndfile raises several types
+        return None, f"unreadable audio {path} ({str(err).strip()})"
+    if info.frames <= 0:
+        return None, f"empty audio {path}"
+    if info.samplerate != SAMPLE_RATE:
+        return None, f"sample rate {info.samplerate} Hz, expected {SAMPLE_RATE}: {path}"
+    if info.channels != 1:
+        return None, f"{info.channels} channels, expected mono: {path}"
+    if info.frames < min_samples:
+        return None, (f"too short to embed: {info.frames} samples, at least {min_samples} "
+                      f"({min_samples / SAMPLE_RATE * 1000:g} ms) needed: {path}")
+    return info.frames / info.samplerate, None
+
+
+def read_wav(path, start=0, stop=None):
+    """Mono float32 waveform in [-1, 1] (samples ``start:stop``) as a 1-D tensor."""
+    wav, sr = sf.read(path, start=start, stop=stop, dtype="float32", always_2d=True)
+    if sr != SAMPLE_RATE:
+        raise ValueError(f"sample rate {sr} Hz, expected {SAMPLE_RATE}")
+    return torch.from_numpy(wav.mean(axis=1) if wav.shape[1] > 1 else wav[:, 0])
+
+
+def pad_batch(wavs):
+    """Stack 1-D tensors, zero-padded at the end; return ``(batch, relative lengths)``."""
+    longest = max(w.shape[0] for w in wavs)
+    batch = torch.zeros(len(wavs), longest)
+    for i, w in enumerate(wavs):
+        batch[i, : w.shape[0]] = w
+    lens = torch.tensor([w.shape[0] / longest for w in wavs])
+    return batch, lens
