@@ -10,14 +10,19 @@ Example
 ['b', 'proxies', 'w']
 """
 
-from .aam import AAMSoftmaxLoss
-from .angular_proto import AngularPrototypicalLoss
 from .encoder import ResNetSE34L
 from .export import export_model
 from .frontend import build_frontend
-from .grouping import SpeakerGroups, group_by_speaker
-from .mmp import MultinomialMaskedProxyLoss
-from .mp import MaskedProxyLoss
+from .losses import (
+    LOSSES,
+    AAMSoftmaxLoss,
+    AngularPrototypicalLoss,
+    MaskedProxyLoss,
+    MultinomialMaskedProxyLoss,
+    SpeakerGroups,
+    build_loss,
+    group_by_speaker,
+)
 from .sampler import SpeakerBatchSampler
 
 __all__ = [
@@ -34,32 +39,3 @@ __all__ = [
     "SpeakerGroups",
     "group_by_speaker",
 ]
-
-# trainfunc name -> loss class. The ``_balance`` variants share the math; they differ
-# only in the batches the sampler builds (2 utterances per speaker instead of 2-3).
-LOSSES = {
-    "mp": MaskedProxyLoss,
-    "mp_balance": MaskedProxyLoss,
-    "mmp": MultinomialMaskedProxyLoss,
-    "mmp_balance": MultinomialMaskedProxyLoss,
-    "ap": AngularPrototypicalLoss,
-    "aam": AAMSoftmaxLoss,
-}
-
-
-
-def build_loss(name, n_classes=None, emb_dim=None, **overrides):
-    """Build a loss by name: ``mp``, ``mmp``, ``mp_balance``, ``mmp_balance``, ``ap``, ``aam``.
-
-    ``n_classes`` and ``emb_dim`` size the proxies or the classifier (unused by
-    ``ap``); ``overrides`` go to the constructor (``init_w``, ``init_b``,
-    ``reg_weight``; ``margin``, ``scale`` for ``aam``).
-    """
-    if name not in LOSSES:
-        raise ValueError(f"unknown loss {name!r}; choose one of {sorted(LOSSES)}")
-    cls = LOSSES[name]
-    if cls is AngularPrototypicalLoss:
-        return cls(**overrides)
-    if n_classes is None or emb_dim is None:
-        raise ValueError(f"loss {name!r} needs n_classes and emb_dim")
-    return cls(n_classes, emb_dim, **overrides)

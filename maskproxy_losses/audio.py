@@ -18,7 +18,8 @@ import os
 import soundfile as sf
 import torch
 
-__all__ = ["SAMPLE_RATE", "HOP", "WIN_EXTRA", "MIN_SAMPLES", "crop_samples", "probe", "read_wav", "pad_batch"]
+__all__ = ["SAMPLE_RATE", "HOP", "WIN_EXTRA", "MIN_SAMPLES", "crop_samples", "probe", "read_wav", "pad_batch",
+           "probe_entries"]
 
 SAMPLE_RATE = 16000
 HOP = 160
@@ -75,3 +76,21 @@ def pad_batch(wavs):
         batch[i, : w.shape[0]] = w
     lens = torch.tensor([w.shape[0] / longest for w in wavs])
     return batch, lens
+
+
+def probe_entries(entries):
+    """Probe each distinct file of ``entries`` (``(where, [paths])``) once.
+
+    Returns ``(samples by usable path, problems, bad wheres)``: one ``where: what``
+    problem per entry that names a bad file.
+    """
+    info, problems, bad = {}, [], set()
+    for where, paths in entries:
+        for p in paths:
+            if p not in info:
+                dur, err = probe(p)
+                info[p] = err if err else int(round(dur * SAMPLE_RATE))
+            if isinstance(info[p], str):
+                problems.append(f"{where}: {info[p]}")
+                bad.add(where)
+    return {p: n for p, n in info.items() if not isinstance(n, str)}, problems, bad

@@ -25,6 +25,7 @@ from maskproxy_losses.audio import crop_samples
 __all__ = [
     "compute_eer",
     "compute_min_dcf",
+    "verification_metrics",
     "roc",
     "l2_normalize",
     "cosine_scores",
@@ -115,6 +116,27 @@ def compute_min_dcf(scores, labels, p_target=0.01, c_miss=1.0, c_fa=1.0):
     idx = int(np.argmin(dcf))
     c_def = min(c_miss * p_target, c_fa * (1.0 - p_target))
     return float(dcf[idx] / c_def), float(thresholds[idx])
+
+
+def verification_metrics(scores, labels, p_targets=(0.01, 0.05)):
+    """The metrics both recipes report, with the same keys and units.
+
+    ``EER`` in percent and its threshold, ``minDCF_<p>`` and ``minDCF_<p>_threshold``
+    for each ``p_target``, and the trial counts.
+
+    >>> m = verification_metrics([0.9, 0.8, 0.3, 0.1], [1, 0, 1, 0])
+    >>> m["EER"], m["minDCF_0.05"], m["n_trials"], m["n_target"]
+    (50.0, 0.5, 4, 2)
+    """
+    eer, threshold = compute_eer(scores, labels)
+    out = {"EER": 100.0 * eer, "EER_threshold": threshold}
+    for p in p_targets:
+        dcf, thr = compute_min_dcf(scores, labels, p_target=p)
+        out[f"minDCF_{p:g}"], out[f"minDCF_{p:g}_threshold"] = dcf, thr
+    labels = np.asarray(labels)
+    out.update(n_trials=int(labels.size), n_target=int(labels.sum()),
+               n_nontarget=int(labels.size - labels.sum()))
+    return out
 
 
 # ------------------------------------------------------------- cosine scoring

@@ -4,6 +4,7 @@ Every command that reads a trial list (data preparation, both recipes, calibrati
 uses :func:`read_trials`, which reports each bad line as ``file:line: what``.
 """
 
+import csv
 import os
 from pathlib import Path
 
@@ -11,7 +12,7 @@ import numpy as np
 
 from maskproxy_losses.errors import InputError
 
-__all__ = ["read_trials", "index_trials", "check_classes"]
+__all__ = ["read_trials", "read_manifest_wavs", "index_trials", "check_classes"]
 
 
 def read_trials(trials_file, test_root=None, id_to_wav=None):
@@ -93,3 +94,15 @@ def check_classes(trials, source):
             f"{source}: all {len(trials)} trials have label {labels.pop()}; "
             "EER and minDCF need both target (1) and non-target (0) trials"
         )
+
+
+def read_manifest_wavs(path):
+    """``{ID: wav path}`` of a SpeechBrain manifest (columns ``ID``, ``wav``, ...), so that
+    trial lists may name utterances by ID."""
+    if not os.path.isfile(path):
+        raise InputError(f"{path}: manifest not found")
+    with open(path, newline="", encoding="utf-8") as f:
+        reader = csv.DictReader(f)
+        if not {"ID", "wav"} <= set(reader.fieldnames or []):
+            raise InputError(f"{path}:1: expected columns ID and wav")
+        return {row["ID"]: row["wav"] for row in reader}

@@ -1,6 +1,6 @@
 """Masked Proxy (MP) loss, and the proxy machinery MMP shares with it.
 
-Math: ``../shared/spec/losses.md`` (Lian et al., Interspeech 2021). The proxies of
+Math: ``docs/losses.md`` (Lian et al., Interspeech 2021). The proxies of
 the speakers present in the batch are masked: their columns of the query-proxy
 logits are replaced by the batch's own anchors. The masking is done by filling
 ``B`` columns of the ``[B, C]`` product in place and scoring the anchors through a

@@ -32,7 +32,7 @@ def log1p_sum_exp(u, dim=None):
 
 
 class MultinomialMaskedProxyLoss(ProxyLossBase):
-    """MMP loss: ``l_pos + l_proxy + l_pair + lambda * L_reg`` (spec ``losses.md``).
+    """MMP loss: ``l_pos + l_proxy + l_pair + lambda * L_reg`` (``docs/losses.md``).
 
     Arguments
     ---------

@@ -1,0 +1,103 @@
+"""Loading model directories: the yaml check against code, and clear errors for bad files."""
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from maskproxy_losses.encoder import ResNetSE34L
+from maskproxy_losses.errors import InputError
+from maskproxy_losses.export import export_model
+from maskproxy_losses.model_dir import check_hparams, load_encoder
+
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+OLD_DIR = FIXTURES / "model_dir_v0_1"  # written by the export of release 0.1, before the re-layout
+
+
+def test_directory_from_before_the_relayout_loads_and_embeds_the_same():
+    want = np.load(FIXTURES / "model_dir_v0_1_expected.npz")
+    encoder = load_encoder(OLD_DIR)
+    emb = encoder.encode_batch(torch.from_numpy(want["wav"])[None]).reshape(-1).numpy()
+    np.testing.assert_allclose(emb, want["emb"], rtol=1e-5, atol=1e-6)
+
+
+@pytest.fixture()
+def model_dir(tmp_path):
+    torch.manual_seed(0)
+    model = ResNetSE34L(channels=(4, 4, 8, 8), blocks=(1, 1, 1, 1), emb_dim=16).eval()
+    return export_model(tmp_path / "model", model), model
+
+
+def test_loads_the_exported_weights(model_dir):
+    path, model = model_dir
+    encoder = load_encoder(path)
+    for name, value in model.state_dict().items():
+        assert torch.equal(encoder.mods.embedding_model.state_dict()[name], value), name
+
+
+def test_code_in_hyperparams_is_refused_unless_trusted(model_dir, tmp_path):
+    path, _ = model_dir
+    marker = tmp_path / "ran"
+    yaml_path = path / "hyperparams.yaml"
+    yaml_path.write_text(yaml_path.read_text() + f"\nboom: !apply:os.system ['touch {marker}']\n")
+    with pytest.raises(InputError) as err:
+        load_encoder(path)
+    line = len(yaml_path.read_text().splitlines())
+    assert f"{yaml_path}:{line}: !apply:os.system" in str(err.value)
+    assert "refusing to load it" in str(err.value) and not marker.exists()
+    load_encoder(path, trust=True)  # the user's explicit choice: the yaml runs
+    assert marker.exists()
+
+
+@pytest.mark.parametrize("tag", ["!name:builtins.eval", "!new:collections.OrderedDict",
+                                 "!module:os", "!include:other.yaml"])
+def test_every_other_tag_is_refused(model_dir, tag):
+    path, _ = model_dir
+    (path / "hyperparams.yaml").write_text(f"x: {tag}\n")
+    with pytest.raises(InputError, match=tag):
+        check_hparams(path)
+
+
+def _expect(path, *parts):
+    with pytest.raises(InputError) as err:
+        load_encoder(path)
+    for part in parts:
+        assert part in str(err.value)
+    assert "sb_model" not in str(err.value) and "/tmp/tmp" not in str(err.value)
+
+
+def test_bad_checkpoints_name_the_users_path(model_dir):
+    path, _ = model_dir
+    ckpt = path / "embedding_model.ckpt"
+    good = ckpt.read_bytes()
+    ckpt.write_bytes(good[: len(good) // 2])  # truncated
+    _expect(path, f"{ckpt}: not a readable weights-only checkpoint")
+    ckpt.write_bytes(b"\x00garbage" * 100)  # corrupted
+    _expect(path, f"{ckpt}: not a readable weights-only checkpoint")
+    other = ResNetSE34L(channels=(4, 4, 8, 16), blocks=(1, 1, 1, 1), emb_dim=16)
+    torch.save(other.state_dict(), ckpt)  # mis-shaped
+    _expect(path, f"{ckpt}: does not fit the model in hyperparams.yaml", "size mismatch")
+    ckpt.unlink()
+    _expect(path, f"{ckpt}: checkpoint not found")
+    (path / "hyperparams.yaml").unlink()
+    _expect(path, f"{path}: not a model directory (no hyperparams.yaml)")
+    shutil.rmtree(path)
+    _expect(path, f"{path}: model directory not found")
+
+
+def test_verification_cli_refuses_an_untrusted_directory(model_dir, tmp_path):
+    path, _ = model_dir
+    yaml_path = path / "hyperparams.yaml"
+    yaml_path.write_text(yaml_path.read_text() + "\nboom: !apply:print ['hello']\n")
+    script = Path(__file__).resolve().parents[1] / "recipes/VoxCeleb/MaskProxy/speaker_verification_cosine.py"
+    proc = subprocess.run(
+        [sys.executable, str(script), str(script.parent / "hparams/verification.yaml"),
+         "--pretrained_path", str(path), "--output_folder", str(tmp_path / "out")],
+        capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.startswith(f"error: 2 problem(s) in the input:\n  {yaml_path}: names code")
+    assert "Traceback" not in proc.stderr and "hello" not in proc.stdout
