@@ -1,0 +1,499 @@
+"""Score calibration (raw score -> log-likelihood ratio) and calibration metrics.
+
+A verification score only ranks trials; a *calibrated* score is a log-likelihood ratio
+``llr = log p(score | target) / p(score | non-target)`` (natural log), so one fixed rule
+turns it into a decision for any operating point: accept when ``llr >= log(c_fa (1 - p)
+/ (c_miss p))`` (the Bayes threshold, :func:`bayes_threshold`).
+
+* :func:`fit_calibration` fits the standard linear calibration ``llr = scale * s +
+  offset`` by prior-weighted logistic regression on labelled trials (e.g. the dev trials).
+* :class:`Calibration` holds it, applies it, decides, and saves / loads it as JSON
+  (``calibration.json`` in a model directory, :data:`CALIBRATION_FILE`).
+* :func:`cllr`, :func:`min_cllr`, :func:`actual_dcf` and :func:`calibration_metrics`
+  measure how good the LLRs are (docs/calibration.md explains how to read them).
+* :func:`read_scores` reads a ``scores.txt`` (``label score [enrol test]`` lines).
+
+Command line: ``python -m maskproxy_losses.calibration SCORES.txt --model-dir DIR``
+(or ``--output FILE.json``) fits on a scored trial list and stores the result.
+
+Example
+-------
+>>> scores = [2.0, 1.5, 0.5, 0.2, -0.3, -1.0, 0.6, 0.1]
+>>> labels = [1, 1, 1, 1, 0, 0, 0, 0]
+>>> cal = fit_calibration(scores, labels)
+>>> round(cal.scale, 3), round(cal.offset, 3)
+(3.151, -1.196)
+>>> llr = cal(scores)
+>>> round(cllr(llr, labels), 4), round(min_cllr(scores, labels), 4)
+(0.5666, 0.3444)
+>>> cal.decide(cal(1.0), p_target=0.5).item(), cal.decide(cal(0.3), p_target=0.5).item()
+(True, False)
+>>> round(cllr([0.0, 0.0], [1, 0]), 6)  # an uninformative system costs 1 bit
+1.0
+"""
+
+import argparse
+import dataclasses
+import json
+import math
+import os
+import sys
+from typing import NamedTuple
+
+import numpy as np
+from scipy.special import expit
+
+from maskproxy_losses.errors import InputError, run_cli
+from maskproxy_losses.files import atomic_write_text
+
+__all__ = [
+    "CALIBRATION_FILE",
+    "Calibration",
+    "ScoreList",
+    "bayes_threshold",
+    "fit_calibration",
+    "cllr",
+    "min_cllr",
+    "pav",
+    "actual_dcf",
+    "calibration_metrics",
+    "read_scores",
+    "load_model_calibration",
+    "main",
+]
+
+CALIBRATION_FILE = "calibration.json"
+_FORMAT = "maskproxy-calibration"
+_VERSION = 1
+_LN2 = math.log(2.0)
+
+
+# ---------------------------------------------------------------- validation
+def _check_labels(labels, n, what="scores"):
+    labels = np.asarray(labels).reshape(-1)
+    if labels.size != n:
+        raise ValueError(f"{what} and labels differ in length: {n} vs {labels.size}")
+    if n == 0:
+        raise ValueError("no trials")
+    bad = ~np.isin(labels, (0, 1))
+    if bad.any():
+        raise ValueError(
+            f"labels must be 0 or 1; found {labels[bad][0]!r} at index {int(np.argmax(bad))}"
+        )
+    labels = labels.astype(np.int64)
+    if labels.min() == labels.max():
+        raise ValueError(
+            "labels hold only one class; calibration needs target (1) and "
+            "non-target (0) trials"
+        )
+    return labels
+
+
+def _scores_labels(scores, labels):
+    """Finite float64 scores and 0/1 labels with both classes, or ValueError."""
+    scores = np.asarray(scores, dtype=np.float64).reshape(-1)
+    labels = _check_labels(labels, scores.size)
+    if not np.all(np.isfinite(scores)):
+        raise ValueError("scores contain NaN or Inf")
+    return scores, labels
+
+
+def _llr_labels(llr, labels):
+    """Like :func:`_scores_labels`, but LLRs may be +-inf (never NaN)."""
+    llr = np.asarray(llr, dtype=np.float64).reshape(-1)
+    labels = _check_labels(labels, llr.size, what="llr")
+    if np.isnan(llr).any():
+        raise ValueError("llr contains NaN")
+    return llr, labels
+
+
+def _check_prior(p, name="prior"):
+    p = float(p)
+    if not 0.0 < p < 1.0:
+        raise ValueError(f"{name} must be in (0, 1), got {p}")
+    return p
+
+
+def bayes_threshold(p_target=0.01, c_miss=1.0, c_fa=1.0):
+    """``log(c_fa (1 - p) / (c_miss p))``: accepting when ``llr >=`` this minimises the
+    expected cost of a well-calibrated LLR.
+
+    >>> bayes_threshold(0.5), round(bayes_threshold(0.01), 4)
+    (0.0, 4.5951)
+    """
+    p = _check_prior(p_target, "p_target")
+    if c_miss <= 0 or c_fa <= 0:
+        raise ValueError(f"costs must be positive, got c_miss={c_miss}, c_fa={c_fa}")
+    return math.log(c_fa * (1.0 - p)) - math.log(c_miss * p)
+
+
+# --------------------------------------------------------------- the model
+@dataclasses.dataclass
+class Calibration:
+    """Linear calibration ``llr = scale * score + offset`` (natural-log LLR).
+
+    ``prior`` is the target prior the fit was weighted with (:func:`fit_calibration`),
+    ``n_target`` / ``n_nontarget`` the trial counts it saw, ``source`` where the scores
+    came from (e.g. a scores.txt path) and ``meta`` any JSON-serialisable details the
+    caller wants kept with it (e.g. ``{"score_mode": "cosine", "norm": "none"}``: a
+    calibration is valid only for scores computed the same way).
+    """
+
+    scale: float
+    offset: float
+    prior: float = 0.5
+    n_target: int = 0
+    n_nontarget: int = 0
+    source: str | None = None
+    meta: dict = dataclasses.field(default_factory=dict)
+
+    def __call__(self, scores):
+        """The LLR of each score (a float for a scalar, else a float64 array)."""
+        llr = self.scale * np.asarray(scores, dtype=np.float64) + self.offset
+        return float(llr) if llr.ndim == 0 else llr
+
+    @staticmethod
+    def decide(llr, p_target=0.01, c_miss=1.0, c_fa=1.0):
+        """Accept (True) where ``llr >= bayes_threshold(p_target, c_miss, c_fa)``.
+
+        Returns a numpy bool (scalar input) or bool array.
+        """
+        return np.asarray(llr, dtype=np.float64) >= bayes_threshold(p_target, c_miss, c_fa)
+
+    def to_dict(self):
+        return {"format": _FORMAT, "version": _VERSION, **dataclasses.asdict(self)}
+
+    def save(self, path):
+        """Write the calibration as JSON to ``path`` (atomically)."""
+        atomic_write_text(path, json.dumps(self.to_dict(), indent=2) + "\n")
+
+    @classmethod
+    def load(cls, path):
+        """Read a file written by :meth:`save`; a malformed one raises InputError naming it."""
+        with open(path, encoding="utf-8") as f:
+            text = f.read()
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise InputError(f"{path}:{err.lineno}: not valid JSON ({err.msg})") from None
+        problems = []
+        if not isinstance(data, dict) or data.get("format") != _FORMAT:
+            raise InputError(f"{path}: not a calibration file (no \"format\": \"{_FORMAT}\")")
+        if data.get("version") != _VERSION:
+            problems.append(f"{path}: unsupported version {data.get('version')!r}")
+        for key in ("scale", "offset", "prior"):
+            v = data.get(key)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+                problems.append(f"{path}: {key!r} must be a finite number, got {v!r}")
+        if not problems and not 0.0 < data["prior"] < 1.0:
+            problems.append(f"{path}: 'prior' must be in (0, 1), got {data['prior']!r}")
+        for key in ("n_target", "n_nontarget"):
+            v = data.get(key, 0)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+                problems.append(f"{path}: {key!r} must be a count >= 0, got {v!r}")
+        if not isinstance(data.get("source"), (str, type(None))):
+            problems.append(f"{path}: 'source' must be a string or null")
+        if not isinstance(data.get("meta", {}), dict):
+            problems.append(f"{path}: 'meta' must be an object")
+        if problems:
+            raise InputError(problems)
+        return cls(scale=float(data["scale"]), offset=float(data["offset"]),
+                   prior=float(data["prior"]), n_target=data.get("n_target", 0),
+                   n_nontarget=data.get("n_nontarget", 0), source=data.get("source"),
+                   meta=data.get("meta", {}))
+
+
+def load_model_calibration(model_dir):
+    """The :class:`Calibration` stored in ``model_dir/calibration.json``, or ``None``."""
+    path = os.path.join(model_dir, CALIBRATION_FILE)
+    return Calibration.load(path) if os.path.isfile(path) else None
+
+
+# ----------------------------------------------------------------- fitting
+def fit_calibration(scores, labels, prior=0.5, l2=1e-10, source=None, max_iter=100):
+    """Fit ``llr = scale * score + offset`` by prior-weighted logistic regression.
+
+    Minimises the prior-weighted cross-entropy ``prior / N_tar * sum_tar softplus(-e)
+    + (1 - prior) / N_non * sum_non softplus(e)`` with ``e = llr + logit(prior)``, so
+    that the fitted ``llr`` is a log-likelihood ratio whatever the class proportions
+    of the trials. With ``prior=0.5`` the objective is ``ln 2 / 2 *`` the Cllr-like
+    cross-entropy. The fit runs Newton's method with a backtracking line search on the
+    (convex) objective in standardised score units ``z = (s - mean) / std`` and adds
+    ``l2 / 2 * (a_z^2 + b_z^2)`` (``llr = a_z z + b_z``). On ordinary data this moves
+    the fit by a relative ``l2 / curvature`` (about 1e-8 on a few thousand trials whose
+    classes overlap); it keeps the solution finite when the classes are
+    perfectly separated, where the unpenalised optimum is an infinite scale: the scale
+    then stops near ``ln(1 / l2) / gap`` in standardised units (very confident LLRs; a
+    dev set that separates perfectly is too small or too easy to calibrate on).
+    Returns a :class:`Calibration`.
+    """
+    scores, labels = _scores_labels(scores, labels)
+    prior = _check_prior(prior)
+    if l2 <= 0:
+        raise ValueError(f"l2 must be positive, got {l2}")
+    n_tar = int(labels.sum())
+    n_non = int(labels.size - n_tar)
+    mean, std = float(scores.mean()), float(scores.std())
+    std = std if std > 0 else 1.0
+    z = (scores - mean) / std
+    w = np.where(labels == 1, prior / n_tar, (1.0 - prior) / n_non)
+    y = labels.astype(np.float64)
+    logit_prior = math.log(prior) - math.log1p(-prior)
+
+    def objective(theta):
+        e = theta[0] * z + theta[1] + logit_prior
+        # softplus(-e) for targets, softplus(e) for non-targets
+        loss = np.logaddexp(0.0, np.where(labels == 1, -e, e))
+        return float(w @ loss) + 0.5 * l2 * float(theta @ theta)
+
+    theta = np.zeros(2)  # scale 0, offset 0: the best constant LLR under this weighting
+    f = objective(theta)
+    for _ in range(max_iter):
+        p = expit(theta[0] * z + theta[1] + logit_prior)
+        r = w * (p - y)
+        grad = np.array([r @ z, r.sum()]) + l2 * theta
+        h = w * p * (1.0 - p)
+        hess = np.array([[h @ (z * z), h @ z], [h @ z, h.sum()]]) + l2 * np.eye(2)
+        step = np.linalg.solve(hess, grad)
+        decrease = float(grad @ step)  # > 0: the Hessian is positive definite
+        if decrease < 1e-28:
+            break
+        t = 1.0
+        while True:
+            new = theta - t * step
+            f_new = objective(new)
+            if f_new <= f - 1e-4 * t * decrease or t < 1e-10:
+                break
+            t *= 0.5
+        theta, f = new, f_new
+        if decrease < 1e-24:
+            break
+    a_z, b_z = theta
+    return Calibration(scale=float(a_z / std), offset=float(b_z - a_z * mean / std),
+                       prior=prior, n_target=n_tar, n_nontarget=n_non,
+                       source=None if source is None else str(source))
+
+
+# ----------------------------------------------------------------- metrics
+def cllr(llr, labels):
+    """Log-likelihood-ratio cost in bits (natural-log ``llr``; +-inf allowed).
+
+    ``0.5 * (mean_tar log2(1 + e^-llr) + mean_non log2(1 + e^llr))``: 0 for perfect,
+    1 for a system that always says ``llr = 0``; above 1 means worse than that.
+
+    >>> round(cllr([0.0, 0.0, 0.0], [1, 0, 1]), 12)
+    1.0
+    """
+    llr, labels = _llr_labels(llr, labels)
+    bits = llr / _LN2  # log2 odds: log2(1 + e^-l) = logaddexp2(0, -l / ln 2), exact at l = 0
+    tar = np.logaddexp2(0.0, -bits[labels == 1]).mean()
+    non = np.logaddexp2(0.0, bits[labels == 0]).mean()
+    return float(0.5 * (tar + non))
+
+
+def pav(scores, labels):
+    """Pool-adjacent-violators: the non-decreasing target fraction fitted to ``labels``
+    as a function of ``scores`` (tied scores share one value). Returned in the input order.
+
+    >>> pav([1.0, 2.0, 3.0, 4.0], [0, 1, 0, 1]).tolist()
+    [0.0, 0.5, 0.5, 1.0]
+    """
+    scores, labels = _scores_labels(scores, labels)
+    uniq, inverse = np.unique(scores, return_inverse=True)
+    # one starting block per distinct score: (sum of labels, count)
+    sums = list(np.bincount(inverse, weights=labels).astype(np.float64))
+    counts = list(np.bincount(inverse).astype(np.float64))
+    blocks = []  # stack of [sum, count, n_distinct_scores]
+    for s, c in zip(sums, counts):
+        blocks.append([s, c, 1])
+        # merge while the last block's mean is below the previous one's
+        while len(blocks) > 1 and blocks[-1][0] * blocks[-2][1] < blocks[-2][0] * blocks[-1][1]:
+            s2, c2, k2 = blocks.pop()
+            blocks[-1][0] += s2
+            blocks[-1][1] += c2
+            blocks[-1][2] += k2
+    fitted = np.repeat([b[0] / b[1] for b in blocks], [b[2] for b in blocks])
+    return fitted[inverse]
+
+
+def min_cllr(scores, labels):
+    """Cllr after the best monotonic calibration of ``scores`` (in bits).
+
+    The PAV fit gives the posterior of each trial at the empirical prior; removing the
+    empirical prior log-odds ``log(N_tar / N_non)`` turns it into an LLR. Trials whose
+    posterior is 0 or 1 get an infinite LLR of the right sign and cost nothing.
+
+    >>> round(min_cllr([1.0, 2.0, 3.0, 4.0], [0, 1, 0, 1]), 12)  # LLRs -inf, 0, 0, +inf
+    0.5
+    """
+    scores, labels = _scores_labels(scores, labels)
+    post = pav(scores, labels)
+    n_tar = labels.sum()
+    with np.errstate(divide="ignore"):
+        llr = np.log(post) - np.log1p(-post) - (math.log(n_tar) - math.log(labels.size - n_tar))
+    return cllr(llr, labels)
+
+
+def actual_dcf(llr, labels, p_target=0.01, c_miss=1.0, c_fa=1.0):
+    """Normalised detection cost of deciding at the Bayes threshold.
+
+    Accepts where ``llr >= bayes_threshold(p_target, c_miss, c_fa)`` and returns
+    ``(c_miss p P_miss + c_fa (1 - p) P_fa) / min(c_miss p, c_fa (1 - p))`` (the
+    normalisation of :func:`maskproxy_losses.scoring.compute_min_dcf`, which is never
+    above this).
+
+    >>> actual_dcf([3.0, -1.0, 0.5, -2.0], [1, 1, 0, 0], p_target=0.5)  # 1 miss, 1 false alarm
+    1.0
+    """
+    llr, labels = _llr_labels(llr, labels)
+    accept = Calibration.decide(llr, p_target, c_miss, c_fa)
+    p_miss = float(np.mean(~accept[labels == 1]))
+    p_fa = float(np.mean(accept[labels == 0]))
+    cost = c_miss * p_target * p_miss + c_fa * (1.0 - p_target) * p_fa
+    return float(cost / min(c_miss * p_target, c_fa * (1.0 - p_target)))
+
+
+def calibration_metrics(raw_scores, labels, calibration=None, p_targets=(0.01, 0.05)):
+    """Calibration metrics of a scored trial list, as a dict for metrics.json.
+
+    Keys: ``"Cllr"`` (of ``calibration(raw_scores)``, or of the raw scores read as LLRs
+    when ``calibration`` is None), ``"minCllr"`` (of the raw scores; no calibration can
+    go below it), and ``"actDCF_p{p}"`` for each ``p`` in ``p_targets`` (``actDCF_p0.01``,
+    ``actDCF_p0.05``: the normalised DCF deciding at the Bayes threshold, to compare with
+    ``minDCF_p{p}``), all with ``c_miss = c_fa = 1``.
+    """
+    raw, labels = _scores_labels(raw_scores, labels)
+    llr = raw if calibration is None else calibration(raw)
+    out = {"Cllr": cllr(llr, labels), "minCllr": min_cllr(raw, labels)}
+    for p in p_targets:
+        out[f"actDCF_p{p}"] = actual_dcf(llr, labels, p_target=p)
+    return out
+
+
+# ------------------------------------------------------------- score files
+class ScoreList(NamedTuple):
+    """A parsed scores file: float64 ``scores``, int64 ``labels``, and ``pairs``
+    (``(enrol, test)`` per line, or ``None`` on ``label score`` lines)."""
+
+    scores: np.ndarray
+    labels: np.ndarray
+    pairs: list
+
+
+def read_scores(path):
+    r"""Read ``label score enrol test`` (or ``label score``) lines; blank lines skipped.
+
+    Every bad line is reported as ``file:line: what`` in one InputError; a list without
+    both target and non-target trials is refused too.
+
+    >>> import os, tempfile
+    >>> path = os.path.join(tempfile.mkdtemp(), "scores.txt")
+    >>> _ = open(path, "w").write("1 0.75 a.wav b.wav\n0 -0.1\n")
+    >>> read_scores(path).scores.tolist(), read_scores(path).pairs
+    ([0.75, -0.1], [('a.wav', 'b.wav'), None])
+    """
+    scores, labels, pairs, problems = [], [], [], []
+    with open(path, encoding="utf-8", errors="replace") as f:
+        for lineno, line in enumerate(f, 1):
+            fields = line.split()
+            if not fields:
+                continue
+            where = f"{path}:{lineno}"
+            if len(fields) not in (2, 4):
+                problems.append(f"{where}: expected 4 fields 'label score enrol test' "
+                                f"(or 2: 'label score'), got {len(fields)}")
+                continue
+            if fields[0] not in ("0", "1"):
+                problems.append(f"{where}: label must be 0 or 1, got {fields[0]!r}")
+                continue
+            try:
+                score = float(fields[1])
+            except ValueError:
+                problems.append(f"{where}: score is not a number: {fields[1]!r}")
+                continue
+            if not math.isfinite(score):
+                problems.append(f"{where}: score must be finite, got {fields[1]!r}")
+                continue
+            scores.append(score)
+            labels.append(int(fields[0]))
+            pairs.append((fields[2], fields[3]) if len(fields) == 4 else None)
+    if problems:
+        raise InputError(problems)
+    if not labels:
+        raise InputError(f"{path}: no scored trials")
+    if len(set(labels)) < 2:
+        raise InputError(f"{path}: all {len(labels)} trials have label {labels[0]}; "
+                         "calibration needs both target (1) and non-target (0) trials")
+    return ScoreList(np.asarray(scores, dtype=np.float64), np.asarray(labels, dtype=np.int64),
+                     pairs)
+
+
+# --------------------------------------------------------------------- CLI
+def _prior(text):
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not 0.0 < value < 1.0:
+        raise argparse.ArgumentTypeError(f"must be in (0, 1), got {text}")
+    return value
+
+
+def _parser():
+    parser = argparse.ArgumentParser(
+        prog="python -m maskproxy_losses.calibration",
+        description=(
+            "Fit a linear score calibration (llr = scale * score + offset, natural-log "
+            "likelihood ratio) by prior-weighted logistic regression on a scored trial "
+            "list, and store it as JSON. The scores must come from the same model and "
+            "scoring options (score_mode, norm) as the scores it will be applied to."),
+        epilog=(
+            f"With --model-dir the result goes to DIR/{CALIBRATION_FILE}, the place a "
+            "model directory keeps its calibration. Prints the fitted scale and offset, Cllr of "
+            "the raw scores (read as LLRs) and of the calibrated ones, and minCllr (the "
+            "best any monotonic calibration reaches). Bad input exits with code 2."))
+    parser.add_argument("scores", metavar="SCORES.txt",
+                        help="lines 'label score enrol test' (or 'label score'); "
+                             "label 1 = target, 0 = non-target (the recipe's scores.txt)")
+    out = parser.add_mutually_exclusive_group(required=True)
+    out.add_argument("--model-dir", metavar="DIR",
+                     help=f"an exported model directory: write DIR/{CALIBRATION_FILE}")
+    out.add_argument("--output", metavar="FILE.json", help="write the calibration here")
+    parser.add_argument("--prior", type=_prior, default=0.5,
+                        help="target prior weighting the fit (default 0.5, equal weight "
+                             "to the two classes)")
+    parser.add_argument("--debug", action="store_true",
+                        help="show a traceback on bad input instead of one error line")
+    return parser
+
+
+def main(argv=None):
+    """Fit on ``SCORES.txt`` and write the calibration; returns it."""
+    args = _parser().parse_args(sys.argv[1:] if argv is None else argv)
+    if args.model_dir is not None:
+        if not os.path.isdir(args.model_dir):
+            raise InputError(f"{args.model_dir}: --model-dir is not a directory")
+        target = os.path.join(args.model_dir, CALIBRATION_FILE)
+    else:
+        target = args.output
+        folder = os.path.dirname(os.path.abspath(target))
+        if not os.path.isdir(folder):
+            raise InputError(f"{folder}: the folder of --output does not exist")
+    data = read_scores(args.scores)
+    cal = fit_calibration(data.scores, data.labels, prior=args.prior,
+                          source=os.path.abspath(args.scores))
+    cal.save(target)
+    before = cllr(data.scores, data.labels)
+    after = cllr(cal(data.scores), data.labels)
+    print(f"trials: {data.labels.size} ({cal.n_target} target, {cal.n_nontarget} non-target)")
+    sign = "-" if cal.offset < 0 else "+"
+    print(f"calibration: llr = {cal.scale:.6g} * score {sign} {abs(cal.offset):.6g} "
+          f"(prior {cal.prior:g})")
+    print(f"Cllr: {before:.4f} raw (scores read as LLRs) -> {after:.4f} calibrated; "
+          f"minCllr {min_cllr(data.scores, data.labels):.4f}")
+    print(f"written: {target}")
+    return cal
+
+
+if __name__ == "__main__":
+    run_cli(main)
