@@ -358,15 +358,15 @@ def calibration_metrics(raw_scores, labels, calibration=None, p_targets=(0.01, 0
 
     Keys: ``"Cllr"`` (of ``calibration(raw_scores)``, or of the raw scores read as LLRs
     when ``calibration`` is None), ``"minCllr"`` (of the raw scores; no calibration can
-    go below it), and ``"actDCF_p{p}"`` for each ``p`` in ``p_targets`` (``actDCF_p0.01``,
-    ``actDCF_p0.05``: the normalised DCF deciding at the Bayes threshold, to compare with
-    ``minDCF_p{p}``), all with ``c_miss = c_fa = 1``.
+    go below it), and ``"actDCF_{p:g}"`` for each ``p`` in ``p_targets`` (``actDCF_0.01``,
+    ``actDCF_0.05``: the normalised DCF deciding at the Bayes threshold, to compare with
+    ``minDCF_{p:g}``), all with ``c_miss = c_fa = 1``.
     """
     raw, labels = _scores_labels(raw_scores, labels)
     llr = raw if calibration is None else calibration(raw)
     out = {"Cllr": cllr(llr, labels), "minCllr": min_cllr(raw, labels)}
     for p in p_targets:
-        out[f"actDCF_p{p}"] = actual_dcf(llr, labels, p_target=p)
+        out[f"actDCF_{p:g}"] = actual_dcf(llr, labels, p_target=p)
     return out
 
 

@@ -10,21 +10,19 @@ from whatever ``source`` the directory is loaded from (it may be moved freely).
 import json
 import os
 import shutil
-import uuid
 from pathlib import Path
 
 import torch
 from hyperpyyaml import load_hyperpyyaml
 
+from maskproxy_losses.files import remove_stale_temps, temp_path, umask_mode
 from maskproxy_losses.frontend import frontend_spec
+from maskproxy_losses.model_dir import CKPT_FILE, HPARAMS_FILE
 
-__all__ = ["export_model", "render_hparams", "HPARAMS_FILE", "CKPT_FILE"]
-
-HPARAMS_FILE = "hyperparams.yaml"
-CKPT_FILE = "embedding_model.ckpt"
+__all__ = ["export_model", "render_hparams", "unwrap", "HPARAMS_FILE", "CKPT_FILE"]
 
 
-def _unwrap(model):
+def unwrap(model):
     """Strip DataParallel / DistributedDataParallel / torch.compile wrappers."""
     while True:
         if isinstance(model, (torch.nn.DataParallel, torch.nn.parallel.DistributedDataParallel)):
@@ -43,7 +41,7 @@ def _new(key, path, kwargs):
 
 def render_hparams(embedding_model, frontend="fbank", n_mels=40):
     """Return the hyperparams.yaml text for ``embedding_model`` and a front end."""
-    model = _unwrap(embedding_model)
+    model = unwrap(embedding_model)
     kwargs = getattr(model, "init_kwargs", None)
     if not isinstance(kwargs, dict):
         raise TypeError(
@@ -72,7 +70,8 @@ def render_hparams(embedding_model, frontend="fbank", n_mels=40):
     ) + "\n"
 
 
-def export_model(output_dir, embedding_model, frontend="fbank", n_mels=40, overwrite=False):
+def export_model(output_dir, embedding_model, frontend="fbank", n_mels=40, overwrite=False,
+                 extra_files=None):
     """Write ``embedding_model`` (+ front end preset) as a SpeechBrain inference dir.
 
     Arguments
@@ -90,6 +89,8 @@ def export_model(output_dir, embedding_model, frontend="fbank", n_mels=40, overw
         Number of mel bins of the front end.
     overwrite : bool
         Replace an existing non-empty ``output_dir``.
+    extra_files : dict, optional
+        ``{file name: text}`` written into the directory too (e.g. ``calibration.json``).
 
     Returns
     -------
@@ -107,22 +108,24 @@ def export_model(output_dir, embedding_model, frontend="fbank", n_mels=40, overw
         raise FileExistsError(f"{out} exists and is not empty (use overwrite=True to replace it)")
 
     text = render_hparams(embedding_model, frontend, n_mels)
-    state = {k: v.detach().cpu() for k, v in _unwrap(embedding_model).state_dict().items()}
+    state = {k: v.detach().cpu() for k, v in unwrap(embedding_model).state_dict().items()}
 
     out.parent.mkdir(parents=True, exist_ok=True)
-    tag = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    tmp = out.parent / f".{out.name}.tmp-{tag}"
-    tmp.mkdir()
+    remove_stale_temps(out.parent)  # left by a killed export
+    tmp = Path(temp_path(out))
+    tmp.mkdir(mode=umask_mode(0o777))
     try:
         (tmp / HPARAMS_FILE).write_text(text, encoding="utf-8")
         torch.save(state, tmp / CKPT_FILE)
+        for name, content in (extra_files or {}).items():
+            (tmp / name).write_text(content, encoding="utf-8")
         # Check the directory before it becomes visible.
         hparams = load_hyperpyyaml(text)
         hparams["embedding_model"].load_state_dict(
             torch.load(tmp / CKPT_FILE, map_location="cpu", weights_only=True), strict=True
         )
         if out.exists():
-            old = out.parent / f".{out.name}.old-{tag}"
+            old = temp_path(out, "old")
             os.rename(out, old)
             try:
                 os.rename(tmp, out)

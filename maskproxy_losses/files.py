@@ -22,7 +22,10 @@ import re
 import shutil
 import uuid
 
-__all__ = ["atomic_write_bytes", "atomic_write_text", "temp_path", "remove_stale_temps", "umask_mode"]
+__all__ = [
+    "atomic_write_bytes", "atomic_write_text", "temp_path", "remove_stale_temps", "umask_mode",
+    "check_writable",
+]
 
 _STALE = re.compile(r"\.(?:tmp|old)-(\d+)-")
 
@@ -94,3 +97,22 @@ def remove_stale_temps(folder):
             continue
         removed.append(name)
     return removed
+
+
+def check_writable(folder, what="output folder"):
+    """Create ``folder`` if needed and check a file can be written in it; raise
+    ``InputError`` naming it otherwise (before any long work starts)."""
+    from maskproxy_losses.errors import InputError
+
+    try:
+        os.makedirs(folder, exist_ok=True)
+        probe = temp_path(os.path.join(folder, "write-check"))
+        with open(probe, "wb"):
+            pass
+        os.remove(probe)
+    except FileExistsError:
+        raise InputError(f"{folder}: {what} is an existing file, not a folder") from None
+    except NotADirectoryError:
+        raise InputError(f"{folder}: {what} lies under a file, not a folder") from None
+    except OSError as err:
+        raise InputError(f"{folder}: cannot write to the {what} ({err.strerror})") from None

@@ -26,6 +26,7 @@ import torch
 import yaml
 
 from maskproxy_losses.errors import InputError
+from maskproxy_losses.hparams import read_plain_yaml
 
 __all__ = ["ALLOWED_CONSTRUCTORS", "HPARAMS_FILE", "CKPT_FILE", "check_hparams", "load_encoder"]
 
@@ -43,22 +44,6 @@ ALLOWED_CONSTRUCTORS = frozenset({
 })
 
 
-class _TagRecorder(yaml.SafeLoader):
-    """A safe YAML loader that records every application tag instead of running it."""
-
-
-def _record(loader, tag_suffix, node):
-    loader.tags.append((f"!{tag_suffix}", node.start_mark.line + 1))
-    if isinstance(node, yaml.MappingNode):
-        return loader.construct_mapping(node)
-    if isinstance(node, yaml.SequenceNode):
-        return loader.construct_sequence(node)
-    return loader.construct_scalar(node)
-
-
-_TagRecorder.add_multi_constructor("!", _record)
-
-
 def check_hparams(model_dir):
     """Raise ``InputError`` unless ``model_dir/hyperparams.yaml`` names only what the
     project's export writes (``!ref`` and ``!new:`` of :data:`ALLOWED_CONSTRUCTORS`)."""
@@ -66,17 +51,12 @@ def check_hparams(model_dir):
     if not path.is_file():
         raise InputError(f"{model_dir}: not a model directory (no {HPARAMS_FILE})")
     try:
-        loader = _TagRecorder(path.read_text(encoding="utf-8"))
-        loader.tags = []
-        try:
-            loader.get_single_data()
-        finally:
-            loader.dispose()
+        _, tags = read_plain_yaml(path.read_text(encoding="utf-8"))
     except (yaml.YAMLError, UnicodeDecodeError) as err:
         raise InputError(f"{path}: not a readable YAML file ({str(err).splitlines()[0]})") from None
     bad = [
         f"{path}:{line}: {tag}"
-        for tag, line in loader.tags
+        for tag, line in tags
         if tag != "!ref" and not (tag.startswith("!new:") and tag[5:] in ALLOWED_CONSTRUCTORS)
     ]
     if bad:

@@ -29,6 +29,7 @@ __all__ = [
     "roc",
     "l2_normalize",
     "cosine_scores",
+    "score_trials",
     "crop_samples",
     "crop_starts",
     "make_crops",
@@ -176,6 +177,22 @@ def cosine_scores(emb, enrol_idx, test_idx):
     emb = l2_normalize(emb.astype(np.float64))
     e, t = np.asarray(enrol_idx), np.asarray(test_idx)
     return np.einsum("ij,ij->i", emb[e], emb[t])
+
+
+def score_trials(embeddings, trials):
+    """Cosine scores and labels of ``trials`` (as :func:`maskproxy_losses.trials.read_trials`
+    returns them) with ``embeddings`` a ``{absolute wav path: embedding}`` mapping.
+
+    >>> emb = {"/a.wav": np.array([1.0, 0.0]), "/b.wav": np.array([1.0, 1.0])}
+    >>> scores, labels = score_trials(emb, [(1, "a.wav", "b.wav", "/a.wav", "/b.wav", "t:1")])
+    >>> round(float(scores[0]), 4), labels.tolist()
+    (0.7071, [1])
+    """
+    from maskproxy_losses.trials import index_trials
+
+    keys, enrol, test = index_trials([(t[3], t[4]) for t in trials])
+    emb = np.stack([_as_np(embeddings[k]).reshape(-1) for k in keys])
+    return cosine_scores(emb, enrol, test), np.array([t[0] for t in trials])
 
 
 # ------------------------------------------------------ the authors' 10 crops

@@ -12,7 +12,9 @@ import numpy as np
 
 from maskproxy_losses.errors import InputError
 
-__all__ = ["read_trials", "read_manifest_wavs", "index_trials", "check_classes"]
+__all__ = [
+    "read_trials", "read_manifest_wavs", "read_prepared_trials", "index_trials", "check_classes",
+]
 
 
 def read_trials(trials_file, test_root=None, id_to_wav=None):
@@ -106,3 +108,17 @@ def read_manifest_wavs(path):
         if not {"ID", "wav"} <= set(reader.fieldnames or []):
             raise InputError(f"{path}:1: expected columns ID and wav")
         return {row["ID"]: row["wav"] for row in reader}
+
+
+def read_prepared_trials(trials_path, csv_path):
+    """The trials of a list that data preparation wrote, checked before training starts:
+    well formed, both classes present, every file in the manifest ``csv_path``."""
+    trials, problems = read_trials(trials_path)
+    if problems:
+        raise InputError(problems)
+    check_classes(trials, trials_path)
+    known = {os.path.abspath(w) for w in read_manifest_wavs(csv_path).values()}
+    missing = [f"{t[5]}: {p} is not in {csv_path}" for t in trials for p in t[3:5] if p not in known]
+    if missing:
+        raise InputError(missing)
+    return trials

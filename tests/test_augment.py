@@ -10,7 +10,8 @@ import soundfile as sf
 import torch
 from speechbrain.augment.preparation import prepare_csv
 
-from data_prep.voxceleb import PrepError
+from maskproxy_losses.augment import build_augmenter
+from maskproxy_losses.errors import InputError
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "recipes" / "VoxCeleb" / "MaskProxy"))
@@ -39,14 +40,14 @@ def _speech(n=2, length=8000):
 
 
 def test_no_csv_means_no_augmentation():
-    assert recipe.build_augmenter(_hparams()) is None
+    assert build_augmenter(_hparams()) is None
 
 
 def test_noise_at_0_db(tmp_path):
     # A constant (DC) noise at SNR 0 dB: SpeechBrain scales the clean signal by 1/2 and adds
     # noise of the same RMS as the scaled clean signal, i.e. a constant offset of rms(x) / 2.
     csv = _csv(tmp_path, "dc", np.full(3 * SR, 0.25, dtype=np.float32))
-    augment = recipe.build_augmenter(_hparams(noise_csv=str(csv)))
+    augment = build_augmenter(_hparams(noise_csv=str(csv)))
     x = _speech()
     y, lens = augment(x, torch.ones(len(x)))
     assert y.shape == x.shape and torch.equal(lens, torch.ones(len(x)))
@@ -58,25 +59,25 @@ def test_delta_impulse_response_leaves_speech_unchanged(tmp_path):
     rir = np.zeros(800, dtype=np.float32)
     rir[40] = 1.0  # a pure delay: aligned to the direct path, it is the identity
     csv = _csv(tmp_path, "delta", rir)
-    augment = recipe.build_augmenter(_hparams(rir_csv=str(csv)))
+    augment = build_augmenter(_hparams(rir_csv=str(csv)))
     x = _speech()
     y, _ = augment(x, torch.ones(len(x)))
     torch.testing.assert_close(y, x, atol=1e-4, rtol=1e-4)
 
 
 def test_missing_or_malformed_csv_is_named(tmp_path):
-    with pytest.raises(PrepError, match=re.escape(f"{tmp_path / 'none.csv'}: noise_csv not found")):
-        recipe.build_augmenter(_hparams(noise_csv=str(tmp_path / "none.csv")))
+    with pytest.raises(InputError, match=re.escape(f"{tmp_path / 'none.csv'}: noise_csv not found")):
+        build_augmenter(_hparams(noise_csv=str(tmp_path / "none.csv")))
     bad = tmp_path / "bad.csv"
     bad.write_text("ID,duration,wav\nx,1.0,x.wav\n")  # SpeechBrain's reader also needs the last two
-    with pytest.raises(PrepError, match=re.escape(f"{bad}:1: rir_csv lacks the column(s) wav_format, wav_opts")):
-        recipe.build_augmenter(_hparams(rir_csv=str(bad)))
+    with pytest.raises(InputError, match=re.escape(f"{bad}:1: rir_csv lacks the column(s) wav_format, wav_opts")):
+        build_augmenter(_hparams(rir_csv=str(bad)))
     rows = tmp_path / "rows.csv"
     rows.write_text("ID,duration,wav,wav_format,wav_opts\n"
                     f"a,1.0,{tmp_path / 'gone.wav'},wav,\n"
                     "b,1.0\n")
-    with pytest.raises(PrepError) as err:
-        recipe.build_augmenter(_hparams(noise_csv=str(rows)))
+    with pytest.raises(InputError) as err:
+        build_augmenter(_hparams(noise_csv=str(rows)))
     assert err.value.problems == [f"{rows}:2: audio file not found: {tmp_path / 'gone.wav'}",
                                   f"{rows}:3: expected 5 fields, got 2"]
 

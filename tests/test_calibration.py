@@ -214,10 +214,10 @@ def test_calibration_metrics_keys_and_values():
     scores, labels = _gauss(rng, 200, 1000)
     cal = fit_calibration(scores, labels)
     m = calibration_metrics(scores, labels, cal)
-    assert list(m) == ["Cllr", "minCllr", "actDCF_p0.01", "actDCF_p0.05"]
+    assert list(m) == ["Cllr", "minCllr", "actDCF_0.01", "actDCF_0.05"]
     assert m["Cllr"] == cllr(cal(scores), labels)
     assert m["minCllr"] == min_cllr(scores, labels)
-    assert m["actDCF_p0.05"] == actual_dcf(cal(scores), labels, 0.05)
+    assert m["actDCF_0.05"] == actual_dcf(cal(scores), labels, 0.05)
     raw = calibration_metrics(scores, labels)  # raw scores read as LLRs
     assert raw["Cllr"] == cllr(scores, labels) and raw["minCllr"] == m["minCllr"]
 
