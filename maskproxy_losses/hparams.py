@@ -106,4 +106,8 @@ def load_recipe_hparams(hparams_file, overrides="", losses=None):
                 scale[key] = value
     # The command line's own text stays as HyperPyYAML reads it (YAML 1.2: 1e30 is a float).
     merged = "\n".join(part for part in (overrides or "", yaml.safe_dump(scale) if scale else "") if part)
-    return load_hyperpyyaml(text, merged), merged
+    try:
+        return load_hyperpyyaml(text, merged), merged
+    except (NotADirectoryError, FileExistsError, PermissionError) as err:  # folders made on load
+        raise InputError(f"{err.filename}: cannot create this folder ({err.strerror}); "
+                         "check output_folder and the other paths") from None
