@@ -19,20 +19,16 @@ from pathlib import Path
 import torch
 
 from maskproxy_losses.encoder import ResNetSE34L
+from maskproxy_losses.errors import MAX_LISTED, InputError, run_cli
 from maskproxy_losses.export import export_model
 
-__all__ = ["CheckpointError", "load_authors_state_dict", "convert_checkpoint", "main"]
+__all__ = ["load_authors_state_dict", "convert_checkpoint", "main"]
 
 MODEL_PREFIX, LOSS_PREFIX, FRONTEND_PREFIX = "__S__.", "__L__.", "__S__.torchfb."
-_MAX_LISTED = 20
-
-
-class CheckpointError(ValueError):
-    """The file is not a usable ResNetSE34L checkpoint in the authors' layout."""
 
 
 def _listing(title, items):
-    shown = list(items)[:_MAX_LISTED]
+    shown = list(items)[:MAX_LISTED]
     more = len(items) - len(shown)
     text = f"  {title} ({len(items)}): " + ", ".join(shown)
     return text + (f", ... and {more} more" if more else "")
@@ -42,24 +38,24 @@ def load_authors_state_dict(path):
     """Read ``path`` and return ``(model_state, n_mels)`` with the prefixes stripped.
 
     ``n_mels`` comes from the ``torchfb`` mel filterbank when present (else 40).
-    Raises ``CheckpointError`` naming the file if it cannot be read or is not an
+    Raises ``InputError`` naming the file if it cannot be read or is not an
     authors'-layout state dict.
     """
     path = Path(path)
     if not path.is_file():
-        raise CheckpointError(f"checkpoint file not found: {path}")
+        raise InputError(f"checkpoint file not found: {path}")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # pickle, zip and torch errors vary by content
         detail = str(err).splitlines()[0] if str(err) else "no details"
-        raise CheckpointError(
+        raise InputError(
             f"cannot read {path} as a PyTorch checkpoint: not a torch.save file, corrupt, "
             f"or holding objects other than tensors ({type(err).__name__}: {detail})"
         ) from None
     if not isinstance(state, dict) or not all(
         isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()
     ):
-        raise CheckpointError(f"{path} does not hold a state dict (name -> tensor)")
+        raise InputError(f"{path} does not hold a state dict (name -> tensor)")
 
     model, others, n_mels = {}, [], 40
     for key, value in state.items():
@@ -72,11 +68,11 @@ def load_authors_state_dict(path):
         elif not key.startswith(LOSS_PREFIX):
             others.append(key)
     if not model:
-        raise CheckpointError(
+        raise InputError(
             f"{path} has no '{MODEL_PREFIX}*' model keys: not a checkpoint in the authors' layout"
         )
     if others:
-        raise CheckpointError(
+        raise InputError(
             f"{path} has keys outside '{MODEL_PREFIX}*' / '{LOSS_PREFIX}*':\n"
             + _listing("unexpected keys", others)
         )
@@ -87,7 +83,7 @@ def build_model_for(state, n_mels=40):
     """Build the ``ResNetSE34L`` that ``state`` belongs to, loaded and in eval mode.
 
     The embedding size and pooling ("sap"/"asp") are read from ``fc.weight``; the
-    rest is the standard ResNetSE34L. Raises ``CheckpointError`` listing missing,
+    rest is the standard ResNetSE34L. Raises ``InputError`` listing missing,
     unexpected and mis-shaped keys.
     """
     kwargs = {"n_mels": n_mels}
@@ -115,7 +111,7 @@ def build_model_for(state, n_mels=40):
         ):
             if items:
                 lines.append(_listing(title, items))
-        raise CheckpointError("\n".join(lines))
+        raise InputError("\n".join(lines))
     model.load_state_dict(state, strict=True)
     return model.eval()
 
@@ -123,23 +119,25 @@ def build_model_for(state, n_mels=40):
 def convert_checkpoint(path, output_dir, overwrite=False):
     """Convert the authors' checkpoint ``path`` into SpeechBrain directory ``output_dir``.
 
-    Returns the absolute output path. Raises ``CheckpointError`` (a ``ValueError``)
-    for unusable checkpoints and ``FileExistsError`` if ``output_dir`` is not empty
-    and ``overwrite`` is False; nothing is written in either case.
+    Returns the absolute output path. Raises ``InputError`` for unusable checkpoints
+    and if ``output_dir`` is not empty and ``overwrite`` is False; nothing is written
+    in either case.
     """
     out = Path(output_dir)
     if out.is_dir() and any(out.iterdir()) and not overwrite:
-        raise FileExistsError(f"{out} exists and is not empty (use --overwrite to replace it)")
+        raise InputError(f"{out}: exists and is not empty (use --overwrite to replace it)")
+    if out.exists() and not out.is_dir():
+        raise InputError(f"{out}: exists and is not a directory")
     state, n_mels = load_authors_state_dict(path)
     try:
         model = build_model_for(state, n_mels)
-    except CheckpointError as err:
-        raise CheckpointError(f"{path}: {err}") from None
+    except InputError as err:
+        raise InputError(f"{path}: {err}") from None
     return export_model(out, model, frontend="authors", n_mels=n_mels, overwrite=overwrite)
 
 
 def main(argv=None):
-    """Command-line entry point; returns the exit status."""
+    """Command-line entry point; returns the exit status (2: bad input, ``error:`` line)."""
     parser = argparse.ArgumentParser(
         prog="python -m maskproxy_losses.convert",
         description=(
@@ -156,14 +154,18 @@ def main(argv=None):
     parser.add_argument(
         "--overwrite", action="store_true", help="replace OUTPUT_DIR if it exists and is not empty"
     )
-    args = parser.parse_args(argv)
-    try:
+    parser.add_argument("--debug", action="store_true", help="show a traceback on errors")
+
+    def run(args):
+        args = parser.parse_args(args)
         out = convert_checkpoint(args.checkpoint, args.output_dir, overwrite=args.overwrite)
-    except (CheckpointError, FileExistsError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    print(f"wrote {out}")
-    return 0
+        print(f"wrote {out}")
+        return 0
+
+    try:
+        return run_cli(run, sys.argv[1:] if argv is None else argv)
+    except SystemExit as exit_:
+        return exit_.code
 
 
 if __name__ == "__main__":

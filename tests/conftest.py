@@ -7,8 +7,7 @@ import torch
 # tests/ holds helper modules (the reference losses); make them importable.
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-SHARED = Path(__file__).resolve().parents[2] / "shared"
-FIXTURES = SHARED / "fixtures"
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
 
 
 @pytest.fixture(autouse=True)

@@ -13,20 +13,16 @@ import soundfile as sf
 import torch
 
 from maskproxy_losses import frontend
-from maskproxy_losses.convert import CheckpointError, convert_checkpoint, main
+from maskproxy_losses.convert import convert_checkpoint, main
+from maskproxy_losses.errors import InputError
 from maskproxy_losses.encoder import ResNetSE34L
 from maskproxy_losses.export import export_model
 from maskproxy_losses.frontend import InstanceNorm, build_frontend
 
-FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "fixtures"
+from conftest import FIXTURES  # noqa: E402  (copies of the shared authors' fixtures)
 CKPT = FIXTURES / "resnetse34l_original_layout.model"
 EXPECTED = FIXTURES / "resnetse34l_original_layout_expected.npz"
 REPO = Path(__file__).resolve().parents[1]
-
-needs_fixtures = pytest.mark.skipif(
-    not (CKPT.is_file() and EXPECTED.is_file()),
-    reason=f"authors' checkpoint fixtures not found in {FIXTURES} (shared/ must sit beside the repo)",
-)
 
 
 def _load_sb(cls_name, source, savedir):
@@ -101,7 +97,6 @@ def test_authors_frontend_scale_and_shape():
 # --- conversion of the authors' checkpoint ---------------------------------------
 
 
-@needs_fixtures
 def test_fixture_embeddings_through_encoder_classifier(converted, expected, tmp_path, monkeypatch):
     assert sorted(p.name for p in converted.iterdir()) == ["embedding_model.ckpt", "hyperparams.yaml"]
     monkeypatch.chdir(tmp_path)  # load through a relative source from another cwd
@@ -119,7 +114,6 @@ def test_fixture_embeddings_through_encoder_classifier(converted, expected, tmp_
     assert worst_rel < 1e-3
 
 
-@needs_fixtures
 def test_verify_files(converted, expected, tmp_path):
     paths = []
     for name in ("a", "b"):
@@ -134,7 +128,6 @@ def test_verify_files(converted, expected, tmp_path):
     torch.testing.assert_close(score, ref, rtol=1e-4, atol=1e-4)
 
 
-@needs_fixtures
 def test_module_prefix_is_stripped(authors_state, converted, tmp_path):
     path = _save(tmp_path, {f"module.{k}": v for k, v in authors_state.items()})
     out = convert_checkpoint(path, tmp_path / "out")
@@ -144,7 +137,6 @@ def test_module_prefix_is_stripped(authors_state, converted, tmp_path):
     assert not any(k.startswith(("__", "torchfb")) for k in a)
 
 
-@needs_fixtures
 @pytest.mark.parametrize(
     "edit, message",
     [
@@ -160,7 +152,7 @@ def test_mismatched_checkpoint(authors_state, tmp_path, edit, message):
     state = dict(authors_state)
     edit(state)
     path = _save(tmp_path, state)
-    with pytest.raises(CheckpointError) as info:
+    with pytest.raises(InputError) as info:
         convert_checkpoint(path, tmp_path / "out")
     assert isinstance(info.value, ValueError)
     assert message in str(info.value) and str(path) in str(info.value)
@@ -176,17 +168,16 @@ def test_not_a_checkpoint(tmp_path, kind):
         torch.save([torch.zeros(2)], path)
     elif kind == "no_model_keys":
         torch.save({"__L__.w": torch.zeros(1)}, path)
-    with pytest.raises(CheckpointError, match=re.escape(str(path))):
+    with pytest.raises(InputError, match=re.escape(str(path))):
         convert_checkpoint(path, tmp_path / "out")
     _assert_nothing_written(tmp_path / "out")
 
 
-@needs_fixtures
 def test_existing_output_dir(converted, tmp_path):
     out = tmp_path / "out"
     out.mkdir()
     (out / "keep.txt").write_text("precious")
-    with pytest.raises(FileExistsError, match="overwrite"):
+    with pytest.raises(InputError, match="overwrite"):
         convert_checkpoint(CKPT, out)
     assert [p.name for p in out.iterdir()] == ["keep.txt"]
     convert_checkpoint(CKPT, out, overwrite=True)
@@ -220,7 +211,6 @@ def test_no_half_written_dir_on_failure(tmp_path, monkeypatch, overwrite):
         _assert_nothing_written(out)
 
 
-@needs_fixtures
 def test_cli(authors_state, tmp_path, capsys):
     assert main([str(CKPT), str(tmp_path / "ok")]) == 0
     assert "wrote" in capsys.readouterr().out

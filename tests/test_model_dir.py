@@ -14,7 +14,7 @@ from maskproxy_losses.errors import InputError
 from maskproxy_losses.export import export_model
 from maskproxy_losses.model_dir import check_hparams, load_encoder
 
-FIXTURES = Path(__file__).resolve().parent / "fixtures"
+from conftest import FIXTURES  # noqa: E402
 OLD_DIR = FIXTURES / "model_dir_v0_1"  # written by the export of release 0.1, before the re-layout
 
 
