@@ -18,7 +18,7 @@ import numpy as np
 from maskproxy_losses.files import atomic_write_bytes
 from maskproxy_losses.scoring import compute_eer, roc
 
-__all__ = ["plot_det_and_scores"]
+__all__ = ["plot_det_and_scores", "plot_embedding_map"]
 
 
 def plot_det_and_scores(scores, labels, path):
@@ -61,3 +61,36 @@ def plot_det_and_scores(scores, labels, path):
     fig.savefig(buf, format="png", dpi=100)
     plt.close(fig)
     atomic_write_bytes(path, buf.getvalue())
+
+
+def plot_embedding_map(embeddings, speakers, path, seed=0):
+    """A 2-D t-SNE map (scikit-learn) of length-normalised ``embeddings`` [N, D], one
+    colour per speaker -> PNG at ``path``. Returns the 2-D coordinates [N, 2]."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from sklearn.manifold import TSNE
+
+    from maskproxy_losses.scoring import l2_normalize
+
+    emb = l2_normalize(np.asarray(embeddings, dtype=np.float64))
+    if len(emb) < 3:
+        raise ValueError(f"an embedding map needs at least 3 embeddings, got {len(emb)}")
+    xy = TSNE(n_components=2, perplexity=min(30.0, (len(emb) - 1) / 3), metric="cosine",
+              init="pca", random_state=seed).fit_transform(emb)
+    names = sorted(set(speakers))
+    cmap = plt.get_cmap("tab20" if len(names) <= 20 else "gist_ncar", len(names))
+    fig, ax = plt.subplots(figsize=(7, 6))
+    for i, name in enumerate(names):
+        mask = np.array([s == name for s in speakers])
+        ax.scatter(xy[mask, 0], xy[mask, 1], s=12, color=cmap(i), label=name)
+    ax.set(title=f"t-SNE of {len(emb)} embeddings, {len(names)} speakers", xticks=[], yticks=[])
+    if len(names) <= 20:
+        ax.legend(fontsize=7, markerscale=1.5, loc="center left", bbox_to_anchor=(1, 0.5))
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100)
+    plt.close(fig)
+    atomic_write_bytes(path, buf.getvalue())
+    return xy

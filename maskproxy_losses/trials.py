@@ -13,7 +13,7 @@ import numpy as np
 from maskproxy_losses.errors import InputError
 
 __all__ = [
-    "read_trials", "read_manifest_wavs", "read_prepared_trials", "index_trials", "check_classes",
+    "read_trials", "read_manifest_wavs", "read_speaker_wavs", "read_prepared_trials", "index_trials", "check_classes",
 ]
 
 
@@ -122,3 +122,25 @@ def read_prepared_trials(trials_path, csv_path):
     if missing:
         raise InputError(missing)
     return trials
+
+
+def read_speaker_wavs(csv_path, per_speaker=0, what="cohort_csv"):
+    """``[(wav, spk_id, where)]`` of a manifest with ``wav`` and ``spk_id`` columns (a
+    train.csv for a score-normalisation cohort, a test.csv for the embedding map); at
+    most ``per_speaker`` per speaker when given. ``what`` names the option in errors."""
+    if not os.path.isfile(csv_path):
+        raise InputError(f"{csv_path}: {what} not found")
+    out, count = [], {}
+    with open(csv_path, newline="", encoding="utf-8") as f:
+        reader = csv.DictReader(f)
+        if not {"wav", "spk_id"} <= set(reader.fieldnames or []):
+            raise InputError(f"{csv_path}:1: expected columns wav and spk_id")
+        for lineno, row in enumerate(reader, 2):
+            spk = row["spk_id"]
+            if per_speaker and count.get(spk, 0) >= per_speaker:
+                continue
+            count[spk] = count.get(spk, 0) + 1
+            out.append((os.path.abspath(row["wav"]), spk, f"{csv_path}:{lineno}"))
+    if not out:
+        raise InputError(f"{csv_path}: no utterances in {what}")
+    return out

@@ -173,3 +173,32 @@ def test_subprocess_exit_code(setup, tmp_path):
     assert proc.returncode == 2
     assert f"{trials}:2: label must be 0 or 1" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_calibration_from_the_model_directory(setup, tmp_path):
+    import shutil
+
+    from maskproxy_losses.calibration import Calibration, calibration_metrics
+
+    model = tmp_path / "model"
+    shutil.copytree(setup["model"], model)
+    Calibration(scale=12.0, offset=-3.0).save(model / "calibration.json")
+    setup = dict(setup, model=model)
+    metrics = sv.main(_argv(setup, "out_cal"))
+    labels, raw, _ = _read_scores(setup["base"] / "out_cal" / "scores.txt")
+    want = calibration_metrics(raw, labels, Calibration(scale=12.0, offset=-3.0))
+    for key in ("Cllr", "minCllr", "actDCF_0.01", "actDCF_0.05"):
+        assert metrics[key] == pytest.approx(want[key], rel=1e-12), key
+    assert metrics["options"]["calibration"] == str(model / "calibration.json")
+    sv.main(_argv(setup, "out_llr", "--calibrated_scores", "True"))
+    _, llr, _ = _read_scores(setup["base"] / "out_llr" / "scores.txt")
+    np.testing.assert_allclose(llr, 12.0 * raw - 3.0, rtol=1e-12)
+    # normalised scores are not what the calibration was fitted on: not applied
+    m = sv.main(_argv(setup, "out_sn", "--norm", "snorm"))
+    assert m["options"]["calibration"] is None and "Cllr" not in m and "minCllr" in m
+
+
+def test_embedding_map(setup):
+    sv.main(_argv(setup, "out_map", "--embedding_map", "True"))
+    png = setup["base"] / "out_map" / "embedding_map.png"
+    assert png.read_bytes()[:4] == b"\x89PNG"

@@ -21,10 +21,8 @@ empty or one-class list) is reported as ``file:line: what`` with exit code 2 (a
 traceback only with ``--debug``); ``--skip_bad True`` drops the bad trials.
 """
 
-import csv
 import json
 import logging
-import os
 import sys
 import time
 from pathlib import Path
@@ -37,34 +35,19 @@ from hyperpyyaml import load_hyperpyyaml
 from data_prep.demo_corpus import prepare_builtin
 from maskproxy_losses import scoring
 from maskproxy_losses.audio import probe_entries
+from maskproxy_losses.calibration import (
+    CALIBRATION_FILE, Calibration, calibration_metrics, load_model_calibration, min_cllr,
+)
 from maskproxy_losses.embedding import Embedder, EmbeddingCache, model_fingerprint
 from maskproxy_losses.errors import InputError, report, run_cli
 from maskproxy_losses.files import atomic_write_text
 from maskproxy_losses.model_dir import load_encoder
-from maskproxy_losses.plotting import plot_det_and_scores
-from maskproxy_losses.trials import check_classes, index_trials, read_manifest_wavs, read_trials
+from maskproxy_losses.plotting import plot_det_and_scores, plot_embedding_map
+from maskproxy_losses.trials import (
+    check_classes, index_trials, read_manifest_wavs, read_speaker_wavs, read_trials,
+)
 
 logger = logging.getLogger(__name__)
-
-
-def read_cohort(cohort_csv, per_speaker=0):
-    """``[(wav, spk_id, where)]`` of a train.csv; at most ``per_speaker`` per speaker."""
-    if not os.path.isfile(cohort_csv):
-        raise InputError(f"{cohort_csv}: cohort_csv not found (needed for score normalisation)")
-    out, count = [], {}
-    with open(cohort_csv, newline="", encoding="utf-8") as f:
-        reader = csv.DictReader(f)
-        if not {"wav", "spk_id"} <= set(reader.fieldnames or []):
-            raise InputError(f"{cohort_csv}:1: expected columns wav and spk_id")
-        for lineno, row in enumerate(reader, 2):
-            spk = row["spk_id"]
-            if per_speaker and count.get(spk, 0) >= per_speaker:
-                continue
-            count[spk] = count.get(spk, 0) + 1
-            out.append((os.path.abspath(row["wav"]), spk, f"{cohort_csv}:{lineno}"))
-    if not out:
-        raise InputError(f"{cohort_csv}: no cohort utterances")
-    return out
 
 
 def check_options(hparams):
@@ -107,7 +90,7 @@ def load_trials(hparams, skip_bad):
 
 def load_cohort(hparams, skip_bad):
     """The usable cohort utterances (for S-norm / AS-norm), their samples, the problems."""
-    cohort = read_cohort(hparams["cohort_csv"], int(hparams.get("cohort_utts_per_spk") or 0))
+    cohort = read_speaker_wavs(hparams["cohort_csv"], int(hparams.get("cohort_utts_per_spk") or 0))
     lengths, problems, bad = probe_entries([(w, [p]) for p, _, w in cohort])
     if problems and not skip_bad:
         raise InputError(problems)
@@ -115,6 +98,18 @@ def load_cohort(hparams, skip_bad):
     if not cohort:
         raise InputError(f"{hparams['cohort_csv']}: no usable cohort utterances")
     return cohort, lengths, problems
+
+
+def choose_calibration(hparams, model_dir, mode, norm):
+    """``(calibration, its file)``: ``--calibration FILE``, else the model directory's
+    ``calibration.json`` when the scores are made as it was fitted (full-utterance
+    cosine, no normalisation), else ``(None, None)``."""
+    if hparams.get("calibration"):
+        return Calibration.load(hparams["calibration"]), str(hparams["calibration"])
+    path = Path(model_dir) / CALIBRATION_FILE
+    if (mode, norm) != ("cosine", "none") or not path.is_file():
+        return None, None
+    return load_model_calibration(model_dir), str(path)
 
 
 def run(hparams, device="cpu"):
@@ -161,6 +156,10 @@ def run(hparams, device="cpu"):
 
     labels = np.array([t[0] for t in trials])
     metrics = scoring.verification_metrics(scores, labels)
+    calibration, calibration_file = choose_calibration(hparams, model_dir, mode, norm)
+    metrics.update(calibration_metrics(scores, labels, calibration) if calibration else
+                   {"minCllr": min_cllr(scores, labels)})
+    written = calibration(scores) if calibration and hparams.get("calibrated_scores") else scores
     metrics["options"] = {
         "pretrained_path": str(Path(model_dir).resolve()),
         "model_hash": model_hash,
@@ -170,6 +169,8 @@ def run(hparams, device="cpu"):
         "crop_frames": crops[1] if crops else None,
         "norm": norm,
         "cohort": cohort_info,
+        "calibration": calibration_file,
+        "scores_txt": "calibrated LLR" if written is not scores else "raw score",
     }
     metrics["embedding_cache"] = {"hits": hits, "computed": computed, "dir": str(cache.folder)}
     metrics["skipped"] = {"count": len(problems), "problems": problems[:100]}
@@ -177,10 +178,18 @@ def run(hparams, device="cpu"):
 
     atomic_write_text(
         out_dir / "scores.txt",
-        "".join(f"{t[0]} {s!r} {t[1]} {t[2]}\n" for t, s in zip(trials, scores.tolist())),
+        "".join(f"{t[0]} {s!r} {t[1]} {t[2]}\n" for t, s in zip(trials, written.tolist())),
     )
     atomic_write_text(out_dir / "metrics.json", json.dumps(metrics, indent=2) + "\n")
     plot_det_and_scores(scores, labels, out_dir / "det_and_scores.png")
+    if hparams.get("embedding_map"):
+        map_csv = hparams["embedding_map_csv"]
+        rows = read_speaker_wavs(map_csv, int(hparams["embedding_map_utts_per_spk"]), "embedding_map_csv")
+        map_lengths, map_problems, _ = probe_entries([(w, [p]) for p, _, w in rows])
+        if map_problems:
+            raise InputError(map_problems)
+        map_emb, _ = embed([r[0] for r in rows], map_lengths, desc="embedding map")
+        plot_embedding_map(map_emb, [r[1] for r in rows], out_dir / "embedding_map.png")
 
     if problems:
         print(f"skipped {len(problems)} bad entr{'y' if len(problems) == 1 else 'ies'}:\n"
@@ -191,6 +200,10 @@ def run(hparams, device="cpu"):
     print(f"EER: {metrics['EER']:.4f}% (threshold {metrics['EER_threshold']:.6f})")
     print(f"minDCF(p=0.01): {metrics['minDCF_0.01']:.4f}")
     print(f"minDCF(p=0.05): {metrics['minDCF_0.05']:.4f}")
+    if calibration:
+        print(f"Cllr: {metrics['Cllr']:.4f} (min {metrics['minCllr']:.4f}), actDCF(p=0.01): "
+              f"{metrics['actDCF_0.01']:.4f}, actDCF(p=0.05): {metrics['actDCF_0.05']:.4f} "
+              f"(calibration: {calibration_file})")
     print(f"outputs: {out_dir}")
     return metrics
 
