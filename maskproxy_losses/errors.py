@@ -11,8 +11,8 @@ Example
 >>> err = InputError([f"list.txt:{i}: expected 2 fields, got 3" for i in range(1, 24)])
 >>> print(str(err).splitlines()[0])
 23 problem(s) in the input:
->>> print(str(err).splitlines()[-1])
-  ... and 3 more
+>>> str(err).splitlines()[-1]
+'  ... and 3 more'
 >>> print(InputError("trials.txt: not found"))
 trials.txt: not found
 """
