@@ -46,11 +46,21 @@ from scipy import fft as sp_fft
 from scipy import signal
 from tqdm import tqdm
 
-from data_prep.voxceleb import atomic_write_text, make_trials, prepare_voxceleb
+from data_prep.splits import make_trials
+from data_prep.voxceleb import prepare_voxceleb
+from maskproxy_losses.audio import SAMPLE_RATE
+from maskproxy_losses.errors import InputError, run_cli
+from maskproxy_losses.files import (
+    atomic_write_text,
+    check_writable_dir,
+    remove_stale_temps,
+    temp_path,
+)
+from maskproxy_losses.trials import read_trials
 
 __all__ = ["generate_corpus", "prepare_builtin", "baseline_scores", "synth_utterance", "main"]
 
-SR = 16000
+SR = SAMPLE_RATE
 MARKER = "corpus.json"
 IN_PROGRESS = ".corpus_in_progress.json"
 GENERATOR_VERSION = 1
@@ -293,10 +303,15 @@ def apply_channel(speech, channel, rng):
 
 
 def _write_wav(path, audio):
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = os.path.join(os.path.dirname(path), f".tmp-{os.getpid()}-{os.path.basename(path)}")
-    sf.write(tmp, audio, SR, subtype="PCM_16", format="WAV")
-    os.replace(tmp, path)
+    """Write via a hidden temporary + rename: a killed run leaves no partial wav."""
+    tmp = temp_path(path)
+    try:
+        sf.write(tmp, audio, SR, subtype="PCM_16", format="WAV")
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.lexists(tmp):
+            os.remove(tmp)
+        raise
 
 
 def _generate_speaker(job):
@@ -304,6 +319,10 @@ def _generate_speaker(job):
     wav_root, seed, group, index, utterances, min_d, max_d, resume = job
     plan = speaker_plan(seed, group, index, utterances, min_d, max_d)
     written = 0
+    for folder in sorted({os.path.dirname(os.path.join(wav_root, r)) for r, _, _ in plan["utts"]}):
+        os.makedirs(folder, exist_ok=True)
+        if resume:
+            remove_stale_temps(folder)  # temporaries of a killed run
     for k, (rel, session, duration) in enumerate(plan["utts"]):
         path = os.path.join(wav_root, rel)
         if resume and os.path.isfile(path):
@@ -334,9 +353,11 @@ def generate_corpus(output_dir, train_speakers=60, test_speakers=20, utterances=
     ``train_speakers``; a rerun with the same arguments after completion does nothing.
     """
     if utterances < 2 or not 1 <= train_speakers <= 9999 or not 2 <= test_speakers <= 9999:
-        raise ValueError("need utterances >= 2, 1-9999 train and 2-9999 test speakers")
+        raise InputError("need utterances >= 2, 1-9999 train and 2-9999 test speakers")
     if not 0.25 <= min_duration <= max_duration:
-        raise ValueError("need 0.25 <= min_duration <= max_duration (seconds)")
+        raise InputError("need 0.25 <= min_duration <= max_duration (seconds)")
+    check_writable_dir(output_dir)
+    remove_stale_temps(output_dir)
     args = {"version": GENERATOR_VERSION, "train_speakers": train_speakers,
             "test_speakers": test_speakers, "utterances": utterances, "seed": seed,
             "min_duration": min_duration, "max_duration": max_duration, "n_trials": n_trials}
@@ -407,11 +428,17 @@ def prepare_builtin(data_folder, manifest_folder=None, corpus_seed=0, prep_seed=
 
 
 def _read_trial_list(trials, root):
+    """``(label, abs1, abs2)`` of a trial file (``maskproxy_losses.trials.read_trials``:
+    paths relative to ``root``, default the file's folder) or of a list of triples
+    (relative to ``root``, default the working folder)."""
     if isinstance(trials, (str, os.PathLike)):
-        with open(trials, encoding="utf-8") as f:
-            trials = [line.split() for line in f if line.strip()]
+        rows, problems = read_trials(trials, test_root=root)
+        if problems:
+            raise InputError(problems)
+        return [(label, a, b) for label, _, _, a, b, _ in rows]
     root = root or ""
-    return [(int(lab), os.path.join(root, a), os.path.join(root, b)) for lab, a, b in trials]
+    return [(int(lab), os.path.abspath(os.path.join(root, a)), os.path.abspath(os.path.join(root, b)))
+            for lab, a, b in trials]
 
 
 @functools.lru_cache(maxsize=2)
@@ -463,12 +490,13 @@ def baseline_eer(trials, root=None):
 # ----------------------------------------------------------------------------- CLI
 
 
-def main(argv=None):
-    """CLI entry point; returns the exit status."""
+def _main(argv):
     p = argparse.ArgumentParser(
         prog="python -m data_prep.demo_corpus",
         description="Generate the built-in synthetic corpus (wav/, train_list.txt, "
         "veri_list.txt in VoxCeleb formats).",
+        epilog="Exit status 2 on bad input or an unwritable output folder, with one "
+        "'error: ...' message (--debug or MASKPROXY_DEBUG=1 for a traceback).",
     )
     p.add_argument("--output-dir", required=True)
     p.add_argument("--train-speakers", type=int, default=60)
@@ -481,6 +509,7 @@ def main(argv=None):
     p.add_argument("--n-trials", type=int, default=4000)
     p.add_argument("--baseline", action="store_true",
                    help="print the EER of the mean-log-mel cosine baseline on veri_list.txt")
+    p.add_argument("--debug", action="store_true", help="show the traceback of an error")
     a = p.parse_args(argv)
     paths = generate_corpus(a.output_dir, a.train_speakers, a.test_speakers, a.utterances, a.seed,
                             a.num_workers, a.min_duration, a.max_duration, a.n_trials)
@@ -489,6 +518,12 @@ def main(argv=None):
         eer = baseline_eer(paths["trials"], paths["wav_root"])
         print(f"baseline EER (mean log-mel cosine): {100 * eer:.2f}%")
     return 0
+
+
+def main(argv=None):
+    """CLI entry point: the exit status, or ``SystemExit(2)`` with one ``error: ...`` line
+    on bad input or environment (``maskproxy_losses.errors.run_cli``)."""
+    return run_cli(_main, argv)
 
 
 if __name__ == "__main__":
