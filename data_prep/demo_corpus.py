@@ -175,7 +175,8 @@ def plan_segments(rng, n, rate):
                 param = int(rng.integers(3))
                 segs.append((kind, t, int(rng.uniform(*dur) * ms / rate), param))
                 t += segs[-1][2]
-            segs.append(("vowel", t, int(rng.uniform(70, 220) * ms / rate), int(rng.integers(len(VOWELS)))))
+            length = int(rng.uniform(70, 220) * ms / rate)
+            segs.append(("vowel", t, length, int(rng.integers(len(VOWELS)))))
             t += segs[-1][2]
         t += int((rng.uniform(80, 200) if rng.random() < 0.1 else rng.uniform(0, 30)) * ms / rate)
     return [s for s in segs if s[1] < end]
@@ -203,7 +204,8 @@ def glottal_source(rng, f0_track, traits):
     idx = np.flatnonzero(np.diff(np.floor(phase)) > 0) + 1
     idx = idx + np.round(rng.normal(0, traits["jitter"], len(idx)) * SR / f0_track[idx]).astype(int)
     pulses = np.zeros(n)
-    np.add.at(pulses, np.clip(idx, 0, n - 1), 1.0 + traits["shimmer"] * rng.standard_normal(len(idx)))
+    amplitude = 1.0 + traits["shimmer"] * rng.standard_normal(len(idx))
+    np.add.at(pulses, np.clip(idx, 0, n - 1), amplitude)
     p = np.exp(-2.0 * np.pi * traits["tilt_hz"] / SR)
     flow = signal.lfilter([1.0], [1.0, -2.0 * p, p * p], pulses)
     source = np.diff(flow, prepend=0.0)
@@ -236,7 +238,8 @@ def synth_utterance(traits, rng, duration):
     rate = traits["rate"] * rng.uniform(0.9, 1.1)
     src = glottal_source(rng, intonation(rng, n, f0, traits["f0_range"]), traits)
     noise = rng.standard_normal(n)
-    formants = VOWELS * traits["formant_scale"] * (1.0 + traits["formant_offsets"] + traits["vowel_offsets"])
+    offsets = 1.0 + traits["formant_offsets"] + traits["vowel_offsets"]
+    formants = VOWELS * traits["formant_scale"] * offsets
     bws = BANDWIDTHS * traits["bandwidth"]
     vowel_sos = [_resonators(f, bws) for f in formants]
     shift = traits["fricative_shift"]
@@ -249,7 +252,8 @@ def synth_utterance(traits, rng, duration):
         a, b = max(start - ramp, 0), min(start + length + ramp, n)
         if b - a <= 2 * ramp:
             continue
-        seg, amp = _segment_audio(kind, param, src[a:b], noise[a:b], traits, vowel_sos, fric_sos, burst_sos)
+        seg, amp = _segment_audio(kind, param, src[a:b], noise[a:b], traits, vowel_sos,
+                                  fric_sos, burst_sos)
         window = np.ones(b - a)
         window[:ramp] = fade
         window[-ramp:] = fade[::-1]
@@ -297,7 +301,8 @@ def apply_channel(speech, channel, rng):
         *[_peaking(*band) for band in channel["eq"]],
     ])
     x = signal.sosfilt(sos, x)
-    x *= 10.0 ** ((channel["gain_db"] + rng.normal(0.0, 0.5)) / 20.0) / (np.sqrt(np.mean(x**2)) + 1e-12)
+    gain = 10.0 ** ((channel["gain_db"] + rng.normal(0.0, 0.5)) / 20.0)
+    x *= gain / (np.sqrt(np.mean(x**2)) + 1e-12)
     peak = np.abs(x).max()
     return x * (0.98 / peak) if peak > 0.98 else x
 
@@ -393,7 +398,8 @@ def generate_corpus(output_dir, train_speakers=60, test_speakers=20, utterances=
                  for i in range(count)] for g, count in ((0, train_speakers), (1, test_speakers))}
     atomic_write_text(paths["train_list"], "".join(
         f"{p['name']} {rel}\n" for p in plans[0] for rel, _, _ in sorted(p["utts"])))
-    test = [(p["name"], f"{p['name']}/sess{s}", rel) for p in plans[1] for rel, s, _ in sorted(p["utts"])]
+    test = [(p["name"], f"{p['name']}/sess{s}", rel)
+            for p in plans[1] for rel, s, _ in sorted(p["utts"])]
     labels, i, j = make_trials([t[0] for t in test], [t[1] for t in test], n_trials, _rng(seed, 3))
     atomic_write_text(paths["trials"], "".join(
         f"{lab} {test[a][2]} {test[b][2]}\n" for lab, a, b in zip(labels, i, j)))
@@ -437,7 +443,7 @@ def _read_trial_list(trials, root):
             raise InputError(problems)
         return [(label, a, b) for label, _, _, a, b, _ in rows]
     root = root or ""
-    return [(int(lab), os.path.abspath(os.path.join(root, a)), os.path.abspath(os.path.join(root, b)))
+    return [(int(lab), *(os.path.abspath(os.path.join(root, p)) for p in (a, b)))
             for lab, a, b in trials]
 
 

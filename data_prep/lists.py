@@ -15,7 +15,6 @@ Example
 ['2', ' ../x.wav is not under the train root /data']
 """
 
-import logging
 import os
 import re
 
@@ -32,7 +31,6 @@ __all__ = [
     "duplicate_trials",
 ]
 
-logger = logging.getLogger(__name__)
 
 AUDIO_EXTS = (".wav", ".flac")
 _VOX_SPK = re.compile(r"id\d+")

@@ -264,7 +264,8 @@ def _parser():
         "'error: ...' message (--debug or MASKPROXY_DEBUG=1 for a traceback).",
     )
     p.add_argument("--train-root", required=True, help="folder the training paths are relative to")
-    p.add_argument("--train-list", help="'spk_id relpath' lines; without it --train-root is scanned")
+    p.add_argument("--train-list",
+                   help="'spk_id relpath' lines; without it --train-root is scanned")
     p.add_argument("--trials", help="'label relpath1 relpath2' lines (e.g. veri_test2.txt)")
     p.add_argument("--test-root",
                    help="folder the trial paths are relative to (default: --train-root)")

@@ -18,7 +18,16 @@ import os
 
 import soundfile as sf
 
-__all__ = ["SAMPLE_RATE", "HOP", "WIN_EXTRA", "MIN_SAMPLES", "crop_samples", "probe", "read_wav", "pad_batch"]
+__all__ = [
+    "SAMPLE_RATE",
+    "HOP",
+    "WIN_EXTRA",
+    "MIN_SAMPLES",
+    "crop_samples",
+    "probe",
+    "read_wav",
+    "pad_batch",
+]
 
 SAMPLE_RATE = 16000
 HOP = 160

@@ -154,7 +154,8 @@ def text_lines(path):
             try:
                 text = raw.decode("utf-8")
             except UnicodeDecodeError as err:
-                yield lineno, None, (f"{path}:{lineno}: not UTF-8 text (byte 0x{raw[err.start]:02x} "
-                                     f"at column {err.start + 1}); save the list as UTF-8")
+                byte = f"0x{raw[err.start]:02x}"
+                yield lineno, None, (f"{path}:{lineno}: not UTF-8 text (byte {byte} at column "
+                                     f"{err.start + 1}); save the list as UTF-8")
                 continue
             yield lineno, text.lstrip("\ufeff") if lineno == 1 else text, None

@@ -94,7 +94,8 @@ def test_outputs_layout(vox):
     train, dev = read_csv(out["train_csv"]), read_csv(out["dev_csv"])
     assert list(train[0]) == ["ID", "duration", "wav", "spk_id"]
     assert {r["ID"] for r in train + dev} >= {"id00001--s0--00001", "id00003--s1--00002"}
-    assert all(os.path.isabs(r["wav"]) and abs(float(r["duration"]) - 0.2) < 1e-6 for r in train + dev)
+    assert all(os.path.isabs(r["wav"]) and abs(float(r["duration"]) - 0.2) < 1e-6
+               for r in train + dev)
     for spk in ("id00001", "id00002", "id00003"):
         assert sum(r["spk_id"] == spk for r in train) == 2
         assert sum(r["spk_id"] == spk for r in dev) == 2
@@ -145,7 +146,8 @@ def test_round_trip_through_speechbrain(tmp_path):
 
     corpus = generate_corpus(str(tmp_path / "c"), train_speakers=6, test_speakers=3, utterances=4,
                              min_duration=0.5, max_duration=1.5, num_workers=1, n_trials=40)
-    out = prepare_voxceleb(str(tmp_path / "out"), corpus["wav_root"], train_list=corpus["train_list"],
+    out = prepare_voxceleb(str(tmp_path / "out"), corpus["wav_root"],
+                           train_list=corpus["train_list"],
                            trials=corpus["trials"], dev_share=0.1, num_workers=1)
     for key in ("train_csv", "dev_csv", "test_csv"):
         data = DynamicItemDataset.from_csv(out[key])
@@ -196,7 +198,8 @@ def test_wrong_field_count_in_train_list(vox):
 
 def test_missing_file(vox):
     append(vox / "train_list.txt", "id00001 id00001/s0/00009.wav\n")
-    expect_error(vox, f"{vox / 'train_list.txt'}:13: missing file {vox / 'train'}/id00001/s0/00009.wav")
+    expect_error(vox, f"{vox / 'train_list.txt'}:13: missing file "
+                      f"{vox / 'train'}/id00001/s0/00009.wav")
 
 
 def test_unreadable_empty_wrong_rate_stereo_and_short_audio(vox):
@@ -364,7 +367,8 @@ def test_spaces_and_non_ascii_round_trip(vox):
     args = spaced_vox(vox, base)
     out = prep(vox, output_dir=str(vox / "my data ü" / "out"), dev_share=2, **args)
     out_dir = vox / "my data ü" / "out"
-    csv_wavs = {k: [r["wav"] for r in read_csv(out[k])] for k in ("train_csv", "dev_csv", "test_csv")}
+    csv_wavs = {k: [r["wav"] for r in read_csv(out[k])]
+                for k in ("train_csv", "dev_csv", "test_csv")}
     assert all(" " in w and "ü" in w for ws in csv_wavs.values() for w in ws)
     expected_test = {str(base / "test" / rel) for rel in
                      (line.split()[i] for line in open(args["trials"]) for i in (1, 2))}

@@ -41,7 +41,8 @@ def test_layout_and_train_list(corpus):
     for spk, rel in lines:
         assert rel.startswith(spk + "/sess") and rel.endswith(".wav")
         info = sf.info(os.path.join(corpus["wav_root"], rel))
-        assert (info.samplerate, info.channels, info.subtype, info.frames) == (16000, 1, "PCM_16", 16000)
+        assert (info.samplerate, info.channels, info.subtype, info.frames) == \
+            (16000, 1, "PCM_16", 16000)
     for spk in speakers:  # every speaker has 2+ sessions
         assert len({rel.split("/")[1] for s, rel in lines if s == spk}) >= 2
     assert len(wav_files(corpus["wav_root"])) == (6 + 4) * 4  # no temporary files left
