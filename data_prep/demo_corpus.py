@@ -46,11 +46,21 @@ from scipy import fft as sp_fft
 from scipy import signal
 from tqdm import tqdm
 
-from data_prep.voxceleb import atomic_write_text, make_trials, prepare_voxceleb
+from data_prep.splits import make_trials
+from data_prep.voxceleb import prepare_voxceleb
+from maskproxy_losses.audio import SAMPLE_RATE
+from maskproxy_losses.errors import InputError, run_cli
+from maskproxy_losses.files import (
+    atomic_write_text,
+    check_writable_dir,
+    remove_stale_temps,
+    temp_path,
+)
+from maskproxy_losses.trials import read_trials
 
 __all__ = ["generate_corpus", "prepare_builtin", "baseline_scores", "synth_utterance", "main"]
 
-SR = 16000
+SR = SAMPLE_RATE
 MARKER = "corpus.json"
 IN_PROGRESS = ".corpus_in_progress.json"
 GENERATOR_VERSION = 1
@@ -165,7 +175,8 @@ def plan_segments(rng, n, rate):
                 param = int(rng.integers(3))
                 segs.append((kind, t, int(rng.uniform(*dur) * ms / rate), param))
                 t += segs[-1][2]
-            segs.append(("vowel", t, int(rng.uniform(70, 220) * ms / rate), int(rng.integers(len(VOWELS)))))
+            length = int(rng.uniform(70, 220) * ms / rate)
+            segs.append(("vowel", t, length, int(rng.integers(len(VOWELS)))))
             t += segs[-1][2]
         t += int((rng.uniform(80, 200) if rng.random() < 0.1 else rng.uniform(0, 30)) * ms / rate)
     return [s for s in segs if s[1] < end]
@@ -193,7 +204,8 @@ def glottal_source(rng, f0_track, traits):
     idx = np.flatnonzero(np.diff(np.floor(phase)) > 0) + 1
     idx = idx + np.round(rng.normal(0, traits["jitter"], len(idx)) * SR / f0_track[idx]).astype(int)
     pulses = np.zeros(n)
-    np.add.at(pulses, np.clip(idx, 0, n - 1), 1.0 + traits["shimmer"] * rng.standard_normal(len(idx)))
+    amplitude = 1.0 + traits["shimmer"] * rng.standard_normal(len(idx))
+    np.add.at(pulses, np.clip(idx, 0, n - 1), amplitude)
     p = np.exp(-2.0 * np.pi * traits["tilt_hz"] / SR)
     flow = signal.lfilter([1.0], [1.0, -2.0 * p, p * p], pulses)
     source = np.diff(flow, prepend=0.0)
@@ -226,7 +238,8 @@ def synth_utterance(traits, rng, duration):
     rate = traits["rate"] * rng.uniform(0.9, 1.1)
     src = glottal_source(rng, intonation(rng, n, f0, traits["f0_range"]), traits)
     noise = rng.standard_normal(n)
-    formants = VOWELS * traits["formant_scale"] * (1.0 + traits["formant_offsets"] + traits["vowel_offsets"])
+    offsets = 1.0 + traits["formant_offsets"] + traits["vowel_offsets"]
+    formants = VOWELS * traits["formant_scale"] * offsets
     bws = BANDWIDTHS * traits["bandwidth"]
     vowel_sos = [_resonators(f, bws) for f in formants]
     shift = traits["fricative_shift"]
@@ -239,7 +252,8 @@ def synth_utterance(traits, rng, duration):
         a, b = max(start - ramp, 0), min(start + length + ramp, n)
         if b - a <= 2 * ramp:
             continue
-        seg, amp = _segment_audio(kind, param, src[a:b], noise[a:b], traits, vowel_sos, fric_sos, burst_sos)
+        seg, amp = _segment_audio(kind, param, src[a:b], noise[a:b], traits, vowel_sos,
+                                  fric_sos, burst_sos)
         window = np.ones(b - a)
         window[:ramp] = fade
         window[-ramp:] = fade[::-1]
@@ -287,16 +301,22 @@ def apply_channel(speech, channel, rng):
         *[_peaking(*band) for band in channel["eq"]],
     ])
     x = signal.sosfilt(sos, x)
-    x *= 10.0 ** ((channel["gain_db"] + rng.normal(0.0, 0.5)) / 20.0) / (np.sqrt(np.mean(x**2)) + 1e-12)
+    gain = 10.0 ** ((channel["gain_db"] + rng.normal(0.0, 0.5)) / 20.0)
+    x *= gain / (np.sqrt(np.mean(x**2)) + 1e-12)
     peak = np.abs(x).max()
     return x * (0.98 / peak) if peak > 0.98 else x
 
 
 def _write_wav(path, audio):
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    tmp = os.path.join(os.path.dirname(path), f".tmp-{os.getpid()}-{os.path.basename(path)}")
-    sf.write(tmp, audio, SR, subtype="PCM_16", format="WAV")
-    os.replace(tmp, path)
+    """Write via a hidden temporary + rename: a killed run leaves no partial wav."""
+    tmp = temp_path(path)
+    try:
+        sf.write(tmp, audio, SR, subtype="PCM_16", format="WAV")
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.lexists(tmp):
+            os.remove(tmp)
+        raise
 
 
 def _generate_speaker(job):
@@ -304,6 +324,10 @@ def _generate_speaker(job):
     wav_root, seed, group, index, utterances, min_d, max_d, resume = job
     plan = speaker_plan(seed, group, index, utterances, min_d, max_d)
     written = 0
+    for folder in sorted({os.path.dirname(os.path.join(wav_root, r)) for r, _, _ in plan["utts"]}):
+        os.makedirs(folder, exist_ok=True)
+        if resume:
+            remove_stale_temps(folder)  # temporaries of a killed run
     for k, (rel, session, duration) in enumerate(plan["utts"]):
         path = os.path.join(wav_root, rel)
         if resume and os.path.isfile(path):
@@ -334,9 +358,11 @@ def generate_corpus(output_dir, train_speakers=60, test_speakers=20, utterances=
     ``train_speakers``; a rerun with the same arguments after completion does nothing.
     """
     if utterances < 2 or not 1 <= train_speakers <= 9999 or not 2 <= test_speakers <= 9999:
-        raise ValueError("need utterances >= 2, 1-9999 train and 2-9999 test speakers")
+        raise InputError("need utterances >= 2, 1-9999 train and 2-9999 test speakers")
     if not 0.25 <= min_duration <= max_duration:
-        raise ValueError("need 0.25 <= min_duration <= max_duration (seconds)")
+        raise InputError("need 0.25 <= min_duration <= max_duration (seconds)")
+    check_writable_dir(output_dir)
+    remove_stale_temps(output_dir)
     args = {"version": GENERATOR_VERSION, "train_speakers": train_speakers,
             "test_speakers": test_speakers, "utterances": utterances, "seed": seed,
             "min_duration": min_duration, "max_duration": max_duration, "n_trials": n_trials}
@@ -372,7 +398,8 @@ def generate_corpus(output_dir, train_speakers=60, test_speakers=20, utterances=
                  for i in range(count)] for g, count in ((0, train_speakers), (1, test_speakers))}
     atomic_write_text(paths["train_list"], "".join(
         f"{p['name']} {rel}\n" for p in plans[0] for rel, _, _ in sorted(p["utts"])))
-    test = [(p["name"], f"{p['name']}/sess{s}", rel) for p in plans[1] for rel, s, _ in sorted(p["utts"])]
+    test = [(p["name"], f"{p['name']}/sess{s}", rel)
+            for p in plans[1] for rel, s, _ in sorted(p["utts"])]
     labels, i, j = make_trials([t[0] for t in test], [t[1] for t in test], n_trials, _rng(seed, 3))
     atomic_write_text(paths["trials"], "".join(
         f"{lab} {test[a][2]} {test[b][2]}\n" for lab, a, b in zip(labels, i, j)))
@@ -407,11 +434,17 @@ def prepare_builtin(data_folder, manifest_folder=None, corpus_seed=0, prep_seed=
 
 
 def _read_trial_list(trials, root):
+    """``(label, abs1, abs2)`` of a trial file (``maskproxy_losses.trials.read_trials``:
+    paths relative to ``root``, default the file's folder) or of a list of triples
+    (relative to ``root``, default the working folder)."""
     if isinstance(trials, (str, os.PathLike)):
-        with open(trials, encoding="utf-8") as f:
-            trials = [line.split() for line in f if line.strip()]
+        rows, problems = read_trials(trials, test_root=root)
+        if problems:
+            raise InputError(problems)
+        return [(label, a, b) for label, _, _, a, b, _ in rows]
     root = root or ""
-    return [(int(lab), os.path.join(root, a), os.path.join(root, b)) for lab, a, b in trials]
+    return [(int(lab), *(os.path.abspath(os.path.join(root, p)) for p in (a, b)))
+            for lab, a, b in trials]
 
 
 @functools.lru_cache(maxsize=2)
@@ -463,12 +496,13 @@ def baseline_eer(trials, root=None):
 # ----------------------------------------------------------------------------- CLI
 
 
-def main(argv=None):
-    """CLI entry point; returns the exit status."""
+def _main(argv):
     p = argparse.ArgumentParser(
         prog="python -m data_prep.demo_corpus",
         description="Generate the built-in synthetic corpus (wav/, train_list.txt, "
         "veri_list.txt in VoxCeleb formats).",
+        epilog="Exit status 2 on bad input or an unwritable output folder, with one "
+        "'error: ...' message (--debug or MASKPROXY_DEBUG=1 for a traceback).",
     )
     p.add_argument("--output-dir", required=True)
     p.add_argument("--train-speakers", type=int, default=60)
@@ -481,6 +515,7 @@ def main(argv=None):
     p.add_argument("--n-trials", type=int, default=4000)
     p.add_argument("--baseline", action="store_true",
                    help="print the EER of the mean-log-mel cosine baseline on veri_list.txt")
+    p.add_argument("--debug", action="store_true", help="show the traceback of an error")
     a = p.parse_args(argv)
     paths = generate_corpus(a.output_dir, a.train_speakers, a.test_speakers, a.utterances, a.seed,
                             a.num_workers, a.min_duration, a.max_duration, a.n_trials)
@@ -489,6 +524,12 @@ def main(argv=None):
         eer = baseline_eer(paths["trials"], paths["wav_root"])
         print(f"baseline EER (mean log-mel cosine): {100 * eer:.2f}%")
     return 0
+
+
+def main(argv=None):
+    """CLI entry point: the exit status, or ``SystemExit(2)`` with one ``error: ...`` line
+    on bad input or environment (``maskproxy_losses.errors.run_cli``)."""
+    return run_cli(_main, argv)
 
 
 if __name__ == "__main__":

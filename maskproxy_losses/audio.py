@@ -6,6 +6,7 @@ encoder can embed (shorter files are refused by data preparation and scoring).
 
 Example
 -------
+>>> import torch
 >>> crop_samples(200), crop_samples(350)
 (32240, 56240)
 >>> batch, lens = pad_batch([torch.ones(3), torch.ones(1)])
@@ -16,15 +17,29 @@ Example
 import os
 
 import soundfile as sf
-import torch
 
-__all__ = ["SAMPLE_RATE", "HOP", "WIN_EXTRA", "MIN_SAMPLES", "crop_samples", "probe", "read_wav", "pad_batch",
-           "probe_entries"]
+__all__ = [
+    "SAMPLE_RATE",
+    "HOP",
+    "WIN_EXTRA",
+    "MIN_SAMPLES",
+    "crop_samples",
+    "probe",
+    "read_wav",
+    "pad_batch",
+    "probe_entries",
+]
 
 SAMPLE_RATE = 16000
 HOP = 160
 WIN_EXTRA = 240  # a crop of F frames is F * 160 + 240 samples
-MIN_SAMPLES = 400  # one 25 ms analysis window: 0.025 s at 16 kHz
+# The shortest file data preparation and scoring accept. Measured (tests/test_audio.py):
+# ResNetSE34L in eval mode embeds a file alone to finite values from 1 sample with the
+# "fbank" front end (SpeechBrain Fbank + sentence InputNormalization) but only from
+# 257 samples with "authors" (torchaudio's centred STFT reflect-pads n_fft // 2 = 256
+# samples per side, which must be shorter than the signal; 256 raises RuntimeError).
+# 400 = one full 25 ms analysis window, the next round value above 257.
+MIN_SAMPLES = 400
 
 
 def crop_samples(num_frames):
@@ -62,6 +77,8 @@ def probe(path, min_samples=MIN_SAMPLES):
 
 def read_wav(path, start=0, stop=None):
     """Mono float32 waveform in [-1, 1] (samples ``start:stop``) as a 1-D tensor."""
+    import torch  # here, so that probing headers does not need torch
+
     wav, sr = sf.read(path, start=start, stop=stop, dtype="float32", always_2d=True)
     if sr != SAMPLE_RATE:
         raise ValueError(f"sample rate {sr} Hz, expected {SAMPLE_RATE}")
@@ -70,6 +87,8 @@ def read_wav(path, start=0, stop=None):
 
 def pad_batch(wavs):
     """Stack 1-D tensors, zero-padded at the end; return ``(batch, relative lengths)``."""
+    import torch
+
     longest = max(w.shape[0] for w in wavs)
     batch = torch.zeros(len(wavs), longest)
     for i, w in enumerate(wavs):

@@ -22,9 +22,16 @@ import re
 import shutil
 import uuid
 
+from maskproxy_losses.errors import InputError
+
 __all__ = [
-    "atomic_write_bytes", "atomic_write_text", "temp_path", "remove_stale_temps", "umask_mode",
-    "check_writable",
+    "atomic_write_bytes",
+    "atomic_write_text",
+    "temp_path",
+    "remove_stale_temps",
+    "umask_mode",
+    "check_writable_dir",
+    "text_lines",
 ]
 
 _STALE = re.compile(r"\.(?:tmp|old)-(\d+)-")
@@ -99,20 +106,56 @@ def remove_stale_temps(folder):
     return removed
 
 
-def check_writable(folder, what="output folder"):
-    """Create ``folder`` if needed and check a file can be written in it; raise
-    ``InputError`` naming it otherwise (before any long work starts)."""
-    from maskproxy_losses.errors import InputError
+def check_writable_dir(folder, what="output folder"):
+    """Raise ``InputError`` naming ``folder`` unless it is a folder this process can write
+    to, or can be created as one (its nearest existing ancestor is a writable folder).
 
+    Creates nothing that stays: an existing folder is tested by creating and removing a
+    temporary file in it.
+    """
+    folder = os.path.abspath(folder)
+    base = folder
+    while not os.path.lexists(base) and os.path.dirname(base) != base:
+        base = os.path.dirname(base)
+    if not os.path.isdir(base):
+        if base == folder:
+            raise InputError(f"{folder}: the {what} is an existing file, not a folder; "
+                             "pass the path of a folder")
+        raise InputError(f"{folder}: cannot create the {what}: {base} is a file, not a folder")
+    if base != folder:
+        if not os.access(base, os.W_OK | os.X_OK):
+            raise InputError(f"{folder}: cannot create the {what}: {base} is not writable")
+        return
+    test = temp_path(os.path.join(folder, "write-test"))
     try:
-        os.makedirs(folder, exist_ok=True)
-        probe = temp_path(os.path.join(folder, "write-check"))
-        with open(probe, "wb"):
-            pass
-        os.remove(probe)
-    except FileExistsError:
-        raise InputError(f"{folder}: {what} is an existing file, not a folder") from None
-    except NotADirectoryError:
-        raise InputError(f"{folder}: {what} lies under a file, not a folder") from None
+        os.close(os.open(test, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+        os.remove(test)
     except OSError as err:
-        raise InputError(f"{folder}: cannot write to the {what} ({err.strerror})") from None
+        raise InputError(f"{folder}: the {what} is not writable ({err.strerror}); "
+                         "choose another folder or fix its permissions") from err
+
+
+def text_lines(path):
+    r"""Yield ``(lineno, text, problem)`` for each line of the UTF-8 text file ``path``.
+
+    A line that is not valid UTF-8 gives ``text`` None and a ``problem`` naming
+    ``file:line``; other lines give ``problem`` None. A leading BOM is dropped.
+
+    >>> import tempfile
+    >>> path = os.path.join(tempfile.mkdtemp(), "list.txt")
+    >>> _ = open(path, "wb").write(b"a b\ncaf\xe9 x\n")
+    >>> [(n, t, p is None) for n, t, p in text_lines(path)]
+    [(1, 'a b\n', True), (2, None, False)]
+    >>> list(text_lines(path))[1][2].split(": ", 1)[1]
+    'not UTF-8 text (byte 0xe9 at column 4); save the list as UTF-8'
+    """
+    with open(path, "rb") as f:
+        for lineno, raw in enumerate(f, 1):
+            try:
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError as err:
+                byte = f"0x{raw[err.start]:02x}"
+                yield lineno, None, (f"{path}:{lineno}: not UTF-8 text (byte {byte} at column "
+                                     f"{err.start + 1}); save the list as UTF-8")
+                continue
+            yield lineno, text.lstrip("\ufeff") if lineno == 1 else text, None

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from maskproxy_losses.errors import InputError
+from maskproxy_losses.files import text_lines
 
 __all__ = [
     "read_trials", "read_manifest_wavs", "read_speaker_wavs", "read_prepared_trials", "index_trials", "check_classes",
@@ -23,7 +24,8 @@ def read_trials(trials_file, test_root=None, id_to_wav=None):
     Each path is a ``test_csv`` ID (when ``id_to_wav`` is given), an absolute path, or a
     path relative to ``test_root`` (default: the trial file's folder). Returns
     ``(trials, problems)``: trials are ``(label, token1, token2, abs1, abs2, where)``
-    and each problem names ``file:line`` and what is wrong. Audio is not opened here.
+    and each problem names ``file:line`` and what is wrong (a line that is not UTF-8 is
+    one). Audio is not opened here.
 
     >>> import os, tempfile
     >>> path = os.path.join(tempfile.mkdtemp(), "trials.txt")
@@ -31,31 +33,32 @@ def read_trials(trials_file, test_root=None, id_to_wav=None):
     >>> trials, problems = read_trials(path, test_root="/data")
     >>> trials[0][:5]
     (1, 'a.wav', 'b.wav', '/data/a.wav', '/data/b.wav')
-    >>> [p.split(":", 2)[1:] for p in problems]
-    [['2', " label must be 0 or 1, got '2'"], ['3', " expected 3 fields 'label path1 path2', got 2"]]
+    >>> for p in problems:
+    ...     print(p.split(":", 1)[1])
+    2: label must be 0 or 1, got '2'
+    3: expected 3 fields 'label path1 path2', got 2
     """
     root = Path(test_root) if test_root else Path(trials_file).parent
     id_to_wav = id_to_wav or {}
     trials, problems = [], []
-    with open(trials_file, encoding="utf-8", errors="replace") as f:
-        for lineno, line in enumerate(f, 1):
-            fields = line.split()
-            if not fields:
-                continue
-            where = f"{trials_file}:{lineno}"
-            if len(fields) != 3:
-                problems.append(
-                    f"{where}: expected 3 fields 'label path1 path2', got {len(fields)}"
-                )
-                continue
-            if fields[0] not in ("0", "1"):
-                problems.append(f"{where}: label must be 0 or 1, got {fields[0]!r}")
-                continue
-            paths = [
-                os.path.abspath(id_to_wav.get(tok) or os.path.join(root, tok))
-                for tok in fields[1:]
-            ]
-            trials.append((int(fields[0]), fields[1], fields[2], *paths, where))
+    for lineno, line, problem in text_lines(trials_file):
+        if problem:
+            problems.append(problem)
+            continue
+        fields = line.split()
+        if not fields:
+            continue
+        where = f"{trials_file}:{lineno}"
+        if len(fields) != 3:
+            problems.append(f"{where}: expected 3 fields 'label path1 path2', got {len(fields)}")
+            continue
+        if fields[0] not in ("0", "1"):
+            problems.append(f"{where}: label must be 0 or 1, got {fields[0]!r}")
+            continue
+        paths = [
+            os.path.abspath(id_to_wav.get(tok) or os.path.join(root, tok)) for tok in fields[1:]
+        ]
+        trials.append((int(fields[0]), fields[1], fields[2], *paths, where))
     return trials, problems
 
 
@@ -83,10 +86,12 @@ def check_classes(trials, source):
     both target and non-target trials.
 
     >>> check_classes([(1, "a", "b"), (0, "a", "c")], "t.txt")
-    >>> check_classes([(1, "a", "b")], "t.txt")
-    Traceback (most recent call last):
-    ...
-    maskproxy_losses.errors.InputError: t.txt: all 1 trials have label 1; EER and minDCF need both target (1) and non-target (0) trials
+    >>> try:
+    ...     check_classes([(1, "a", "b")], "t.txt")
+    ... except InputError as err:
+    ...     print(err)  # doctest: +NORMALIZE_WHITESPACE
+    t.txt: all 1 trials have label 1; EER and minDCF need both target (1)
+    and non-target (0) trials
     """
     if not trials:
         raise InputError(f"{source}: no trials to score (empty list, or every line was bad)")

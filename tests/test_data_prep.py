@@ -1,21 +1,31 @@
-"""data_prep.voxceleb: manifests, trial lists, error reports, reuse, convert."""
+"""data_prep: manifests, trial lists, error reports, reuse, convert, CLI failures."""
 
 import csv
+import errno
+import json
 import logging
 import os
+import re
+import signal
 import stat
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 import numpy as np
 import pytest
 import soundfile as sf
 
-from data_prep import voxceleb
+from data_prep import audio_check, voxceleb
+from data_prep.convert import FfmpegNotFoundError, convert_tree
 from data_prep.demo_corpus import generate_corpus
-from data_prep.voxceleb import FfmpegNotFoundError, PrepError, convert_tree, prepare_voxceleb
+from data_prep.voxceleb import prepare_voxceleb
+from maskproxy_losses.errors import InputError
+from maskproxy_losses.trials import read_trials
 
 SR = 16000
+REPO = Path(__file__).resolve().parents[1]
 
 
 def write_wav(path, seconds=0.2, sr=SR, channels=1):
@@ -65,7 +75,7 @@ def append(path, text):
 
 
 def expect_error(vox, *fragments, **kw):
-    with pytest.raises(PrepError) as info:
+    with pytest.raises(InputError) as info:
         prep(vox, **kw)
     message = str(info.value)
     for fragment in fragments:
@@ -84,7 +94,8 @@ def test_outputs_layout(vox):
     train, dev = read_csv(out["train_csv"]), read_csv(out["dev_csv"])
     assert list(train[0]) == ["ID", "duration", "wav", "spk_id"]
     assert {r["ID"] for r in train + dev} >= {"id00001--s0--00001", "id00003--s1--00002"}
-    assert all(os.path.isabs(r["wav"]) and abs(float(r["duration"]) - 0.2) < 1e-6 for r in train + dev)
+    assert all(os.path.isabs(r["wav"]) and abs(float(r["duration"]) - 0.2) < 1e-6
+               for r in train + dev)
     for spk in ("id00001", "id00002", "id00003"):
         assert sum(r["spk_id"] == spk for r in train) == 2
         assert sum(r["spk_id"] == spk for r in dev) == 2
@@ -92,18 +103,20 @@ def test_outputs_layout(vox):
     assert len(test) == 6 and {r["spk_id"] for r in test} == {"id10001", "id10002"}
     trials = [line.split() for line in open(out["trials"])]
     assert [t[0] for t in trials] == ["1", "0", "1", "0"]
-    assert all(os.path.isabs(p) and os.path.isfile(p) for t in trials for p in t[1:])
-    assert trials[0][1] == str(vox / "test" / "id10001/v0/00001.wav")
+    assert trials[0][1] == "../test/id10001/v0/00001.wav"  # relative to the output folder
+    full = [os.path.abspath(os.path.join(vox / "out", p)) for t in trials for p in t[1:]]
+    assert full[0] == str(vox / "test" / "id10001/v0/00001.wav")
+    assert set(full) == {r["wav"] for r in test}
 
 
 def test_dev_trials_balanced(vox):
     out = prep(vox, dev_share=2, n_dev_trials=100)
     spk = {r["wav"]: r["spk_id"] for r in read_csv(out["dev_csv"])}
-    trials = [line.split() for line in open(out["dev_trials"])]
-    labels = [int(t[0]) for t in trials]
-    assert labels.count(1) == labels.count(0) == 3  # 3 speakers x 1 pair each
-    for label, a, b in trials:
-        assert (spk[a] == spk[b]) == (label == "1")
+    trials, problems = read_trials(out["dev_trials"])
+    labels = [t[0] for t in trials]
+    assert problems == [] and labels.count(1) == labels.count(0) == 3  # 3 speakers x 1 pair
+    for label, _, _, a, b, _ in trials:
+        assert (spk[a] == spk[b]) == (label == 1)
 
 
 def test_non_voxceleb_test_paths_get_empty_speaker(vox):
@@ -133,7 +146,8 @@ def test_round_trip_through_speechbrain(tmp_path):
 
     corpus = generate_corpus(str(tmp_path / "c"), train_speakers=6, test_speakers=3, utterances=4,
                              min_duration=0.5, max_duration=1.5, num_workers=1, n_trials=40)
-    out = prepare_voxceleb(str(tmp_path / "out"), corpus["wav_root"], train_list=corpus["train_list"],
+    out = prepare_voxceleb(str(tmp_path / "out"), corpus["wav_root"],
+                           train_list=corpus["train_list"],
                            trials=corpus["trials"], dev_share=0.1, num_workers=1)
     for key in ("train_csv", "dev_csv", "test_csv"):
         data = DynamicItemDataset.from_csv(out[key])
@@ -184,16 +198,19 @@ def test_wrong_field_count_in_train_list(vox):
 
 def test_missing_file(vox):
     append(vox / "train_list.txt", "id00001 id00001/s0/00009.wav\n")
-    expect_error(vox, f"{vox / 'train_list.txt'}:13: missing file {vox / 'train'}/id00001/s0/00009.wav")
+    expect_error(vox, f"{vox / 'train_list.txt'}:13: missing file "
+                      f"{vox / 'train'}/id00001/s0/00009.wav")
 
 
-def test_unreadable_empty_wrong_rate_and_stereo_audio(vox):
+def test_unreadable_empty_wrong_rate_stereo_and_short_audio(vox):
     base = vox / "train" / "id00001" / "s0"
     (base / "garbage.wav").write_bytes(b"this is not audio")
     sf.write(str(base / "empty.wav"), np.zeros(0), SR, subtype="PCM_16")
     write_wav(str(base / "narrow.wav"), sr=8000)
     write_wav(str(base / "stereo.wav"), channels=2)
-    for name in ("garbage", "empty", "narrow", "stereo"):
+    write_wav(str(base / "short.wav"), seconds=399 / SR)
+    write_wav(str(base / "just.wav"), seconds=400 / SR)  # MIN_SAMPLES: accepted
+    for name in ("garbage", "empty", "narrow", "stereo", "short", "just"):
         append(vox / "train_list.txt", f"id00001 id00001/s0/{name}.wav\n")
     lst = vox / "train_list.txt"
     err = expect_error(
@@ -202,8 +219,10 @@ def test_unreadable_empty_wrong_rate_and_stereo_audio(vox):
         f"{lst}:14: empty audio {base}/empty.wav",
         f"{lst}:15: sample rate 8000 Hz, expected 16000: {base}/narrow.wav",
         f"{lst}:16: 2 channels, expected mono: {base}/stereo.wav",
+        f"{lst}:17: too short to embed: 399 samples, at least 400 (25 ms) needed: "
+        f"{base}/short.wav",
     )
-    assert len(err.problems) == 4 and str(err).startswith("4 problem(s) in the input:")
+    assert len(err.problems) == 5 and str(err).startswith("5 problem(s) in the input:")
 
 
 def test_duplicate_ids(vox):
@@ -233,7 +252,7 @@ def test_missing_trial_file_reported_once_per_file(vox):
     append(t, "1 id10001/v0/00009.wav id10001/v0/00001.wav\n")
     append(t, "0 id10001/v0/00009.wav id10002/v0/00001.wav\n")
     err = expect_error(vox, f"{t}:5: missing file {vox / 'test'}/id10001/v0/00009.wav")
-    assert len(err.problems) == 1
+    assert err.problems == [f"{t}:5: missing file {vox / 'test'}/id10001/v0/00009.wav"]
 
 
 def test_report_lists_first_20_then_a_count(vox):
@@ -242,14 +261,18 @@ def test_report_lists_first_20_then_a_count(vox):
     assert len(str(err).splitlines()) == 1 + 20 + 1
 
 
-def test_missing_list_file(vox):
-    expect_error(vox, f"{vox / 'nope.txt'}: list file not found", trials=str(vox / "nope.txt"))
+def test_missing_list_file_and_roots(vox):
+    err = expect_error(vox, trials=str(vox / "nope.txt"), test_root=str(vox / "none"))
+    assert err.problems == [f"{vox / 'nope.txt'}: list file not found",
+                            f"{vox / 'none'}: test root is not a folder"]
+    err = expect_error(vox, train_list=str(vox / "train"))
+    assert err.problems == [f"{vox / 'train'}: is a folder, not a list file"]
 
 
 def test_skip_bad_writes_the_rest_and_logs_the_report(vox, caplog):
     append(vox / "train_list.txt", "id00001 id00001/s0/00009.wav\nbroken\n")
     append(vox / "trials.txt", "1 id10001/v0/00009.wav id10001/v0/00001.wav\n3 a b\n")
-    with caplog.at_level(logging.WARNING, logger="data_prep.voxceleb"):
+    with caplog.at_level(logging.WARNING, logger="data_prep"):
         out = prep(vox, skip_bad=True)
     report = caplog.text
     assert f"{vox / 'train_list.txt'}:13: missing file" in report
@@ -263,32 +286,16 @@ def test_skip_bad_writes_the_rest_and_logs_the_report(vox, caplog):
     assert len(read_csv(out["test_csv"])) == 6
 
 
-def test_cli_reports_bad_input_with_exit_2(vox, capsys):
-    append(vox / "train_list.txt", "id00001 id00001/s0/00009.wav\n")
-    args = ["--train-list", str(vox / "train_list.txt"), "--train-root", str(vox / "train"),
-            "--trials", str(vox / "trials.txt"), "--test-root", str(vox / "test"),
-            "--output-dir", str(vox / "out"), "--num-workers", "1"]
-    assert voxceleb.main(args) == 2
-    err = capsys.readouterr().err
-    assert "error: 1 problem(s) in the input:" in err and ":13: missing file" in err
-    assert "Traceback" not in err and not (vox / "out").exists()
-    assert voxceleb.main(args + ["--skip-bad"]) == 0
-    assert "train_csv:" in capsys.readouterr().out
-
-
-def test_cli_help_runs_as_module():
-    proc = subprocess.run([sys.executable, "-m", "data_prep.voxceleb", "--help"],
-                          capture_output=True, text=True, check=True)
-    assert "--train-list" in proc.stdout and "convert" in proc.stdout
-
-
 def test_parallel_header_reads_match_serial(tmp_path):
     paths = []
     for i in range(600):
         paths.append(str(tmp_path / f"{i}.wav"))
         write_wav(paths[-1], seconds=0.01 + i / SR)
     paths.append(str(tmp_path / "missing.wav"))
-    assert voxceleb.probe_all(paths, num_workers=2, chunk=64) == voxceleb.probe_all(paths, 1)
+    serial = audio_check.probe_all(paths, 1)
+    assert audio_check.probe_all(paths, num_workers=2, chunk=64) == serial
+    assert serial[0][1].startswith("too short to embed: 160 samples")  # 0.01 s
+    assert serial[240] == (0.01 + 240 / SR, None) and serial[-1][1].startswith("missing file")
 
 
 # ----------------------------------------------------------------------------- convert
@@ -298,8 +305,10 @@ def test_convert_without_ffmpeg_gives_install_hint(tmp_path, monkeypatch, capsys
     monkeypatch.setenv("PATH", str(tmp_path / "empty"))
     with pytest.raises(FfmpegNotFoundError, match="apt-get install ffmpeg"):
         convert_tree(str(tmp_path), str(tmp_path / "out"))
-    assert voxceleb.main(["convert", str(tmp_path), str(tmp_path / "out")]) == 2
-    assert "ffmpeg was not found" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as info:
+        voxceleb.main(["convert", str(tmp_path), str(tmp_path / "out")])
+    assert info.value.code == 2
+    assert capsys.readouterr().err.startswith("error: ffmpeg was not found on PATH;")
 
 
 FAKE_FFMPEG = """#!{python}
@@ -333,9 +342,301 @@ def test_convert_with_fake_ffmpeg_is_parallel_and_resumable(tmp_path, monkeypatc
     assert len(result["failed"]) == 1 and "cannot decode" in result["failed"][0]
     assert sf.info(str(dst / "id00001/a/00002.wav")).samplerate == SR
     assert not (dst / "id00002/b/bad.wav").exists()
-    assert not [n for _, _, files in os.walk(dst) for n in files if n.endswith(".part")]
+    assert not [n for _, _, files in os.walk(dst) for n in files if n.startswith(".")]
 
     log.write_text("")
     result = convert_tree(str(src), str(dst), num_workers=2)
     assert result["skipped"] == 3 and result["converted"] == 0
     assert log.read_text().split() == [str(src / "id00002/b/bad.m4a")]
+
+
+# ----------------------------------------------------------------------------- paths round-trip
+
+
+def spaced_vox(vox, base):
+    """Move the ``vox`` fixture's train/test trees and lists under ``base``."""
+    base.mkdir(parents=True)
+    for name in ("train", "test", "train_list.txt", "trials.txt"):
+        os.rename(vox / name, base / name)
+    return dict(train_root=str(base / "train"), test_root=str(base / "test"),
+                train_list=str(base / "train_list.txt"), trials=str(base / "trials.txt"))
+
+
+def test_spaces_and_non_ascii_round_trip(vox):
+    base = vox / "my data ü" / "corpüs"
+    args = spaced_vox(vox, base)
+    out = prep(vox, output_dir=str(vox / "my data ü" / "out"), dev_share=2, **args)
+    out_dir = vox / "my data ü" / "out"
+    csv_wavs = {k: [r["wav"] for r in read_csv(out[k])]
+                for k in ("train_csv", "dev_csv", "test_csv")}
+    assert all(" " in w and "ü" in w for ws in csv_wavs.values() for w in ws)
+    expected_test = {str(base / "test" / rel) for rel in
+                     (line.split()[i] for line in open(args["trials"]) for i in (1, 2))}
+    assert set(csv_wavs["test_csv"]) == expected_test
+    for key, csv_key in (("dev_trials", "dev_csv"), ("trials", "test_csv")):
+        lines = open(out[key], encoding="utf-8").read().splitlines()
+        assert lines and all(len(line.split()) == 3 for line in lines)
+        trials, problems = read_trials(out[key])  # relative to the list's own folder
+        assert problems == [] and len(trials) == len(lines)
+        for t in trials:
+            for rel, full in ((t[1], t[3]), (t[2], t[4])):
+                assert full == os.path.abspath(os.path.join(out_dir, rel))
+                assert full in csv_wavs[csv_key]
+    assert open(out["trials"], encoding="utf-8").readline() == (
+        "1 ../corpüs/test/id10001/v0/00001.wav ../corpüs/test/id10001/v0/00002.wav\n")
+
+
+def test_spaced_root_outside_the_output_folder_is_refused(vox):
+    args = spaced_vox(vox, vox / "my data")
+    with pytest.raises(InputError) as info:
+        prep(vox, **args)
+    root = vox / "my data" / "train"
+    assert str(info.value) == (
+        f"{root}: the path from the output folder {vox / 'out'} to the train root is "
+        "'../my data/train', with whitespace; trial lists store paths relative to the output "
+        f"folder and split lines at whitespace. Put the output folder inside {vox / 'my data'}, "
+        "or reach the data through a path without whitespace (e.g. a symlink).")
+    assert not (vox / "out").exists()
+
+
+def test_file_name_with_whitespace_is_refused_by_file(vox):
+    os.remove(vox / "train_list.txt")
+    bad = vox / "train" / "id00001" / "s0" / "a b.wav"
+    write_wav(str(bad))
+    rel = "../train/id00001/s0/a b.wav"
+    err = expect_error(vox, train_list=None)
+    assert err.problems == [f"{bad}: {bad} has whitespace in its path relative to the output "
+                            f"folder ({rel!r}); trial lists cannot hold it: rename it"]
+    out = prep(vox, train_list=None, skip_bad=True)
+    assert str(bad) not in {r["wav"] for r in read_csv(out["train_csv"]) + read_csv(out["dev_csv"])}
+
+
+# ----------------------------------------------------------------------------- trial-list checks
+
+
+def test_one_class_trial_list_is_refused(vox):
+    t = vox / "trials.txt"
+    lines = t.read_text().splitlines(keepends=True)
+    t.write_text("".join(line for line in lines if line.startswith("1")))
+    err = expect_error(vox)
+    assert err.problems == [f"{t}: all 2 trials have label 1; EER and minDCF need both target "
+                            "(1) and non-target (0) trials"]
+    t.write_text("".join(line for line in lines if line.startswith("0")))
+    assert expect_error(vox).problems[0].startswith(f"{t}: all 2 trials have label 0;")
+    t.write_text(lines[0] + "0 id10001/v0/00009.wav id10002/v0/00001.wav\n")
+    with pytest.raises(InputError, match=r"trials.txt: all 1 trials have label 1"):
+        prep(vox, skip_bad=True)  # the non-target's file is missing: one class is left
+    t.write_text(lines[1] + "1 id10001/v0/00009.wav id10001/v0/00001.wav\n")
+    with pytest.raises(InputError, match=r"trials.txt: all 1 trials have label 0"):
+        prep(vox, skip_bad=True)
+    assert not (vox / "out").exists()
+
+
+def test_duplicate_trials_warned_with_file_line_and_conflicts_refused(vox, caplog):
+    t = vox / "trials.txt"
+    append(t, "1 id10001/v0/00002.wav id10001/v0/00001.wav\n")  # line 1, reversed
+    with caplog.at_level(logging.WARNING, logger="data_prep"):
+        out = prep(vox)
+    warning = (f"{t}:5: duplicate trial id10001/v0/00002.wav / id10001/v0/00001.wav "
+               f"(first at {t}:1); kept once")
+    assert [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING] == [warning]
+    assert len(open(out["trials"]).readlines()) == 4
+    record = json.loads((vox / "out" / "prep_options.json").read_text())
+    assert record["warnings"] == [warning]
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="data_prep"):
+        prep(vox)  # reused outputs: the warning is repeated
+    assert warning in caplog.text
+    append(t, "0 id10001/v0/00001.wav id10001/v0/00002.wav\n")
+    with pytest.raises(InputError) as info:
+        prep(vox)
+    assert info.value.problems == [f"{t}:6: trial id10001/v0/00001.wav / id10001/v0/00002.wav "
+                                   f"has label 0 but label 1 at {t}:1"]
+
+
+def test_non_utf8_lists_are_named_by_line(vox):
+    with open(vox / "train_list.txt", "ab") as f:
+        f.write(b"id00001 id00001/s0/caf\xe9.wav\n")
+    with open(vox / "trials.txt", "ab") as f:
+        f.write(b"1 \xff.wav id10001/v0/00001.wav\n")
+    err = expect_error(vox)
+    assert err.problems == [
+        f"{vox / 'train_list.txt'}:13: not UTF-8 text (byte 0xe9 at column 23); "
+        "save the list as UTF-8",
+        f"{vox / 'trials.txt'}:5: not UTF-8 text (byte 0xff at column 3); save the list as UTF-8",
+    ]
+
+
+# ----------------------------------------------------------------------------- environment
+
+
+class read_only:
+    """A folder made unwritable: chmod 0555, or ``chattr +i`` for root (who ignores modes)."""
+
+    def __init__(self, folder):
+        self.folder = str(folder)
+        # What creating a file there fails with: EACCES (mode), EPERM (immutable).
+        self.reason = os.strerror(errno.EACCES if os.geteuid() != 0 else errno.EPERM)
+
+    def __enter__(self):
+        if os.geteuid() != 0:
+            os.chmod(self.folder, 0o555)
+        elif subprocess.run(["chattr", "+i", self.folder], capture_output=True).returncode:
+            pytest.skip("root without chattr: cannot make a read-only folder")
+        return self
+
+    def __exit__(self, *exc):
+        if os.geteuid() != 0:
+            os.chmod(self.folder, 0o755)
+        else:
+            subprocess.run(["chattr", "-i", self.folder], check=True)
+
+
+def test_output_folder_checked_before_reading_audio(vox):
+    append(vox / "train_list.txt", "id00001 id00001/s0/00009.wav\n")  # would be reported later
+    (vox / "out").mkdir()
+    with read_only(vox / "out") as ro, pytest.raises(InputError) as info:
+        prep(vox)
+    assert str(info.value) == (f"{vox / 'out'}: the output folder is not writable "
+                               f"({ro.reason}); choose another folder or fix its permissions")
+    assert os.listdir(vox / "out") == []
+    (vox / "file").write_text("x")
+    with pytest.raises(InputError) as info:
+        prep(vox, output_dir=str(vox / "file"))
+    assert str(info.value) == (f"{vox / 'file'}: the output folder is an existing file, not a "
+                               "folder; pass the path of a folder")
+    with pytest.raises(InputError) as info:
+        prep(vox, output_dir=str(vox / "file" / "sub"))
+    assert str(info.value) == (f"{vox / 'file' / 'sub'}: cannot create the output folder: "
+                               f"{vox / 'file'} is a file, not a folder")
+
+
+def test_outputs_follow_the_umask(vox):
+    old = os.umask(0o027)
+    try:
+        out = prep(vox)
+    finally:
+        os.umask(old)
+    modes = {os.path.basename(p): stat.S_IMODE(os.stat(p).st_mode)
+             for p in list(out.values()) + [str(vox / "out" / "prep_options.json")]}
+    assert set(modes.values()) == {0o640}, modes
+
+
+def cli(*args, cwd=REPO, env=None, **kw):
+    """Start ``python -m <args>`` with this checkout on PYTHONPATH."""
+    env = dict(os.environ, PYTHONPATH=str(REPO), **(env or {}))
+    env.pop("MASKPROXY_DEBUG", None)
+    return subprocess.Popen([sys.executable, "-m", *args], cwd=cwd, env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, **kw)
+
+
+def run_main(main, argv, capsys):
+    """``main(argv)`` in this process -> ``(exit code, stderr)``; it goes through ``run_cli``."""
+    try:
+        code = main(argv)
+    except SystemExit as exit_:
+        code = exit_.code
+    return code, capsys.readouterr().err
+
+
+def test_cli_failures_one_error_line_exit_2(vox, tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("MASKPROXY_DEBUG", raising=False)
+    base = ["--train-list", str(vox / "train_list.txt"), "--train-root", str(vox / "train"),
+            "--trials", str(vox / "trials.txt"), "--test-root", str(vox / "test"),
+            "--num-workers", "1", "--output-dir"]
+    bad_list = tmp_path / "bad_list.txt"
+    bad_list.write_text((vox / "train_list.txt").read_text() + "id00001 a b\n")
+    latin = tmp_path / "latin1.txt"
+    latin.write_bytes(b"id00001 id00001/s0/\xe9.wav\n")
+    (tmp_path / "a_file").write_text("x")
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    bad_line = f"{bad_list}:13: expected 2 fields 'spk_id path', got 3"
+    cases = [
+        (base + [str(tmp_path / "o1"), "--train-list", str(bad_list)], bad_line),
+        (base + [str(tmp_path / "o2"), "--train-list", str(latin)],
+         f"{latin}:1: not UTF-8 text (byte 0xe9 at column 20); save the list as UTF-8"),
+        (base + [str(tmp_path / "o3"), "--trials", str(tmp_path / "none.txt")],
+         f"{tmp_path / 'none.txt'}: list file not found"),
+        (base + [str(tmp_path / "a_file")], f"{tmp_path / 'a_file'}: the output folder is an "
+         "existing file, not a folder; pass the path of a folder"),
+        (base + [str(ro)], f"{ro}: the output folder is not writable ({read_only(ro).reason}); "
+         "choose another folder or fix its permissions"),
+    ]
+    with read_only(ro):
+        for argv, message in cases:
+            assert run_main(voxceleb.main, argv, capsys) == (2, f"error: {message}\n"), argv
+    assert not any((tmp_path / o).exists() for o in ("o1", "o2", "o3"))
+    with pytest.raises(InputError, match=re.escape(bad_line)):  # --debug: the traceback
+        voxceleb.main(cases[0][0] + ["--debug"])
+    monkeypatch.setenv("MASKPROXY_DEBUG", "1")
+    with pytest.raises(InputError, match=re.escape(bad_line)):
+        voxceleb.main(cases[0][0])
+    monkeypatch.delenv("MASKPROXY_DEBUG")
+    with pytest.raises(SystemExit) as info:
+        voxceleb.main(["--help"])
+    assert info.value.code == 0 and "--train-list" in capsys.readouterr().out
+
+    # The same through a real process: exit status 2, one line on stderr, no traceback.
+    proc = subprocess.run([sys.executable, "-m", "data_prep.voxceleb", *cases[0][0]],
+                          env=dict(os.environ, PYTHONPATH=str(REPO)), capture_output=True,
+                          text=True, timeout=120)
+    assert (proc.returncode, proc.stderr, proc.stdout) == (2, f"error: {bad_line}\n", "")
+
+
+def cli(*args, env=None, **kw):
+    """Start ``python -m <args>`` with this checkout on PYTHONPATH."""
+    env = dict(os.environ, PYTHONPATH=str(REPO), **(env or {}))
+    env.pop("MASKPROXY_DEBUG", None)
+    return subprocess.Popen([sys.executable, "-m", *args], env=env, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, **kw)
+
+
+def children(pid):
+    """Process ids of the children of ``pid`` (Linux /proc)."""
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            return f.read().split()
+    except OSError:
+        return []
+
+
+def write_tiny_wavs(root, n_spk, per_spk):
+    """``n_spk x per_spk`` 0.05 s wav files (one header + data, written as bytes); list lines."""
+    buf = __import__("io").BytesIO()
+    sf.write(buf, np.full(800, 0.1), SR, subtype="PCM_16", format="WAV")
+    data, lines = buf.getvalue(), []
+    for s in range(n_spk):
+        os.makedirs(root / f"id{s:05d}" / "s0")
+        os.makedirs(root / f"id{s:05d}" / "s1")
+        for u in range(per_spk):
+            rel = f"id{s:05d}/s{u % 2}/{u:05d}.wav"
+            (root / rel).write_bytes(data)
+            lines.append(f"id{s:05d} {rel}\n")
+    return lines
+
+
+def test_kill_9_mid_run_then_rerun_cleans_up(tmp_path):
+    root, out = tmp_path / "wav", tmp_path / "out"
+    (tmp_path / "list.txt").write_text("".join(write_tiny_wavs(root, 60, 50)))  # 3000 files
+    args = ["data_prep.voxceleb", "--train-list", str(tmp_path / "list.txt"), "--train-root",
+            str(root), "--output-dir", str(out), "--dev-share", "10", "--num-workers", "2"]
+    proc = cli(*args, start_new_session=True)
+    while proc.poll() is None and not children(proc.pid):  # header-reading workers started
+        time.sleep(0.002)
+    os.killpg(proc.pid, signal.SIGKILL)  # the CLI and its workers, mid-run
+    assert proc.wait(30) == -signal.SIGKILL, "the run finished before it could be killed"
+    assert not (out / "prep_options.json").exists()  # not marked done
+    out.mkdir(exist_ok=True)
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    (out / f".tmp-{dead.pid}-0badc0de-train.csv").write_text("half")  # a killed write
+    old = os.umask(0o022)
+    try:
+        assert voxceleb.main(args[1:]) == 0
+    finally:
+        os.umask(old)
+    names = sorted(os.listdir(out))
+    assert names == ["dev.csv", "dev_trials.txt", "prep_options.json", "train.csv"]
+    assert {stat.S_IMODE(os.stat(out / n).st_mode) for n in names} == {0o644}
+    assert len(read_csv(out / "train.csv")) + len(read_csv(out / "dev.csv")) == 3000

@@ -3,13 +3,20 @@
 import filecmp
 import json
 import os
+import signal
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import pytest
 import soundfile as sf
 
 from data_prep import demo_corpus
-from data_prep.demo_corpus import baseline_eer, baseline_scores, generate_corpus
+from data_prep.demo_corpus import baseline_eer, baseline_scores, generate_corpus, speaker_plan
+from maskproxy_losses.errors import InputError
+
+REPO = Path(__file__).resolve().parents[1]
 
 SMALL = dict(train_speakers=6, test_speakers=4, utterances=4, min_duration=1.0, max_duration=1.0,
              n_trials=40, num_workers=1)
@@ -34,7 +41,8 @@ def test_layout_and_train_list(corpus):
     for spk, rel in lines:
         assert rel.startswith(spk + "/sess") and rel.endswith(".wav")
         info = sf.info(os.path.join(corpus["wav_root"], rel))
-        assert (info.samplerate, info.channels, info.subtype, info.frames) == (16000, 1, "PCM_16", 16000)
+        assert (info.samplerate, info.channels, info.subtype, info.frames) == \
+            (16000, 1, "PCM_16", 16000)
     for spk in speakers:  # every speaker has 2+ sessions
         assert len({rel.split("/")[1] for s, rel in lines if s == spk}) >= 2
     assert len(wav_files(corpus["wav_root"])) == (6 + 4) * 4  # no temporary files left
@@ -110,6 +118,63 @@ def test_cli(tmp_path, capsys):
     assert demo_corpus.main(args) == 0
     out = capsys.readouterr().out
     assert "train_list:" in out and "baseline EER (mean log-mel cosine):" in out
+
+
+def test_cli_bad_input_and_output_one_error_line_exit_2(tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("MASKPROXY_DEBUG", raising=False)
+    (tmp_path / "a_file").write_text("x")
+    cases = [
+        (["--output-dir", str(tmp_path / "a_file")], f"{tmp_path / 'a_file'}: the output folder "
+         "is an existing file, not a folder; pass the path of a folder"),
+        (["--output-dir", str(tmp_path / "a_file" / "d")], f"{tmp_path / 'a_file' / 'd'}: cannot "
+         f"create the output folder: {tmp_path / 'a_file'} is a file, not a folder"),
+        (["--output-dir", str(tmp_path / "d"), "--utterances", "1"],
+         "need utterances >= 2, 1-9999 train and 2-9999 test speakers"),
+        (["--output-dir", str(tmp_path / "d"), "--min-duration", "0.1"],
+         "need 0.25 <= min_duration <= max_duration (seconds)"),
+    ]
+    for argv, message in cases:
+        with pytest.raises(SystemExit) as info:
+            demo_corpus.main(argv)
+        assert (info.value.code, capsys.readouterr().err) == (2, f"error: {message}\n")
+    assert not (tmp_path / "d").exists()
+    with pytest.raises(InputError, match="need utterances >= 2"):
+        demo_corpus.main(cases[2][0] + ["--debug"])
+
+
+def test_kill_9_leaves_no_partial_wav_and_a_rerun_finishes(tmp_path):
+    args = dict(train_speakers=3, test_speakers=2, utterances=6, min_duration=1.0,
+                max_duration=1.5, num_workers=1, n_trials=10)
+    argv = [f"--{k.replace('_', '-')}={v}" for k, v in args.items()]
+    proc = subprocess.Popen([sys.executable, "-m", "data_prep.demo_corpus", "--output-dir",
+                             str(tmp_path), *argv], env=dict(os.environ, PYTHONPATH=str(REPO)),
+                            start_new_session=True, stderr=subprocess.DEVNULL)
+    first = tmp_path / "wav" / "id00001"
+
+    def visible():
+        return [f for f in wav_files(tmp_path / "wav") if not os.path.basename(f).startswith(".")]
+
+    while proc.poll() is None and len(visible() if first.is_dir() else []) < 2:
+        time.sleep(0.005)
+    os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.wait(30) == -signal.SIGKILL, "the run finished before it could be killed"
+    assert not (tmp_path / demo_corpus.MARKER).exists()
+    plans = [speaker_plan(0, g, i, 6, 1.0, 1.5) for g, n in ((0, 3), (1, 2)) for i in range(n)]
+    frames = {rel: int(round(d * 16000)) for p in plans for rel, _, d in p["utts"]}
+
+    def check_complete():
+        for rel in visible():  # every visible wav is whole
+            assert sf.info(str(tmp_path / "wav" / rel)).frames == frames[rel], rel
+        return visible()
+
+    assert 2 <= len(check_complete()) < len(frames)
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    stale = first / "sess0" / f".tmp-{dead.pid}-0badc0de-00009.wav"
+    stale.write_bytes(b"RIFF half")  # what a kill mid-write leaves
+    generate_corpus(str(tmp_path), **args)
+    assert sorted(check_complete()) == sorted(frames) == wav_files(tmp_path / "wav")
+    assert (tmp_path / demo_corpus.MARKER).exists()
 
 
 @pytest.mark.slow

@@ -42,7 +42,7 @@ from maskproxy_losses.augment import build_augmenter
 from maskproxy_losses.calibration import CALIBRATION_FILE, calibration_metrics, fit_calibration
 from maskproxy_losses.errors import InputError, run_cli
 from maskproxy_losses.export import unwrap
-from maskproxy_losses.files import check_writable
+from maskproxy_losses.files import check_writable_dir
 from maskproxy_losses.hparams import load_recipe_hparams
 from maskproxy_losses.scoring import score_trials, verification_metrics
 from maskproxy_losses.training_data import full_file_pipeline, random_crop_pipeline
@@ -209,7 +209,7 @@ def main(argv):
     hparams_file, run_opts, overrides = sb.parse_arguments(argv)
     hparams, overrides = load_recipe_hparams(hparams_file, overrides)
     for key in ("output_folder", "manifest_folder"):  # fail in seconds, not after data prep
-        check_writable(hparams[key], key)
+        check_writable_dir(hparams[key], key)
     if run_opts.distributed_backend == "nccl" and not torch.cuda.is_available():
         run_opts = dataclasses.replace(  # DDP on CPU
             run_opts, distributed_backend="gloo",

@@ -1,0 +1,70 @@
+"""maskproxy_losses.files: umask, stale temporaries, writable folders, UTF-8 lines."""
+
+import errno
+import os
+import stat
+import subprocess
+import sys
+
+import pytest
+
+from maskproxy_losses.errors import InputError
+from maskproxy_losses.files import (
+    atomic_write_text,
+    check_writable_dir,
+    remove_stale_temps,
+    temp_path,
+    text_lines,
+)
+
+
+@pytest.mark.parametrize("mask, mode", [(0o022, 0o644), (0o077, 0o600), (0o002, 0o664)])
+def test_atomic_writes_follow_the_umask(tmp_path, mask, mode):
+    old = os.umask(mask)
+    try:
+        atomic_write_text(tmp_path / "a.txt", "x")
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(os.stat(tmp_path / "a.txt").st_mode) == mode
+    assert os.listdir(tmp_path) == ["a.txt"]
+
+
+def test_remove_stale_temps_only_of_dead_processes(tmp_path):
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    stale = [f".tmp-{dead.pid}-00000000-a.csv", f".old-{dead.pid}-00000000-b"]
+    (tmp_path / stale[0]).write_text("half")
+    (tmp_path / stale[1]).mkdir()
+    mine = os.path.basename(temp_path(tmp_path / "c.csv"))
+    (tmp_path / mine).write_text("being written")
+    (tmp_path / "keep.csv").write_text("done")
+    assert remove_stale_temps(tmp_path) == sorted(stale)
+    assert sorted(os.listdir(tmp_path)) == sorted([mine, "keep.csv"])
+
+
+def test_check_writable_dir(tmp_path):
+    check_writable_dir(tmp_path)  # existing, writable
+    check_writable_dir(tmp_path / "new" / "deeper")  # creatable
+    assert os.listdir(tmp_path) == []  # nothing left behind
+    (tmp_path / "f").write_text("x")
+    with pytest.raises(InputError, match=f"^{tmp_path / 'f'}: the output folder is an existing"):
+        check_writable_dir(tmp_path / "f")
+    if os.geteuid() != 0:
+        os.chmod(tmp_path, 0o555)
+        try:
+            with pytest.raises(InputError) as info:
+                check_writable_dir(tmp_path, "cache folder")
+            assert str(info.value) == (f"{tmp_path}: the cache folder is not writable "
+                                       f"({os.strerror(errno.EACCES)}); choose another folder "
+                                       "or fix its permissions")
+        finally:
+            os.chmod(tmp_path, 0o755)
+
+
+def test_text_lines_names_each_undecodable_line(tmp_path):
+    path = tmp_path / "l.txt"
+    path.write_bytes("\ufeffa b\n".encode() + b"ok\n\x80x\n" + "é\n".encode())
+    assert list(text_lines(path)) == [
+        (1, "a b\n", None), (2, "ok\n", None),
+        (3, None, f"{path}:3: not UTF-8 text (byte 0x80 at column 1); save the list as UTF-8"),
+        (4, "é\n", None)]
