@@ -52,6 +52,7 @@ __all__ = [
     "load_model_dir",
     "WaveformEmbedder",
     "OnnxEmbedder",
+    "ConvSTFT",
     "relative_error",
     "INSTALL_HINT",
     "main",
@@ -194,12 +195,16 @@ class OnnxEmbedder:
         The file ``export_onnx`` wrote.
     threads : int or None
         onnxruntime intra-op threads (None: onnxruntime's default).
+    spin : bool
+        Let idle worker threads spin-wait (onnxruntime's default). Off here: spinning
+        threads keep the cores busy after each call and slow down other work in the
+        process (e.g. PyTorch) on small machines.
 
     Calling it with a float waveform array ``[batch, samples]`` (or ``[samples]``),
     16 kHz in [-1, 1], returns float32 embeddings ``[batch, emb_dim]``.
     """
 
-    def __init__(self, path, threads=None):
+    def __init__(self, path, threads=None, spin=False):
         _require_onnx()
         import onnxruntime
 
@@ -207,6 +212,8 @@ class OnnxEmbedder:
         if threads:
             options.intra_op_num_threads = int(threads)
             options.inter_op_num_threads = 1
+        if not spin:
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.session = onnxruntime.InferenceSession(
             str(path), options, providers=["CPUExecutionProvider"]
         )
@@ -222,6 +229,75 @@ class OnnxEmbedder:
                 f"got shape {list(wavs.shape)}"
             )
         return self.session.run(None, {self.input_name: np.ascontiguousarray(wavs)})[0]
+
+
+class ConvSTFT(nn.Module):
+    """``torch.stft`` (centred, one-sided, not normalised) as one strided ``conv1d``.
+
+    onnxruntime runs ONNX ``DFT`` slowly, above all for sizes that are not a power of
+    two (SpeechBrain's Fbank uses ``n_fft=400``); a convolution with the windowed
+    cosine / sine basis is a plain matrix product. ``power=False`` returns
+    SpeechBrain's ``STFT`` layout ``[batch, frames, bins, 2]``; ``power=True`` the
+    power spectrogram ``[batch, bins, frames]`` of ``torchaudio.transforms.Spectrogram``.
+
+    >>> x = torch.randn(2, 4000)
+    >>> window = torch.hann_window(400)
+    >>> ref = torch.stft(x, 512, 160, 400, window, center=True, pad_mode="reflect",
+    ...                  return_complex=True).abs() ** 2
+    >>> conv = ConvSTFT(512, 160, window, pad_mode="reflect", power=True)
+    >>> bool(torch.allclose(conv(x), ref, rtol=1e-3, atol=1e-3))
+    True
+    """
+
+    def __init__(self, n_fft, hop_length, window, center=True, pad_mode="constant", power=False):
+        super().__init__()
+        self.n_fft, self.hop_length, self.center = int(n_fft), int(hop_length), center
+        self.pad_mode, self.power = pad_mode, power
+        win = torch.zeros(self.n_fft, dtype=torch.float64)
+        left = (self.n_fft - len(window)) // 2  # torch.stft centres a shorter window
+        win[left:left + len(window)] = window.detach().to(torch.float64).cpu()
+        k = torch.arange(self.n_fft // 2 + 1, dtype=torch.float64)[:, None]
+        angle = 2 * torch.pi * k * torch.arange(self.n_fft, dtype=torch.float64)[None] / self.n_fft
+        basis = torch.cat([torch.cos(angle) * win, -torch.sin(angle) * win])
+        self.register_buffer("basis", basis.float()[:, None, :], persistent=False)
+
+    def forward(self, wavs):
+        """wavs: [batch, samples] -> see the class docstring."""
+        x = wavs.float()[:, None, :]
+        if self.center:
+            half = self.n_fft // 2
+            x = nn.functional.pad(x, (half, half), mode=self.pad_mode)
+        spec = nn.functional.conv1d(x, self.basis, stride=self.hop_length)  # [B, 2F, T]
+        real, imag = spec.chunk(2, dim=1)
+        if self.power:
+            return real * real + imag * imag
+        return torch.stack([real, imag], dim=-1).transpose(1, 2)
+
+
+def _swap_stft(compute_features):
+    """A copy of ``compute_features`` whose SpeechBrain ``STFT`` / torchaudio power
+    ``Spectrogram`` submodules are ``ConvSTFT`` (others are left as they are)."""
+    import copy
+
+    import torchaudio
+    from speechbrain.processing.features import STFT
+
+    features = copy.deepcopy(compute_features)
+    swaps = {}
+    for name, module in features.named_modules():
+        if isinstance(module, STFT) and module.onesided and not module.normalized_stft:
+            swaps[name] = ConvSTFT(module.n_fft, module.hop_length, module.window,
+                                   module.center, module.pad_mode)
+        elif (isinstance(module, torchaudio.transforms.Spectrogram) and module.power == 2
+              and module.onesided and not module.normalized and module.pad == 0):
+            swaps[name] = ConvSTFT(module.n_fft, module.hop_length, module.window,
+                                   module.center, module.pad_mode, power=True)
+    for name, new in swaps.items():
+        if not name:
+            return new
+        parent, _, attr = name.rpartition(".")
+        setattr(features.get_submodule(parent) if parent else features, attr, new)
+    return features
 
 
 @contextlib.contextmanager
@@ -255,7 +331,9 @@ def _check_output_path(out, overwrite):
         raise InputError(f"{out.parent}: output folder is not writable")
 
 
-def export_onnx(model_dir, out_path, opset=None, overwrite=False, tolerance=1e-4, seed=0):
+def export_onnx(
+    model_dir, out_path, opset=None, overwrite=False, tolerance=1e-4, seed=0, conv_stft=True
+):
     """Export model directory ``model_dir`` to the ONNX file ``out_path``.
 
     Arguments
@@ -273,6 +351,10 @@ def export_onnx(model_dir, out_path, opset=None, overwrite=False, tolerance=1e-4
         accepted in the check run; a larger one raises ``RuntimeError``.
     seed : int
         Seed of the random waveforms used for tracing and for the check.
+    conv_stft : bool
+        Compute the front end's STFT as a convolution (``ConvSTFT``; 1.5-2x faster
+        in onnxruntime) rather than with the ONNX ``DFT`` operator. The check run
+        compares with the unchanged PyTorch modules either way.
 
     Returns
     -------
@@ -288,7 +370,11 @@ def export_onnx(model_dir, out_path, opset=None, overwrite=False, tolerance=1e-4
 
     out = Path(out_path).absolute()
     _check_output_path(out, overwrite)
-    embedder = WaveformEmbedder(*load_model_dir(model_dir)).eval()
+    compute_features, mean_var_norm, embedding_model = load_model_dir(model_dir)
+    embedder = WaveformEmbedder(compute_features, mean_var_norm, embedding_model).eval()
+    graph = embedder
+    if conv_stft:
+        graph = WaveformEmbedder(_swap_stft(compute_features), mean_var_norm, embedding_model)
 
     gen = torch.Generator().manual_seed(seed)
     example = torch.rand(2, SAMPLE_RATE, generator=gen) * 2 - 1
@@ -301,7 +387,7 @@ def export_onnx(model_dir, out_path, opset=None, overwrite=False, tolerance=1e-4
         dynamic = {"wavs": {0: torch.export.Dim.DYNAMIC, 1: torch.export.Dim.DYNAMIC}}
         with _quiet_exporter(), torch.no_grad():
             torch.onnx.export(
-                embedder,
+                graph.eval(),
                 (example,),
                 str(tmp),
                 dynamo=True,

@@ -248,3 +248,17 @@ def test_cli_help(capsys):
     assert code == 0
     for word in ("MODEL_DIR", "OUT.onnx", "--overwrite", "encode_batch", "pip install"):
         assert word in out
+
+
+@pytest.mark.parametrize("frontend", ["fbank", "authors"])
+def test_conv_stft_swap_keeps_features(frontend):
+    from maskproxy_losses.frontend import build_frontend
+
+    compute, norm = build_frontend(frontend)
+    swapped = eo._swap_stft(compute)
+    assert sum(isinstance(m, eo.ConvSTFT) for m in swapped.modules()) == 1
+    assert not any(isinstance(m, eo.ConvSTFT) for m in compute.modules())  # a copy
+    wavs = _waveforms(2, 12345, seed=5)
+    ref, got = norm(compute(wavs), torch.ones(2)), norm(swapped(wavs), torch.ones(2))
+    assert got.shape == ref.shape
+    assert relative_error(got.numpy(), ref.numpy())[1] < TOL
