@@ -98,6 +98,10 @@ def main(argv=None):
         "--frontend", choices=["fbank", "authors"], action="append",
         help="front end(s) of the fresh model (default: both); ignored with --model-dir",
     )
+    parser.add_argument(
+        "--dft", action="store_true",
+        help="export the STFT with the ONNX DFT operator (export_onnx conv_stft=False)",
+    )
     parser.add_argument("--batch", type=int, default=16, help="waveforms per batch")
     parser.add_argument("--seconds", type=float, default=4.0, help="length of each waveform")
     parser.add_argument("--threads", type=int, default=2, help="torch and onnxruntime threads")
@@ -111,7 +115,8 @@ def main(argv=None):
     print(f"CPU: {cpu_model()}; torch {torch.__version__}, onnxruntime "
           f"{__import__('onnxruntime').__version__}; {args.threads} threads")
     print(f"batch {args.batch} x {args.seconds:g} s at 16 kHz, {args.warmup} warm-up, "
-          f"{args.blocks} alternating blocks of {args.iters} batches")
+          f"{args.blocks} alternating blocks of {args.iters} batches; "
+          f"STFT in the graph: {'ONNX DFT' if args.dft else 'conv1d'}")
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         if args.model_dir:
@@ -124,7 +129,9 @@ def main(argv=None):
                 runs.append((export_model(tmp / frontend, model, frontend=frontend), frontend))
         for model_dir, label in runs:
             start = time.perf_counter()
-            onnx_path = export_onnx(model_dir, tmp / f"{label}.onnx", overwrite=True)
+            onnx_path = export_onnx(
+                model_dir, tmp / f"{label}.onnx", overwrite=True, conv_stft=not args.dft
+            )
             print(f"{label:>8}: exported in {time.perf_counter() - start:.1f} s "
                   f"({onnx_path.stat().st_size / 1e6:.1f} MB)")
             bench(model_dir, onnx_path, args, label)

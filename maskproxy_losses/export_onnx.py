@@ -15,6 +15,9 @@ Every row is taken at full length: the graph has no relative-lengths input, so a
 zero-padded batch gives the embeddings of the padded signals. Embed utterances of
 different lengths one by one or in batches of equal length.
 
+In the graph the front end's STFT is a strided convolution (:class:`ConvSTFT`, same
+numbers to ~1e-6) instead of the ONNX ``DFT`` operator, which onnxruntime runs slowly.
+
 The file is written to a hidden temporary file beside ``OUT.onnx``, checked with
 ``onnx.checker`` and run once with onnxruntime against PyTorch on a random batch,
 then renamed into place: a failed export leaves nothing behind.
