@@ -1,0 +1,264 @@
+"""Tests for the ONNX export of model directories (maskproxy_losses.export_onnx).
+
+Two exports are made once per module (about 10-20 s each on 2 CPU cores): a freshly
+initialised, shallow ResNetSE34L with the SpeechBrain "fbank" front end, and the
+authors' checkpoint fixture converted with the "authors" front end. Both are
+compared with SpeechBrain's ``EncoderClassifier.encode_batch`` on several lengths
+and batch sizes; the fixture also with the authors' own embeddings.
+"""
+
+import contextlib
+import io
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("onnx")
+pytest.importorskip("onnxscript")
+pytest.importorskip("onnxruntime")
+
+from maskproxy_losses.convert import convert_checkpoint  # noqa: E402
+from maskproxy_losses.encoder import ResNetSE34L  # noqa: E402
+from maskproxy_losses.errors import InputError, run_cli  # noqa: E402
+from maskproxy_losses.export import export_model  # noqa: E402
+from maskproxy_losses import export_onnx as eo  # noqa: E402
+from maskproxy_losses.export_onnx import (  # noqa: E402
+    OnnxEmbedder,
+    export_onnx,
+    main,
+    relative_error,
+)
+
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+CKPT = FIXTURES / "resnetse34l_original_layout.model"
+EXPECTED = FIXTURES / "resnetse34l_original_layout_expected.npz"
+# (samples, batch size): 400 samples (the shortest input the project embeds), 0.5 s,
+# 1.3 s and 3 s, each length once, batch sizes 1 and 3 both used (kept small for time).
+CASES = ((400, 3), (8000, 1), (20800, 3), (48000, 1))
+TOL = 1e-4  # relative, ONNX vs PyTorch
+FIXTURE_TOL = 1e-3  # relative, vs the authors' embeddings (as tests/test_convert.py)
+
+
+def _encoder_classifier(model_dir, savedir):
+    from speechbrain.inference.speaker import EncoderClassifier
+
+    return EncoderClassifier.from_hparams(source=str(model_dir), savedir=str(savedir))
+
+
+def _cli(argv, capsys):
+    """Run the CLI in-process; return (exit code, stdout, stderr)."""
+    try:
+        code = run_cli(main, argv)
+    except SystemExit as stop:
+        code = stop.code
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def _no_temps(folder):
+    return [p.name for p in Path(folder).iterdir() if p.name.startswith(".")]
+
+
+@pytest.fixture(scope="module")
+def fbank_export(tmp_path_factory):
+    """(model dir, onnx path, EncoderClassifier) of a fresh shallow ResNetSE34L, fbank."""
+    root = tmp_path_factory.mktemp("fbank")
+    torch.manual_seed(0)
+    model = ResNetSE34L(n_mels=40, blocks=(1, 1, 1, 1), emb_dim=64).eval()
+    # Move the batch-norm statistics off (0, 1) so that they matter in the graph.
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.2, 0.2)
+            m.running_var.uniform_(0.5, 2.0)
+    model_dir = export_model(root / "model", model, frontend="fbank", n_mels=40)
+    onnx_path = root / "out" / "model.onnx"
+    onnx_path.parent.mkdir()
+    onnx_path.write_text("an older file")  # replaced through the CLI's --overwrite
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        assert main([str(model_dir), str(onnx_path), "--overwrite"]) == 0
+    assert f"wrote {onnx_path}" in printed.getvalue()
+    return model_dir, onnx_path, _encoder_classifier(model_dir, root / "save")
+
+
+@pytest.fixture(scope="module")
+def authors_export(tmp_path_factory):
+    """(model dir, onnx path, EncoderClassifier) of the converted authors' checkpoint."""
+    if not CKPT.is_file():
+        pytest.skip(f"fixture checkpoint not found: {CKPT}")
+    root = tmp_path_factory.mktemp("authors")
+    model_dir = convert_checkpoint(CKPT, root / "model")
+    onnx_path = export_onnx(model_dir, root / "model.onnx")
+    assert onnx_path == (root / "model.onnx").absolute() and onnx_path.is_file()
+    return model_dir, onnx_path, _encoder_classifier(model_dir, root / "save")
+
+
+def _waveforms(batch, samples, seed):
+    gen = torch.Generator().manual_seed(seed)
+    return (torch.rand(batch, samples, generator=gen) * 2 - 1) * 0.5
+
+
+def _check_parity(onnx_path, classifier):
+    """ONNX vs encode_batch on every (samples, batch size) of CASES."""
+    session = OnnxEmbedder(onnx_path, threads=2)
+    worst = 0.0
+    for seed, (samples, batch) in enumerate(CASES):
+        wavs = _waveforms(batch, samples, seed)
+        ref = classifier.encode_batch(wavs)
+        assert ref.shape[:2] == (batch, 1)
+        got = session(wavs.numpy())
+        assert got.shape == (batch, ref.shape[-1]) and got.dtype == np.float32
+        whole, per_row = relative_error(got, ref.squeeze(1).numpy())
+        assert per_row < TOL, (samples, batch, whole, per_row)
+        worst = max(worst, per_row)
+    print(f"ONNX vs encode_batch: worst per-row relative error {worst:.3g}")
+    return worst
+
+
+def test_fbank_frontend_parity(fbank_export):
+    model_dir, onnx_path, classifier = fbank_export
+    import onnx
+
+    graph = onnx.load(str(onnx_path)).graph  # replaced the older file, a valid model
+    assert [i.name for i in graph.input] == ["wavs"]
+    assert [o.name for o in graph.output] == ["embeddings"]
+    dims = graph.input[0].type.tensor_type.shape.dim
+    assert len(dims) == 2 and all(d.dim_param and not d.dim_value for d in dims)
+    assert _no_temps(onnx_path.parent) == []
+    _check_parity(onnx_path, classifier)
+    # A 1-D waveform is one utterance; rows are independent of the batch they are in.
+    session = OnnxEmbedder(onnx_path)
+    wavs = _waveforms(3, 16000, seed=99).numpy()
+    one = session(wavs[1])
+    assert one.shape == (1, 64)
+    assert relative_error(one, session(wavs)[1:2])[1] < TOL
+
+
+def test_authors_frontend_parity(authors_export):
+    _, onnx_path, classifier = authors_export
+    _check_parity(onnx_path, classifier)
+
+
+def test_authors_fixture_embeddings(authors_export):
+    if not EXPECTED.is_file():
+        pytest.skip(f"fixture embeddings not found: {EXPECTED}")
+    expected = dict(np.load(EXPECTED))
+    session = OnnxEmbedder(authors_export[1])
+    worst = 0.0
+    for name in ("a", "b"):
+        wav = expected[f"wav_{name}"].astype(np.float32) / 32768.0
+        got, ref = session(wav[None]), expected[f"emb_{name}"]
+        assert got.shape == ref.shape == (1, 512)
+        worst = max(worst, relative_error(got, ref)[1])
+    print(f"ONNX vs the authors' embeddings: max relative error {worst:.3g}")
+    assert worst < FIXTURE_TOL
+
+
+def test_onnx_embedder_rejects_bad_shapes(fbank_export):
+    session = OnnxEmbedder(fbank_export[1])
+    with pytest.raises(InputError, match="at least 400 samples"):
+        session(np.zeros((2, 399), np.float32))
+    with pytest.raises(InputError, match=r"\[batch, samples\]"):
+        session(np.zeros((2, 1, 16000), np.float32))
+
+
+# --- bad input: one `error:` line, exit code 2, nothing written ----------------------
+
+
+def test_cli_missing_model_dir(tmp_path, capsys):
+    missing = tmp_path / "no_such_model"
+    code, out, err = _cli([str(missing), str(tmp_path / "x.onnx")], capsys)
+    assert code == 2 and err.startswith("error:") and str(missing) in err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+
+def test_cli_output_exists(fbank_export, tmp_path, capsys):
+    out_path = tmp_path / "model.onnx"
+    out_path.write_text("keep me")
+    code, _, err = _cli([str(fbank_export[0]), str(out_path)], capsys)
+    assert code == 2 and err.startswith("error:") and "--overwrite" in err
+    assert str(out_path) in err and out_path.read_text() == "keep me"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.onnx"]
+
+
+def _copy_model(model_dir, dest, ckpt_bytes=None, with_yaml=True):
+    dest.mkdir()
+    if with_yaml:
+        (dest / "hyperparams.yaml").write_text((model_dir / "hyperparams.yaml").read_text())
+    data = (model_dir / "embedding_model.ckpt").read_bytes() if ckpt_bytes is None else ckpt_bytes
+    (dest / "embedding_model.ckpt").write_bytes(data)
+    return dest
+
+
+def test_bad_model_dirs(fbank_export, tmp_path, capsys):
+    model_dir = fbank_export[0]
+    good = (model_dir / "embedding_model.ckpt").read_bytes()
+    other = tmp_path / "other.ckpt"
+    torch.save(ResNetSE34L(emb_dim=32).state_dict(), other)
+    cases = {
+        "no_yaml": (_copy_model(model_dir, tmp_path / "no_yaml", with_yaml=False),
+                    "hyperparams.yaml: not found"),
+        "corrupt": (_copy_model(model_dir, tmp_path / "corrupt", good[: len(good) // 2]),
+                    "cannot read the checkpoint"),
+        "mismatch": (_copy_model(model_dir, tmp_path / "mismatch", other.read_bytes()),
+                     "does not fit the model"),
+    }
+    outs = tmp_path / "outs"
+    outs.mkdir()
+    for name, (folder, message) in cases.items():
+        code, _, err = _cli([str(folder), str(outs / f"{name}.onnx")], capsys)
+        assert code == 2 and err.startswith("error:") and message in err, (name, err)
+        assert str(folder) in err and "Traceback" not in err
+    assert list(outs.iterdir()) == []
+
+
+def test_unwritable_output_folder(fbank_export, tmp_path, capsys):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    code, _, err = _cli([str(fbank_export[0]), str(blocker / "model.onnx")], capsys)
+    assert code == 2 and err.startswith("error:") and str(blocker) in err
+    with pytest.raises(InputError, match="is a directory"):
+        export_onnx(fbank_export[0], tmp_path)
+
+
+def test_missing_onnx_packages(monkeypatch, tmp_path, capsys):
+    monkeypatch.setitem(sys.modules, "onnxscript", None)  # makes `import onnxscript` fail
+    code, _, err = _cli([str(tmp_path), str(tmp_path / "x.onnx")], capsys)
+    assert code == 2 and "onnxscript" in err
+    assert "pip install maskproxy-losses[onnx]" in err and "pip install onnx onnxscript" in err
+
+
+def test_failed_export_leaves_nothing(fbank_export, tmp_path, monkeypatch):
+    def half_written(model, args, f, **kwargs):
+        Path(f).write_bytes(b"partial")
+        raise RuntimeError("exporter crashed")
+
+    monkeypatch.setattr(eo.torch.onnx, "export", half_written)
+    with pytest.raises(RuntimeError, match="exporter crashed"):
+        export_onnx(fbank_export[0], tmp_path / "model.onnx")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_cli_help(capsys):
+    code, out, _ = _cli(["--help"], capsys)
+    assert code == 0
+    for word in ("MODEL_DIR", "OUT.onnx", "--overwrite", "encode_batch", "pip install"):
+        assert word in out
+
+
+@pytest.mark.parametrize("frontend", ["fbank", "authors"])
+def test_conv_stft_swap_keeps_features(frontend):
+    from maskproxy_losses.frontend import build_frontend
+
+    compute, norm = build_frontend(frontend)
+    swapped = eo._swap_stft(compute)
+    assert sum(isinstance(m, eo.ConvSTFT) for m in swapped.modules()) == 1
+    assert not any(isinstance(m, eo.ConvSTFT) for m in compute.modules())  # a copy
+    wavs = _waveforms(2, 12345, seed=5)
+    ref, got = norm(compute(wavs), torch.ones(2)), norm(swapped(wavs), torch.ones(2))
+    assert got.shape == ref.shape
+    assert relative_error(got.numpy(), ref.numpy())[1] < TOL
