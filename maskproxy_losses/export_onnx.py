@@ -47,12 +47,11 @@ from torch import nn
 
 from maskproxy_losses.audio import MIN_SAMPLES, SAMPLE_RATE
 from maskproxy_losses.errors import InputError, run_cli
-from maskproxy_losses.export import CKPT_FILE, HPARAMS_FILE
+from maskproxy_losses.model_dir import MODULE_KEYS, load_modules
 from maskproxy_losses.files import remove_stale_temps, temp_path
 
 __all__ = [
     "export_onnx",
-    "load_model_dir",
     "WaveformEmbedder",
     "OnnxEmbedder",
     "ConvSTFT",
@@ -62,7 +61,6 @@ __all__ = [
 ]
 
 INSTALL_HINT = "pip install maskproxy-losses[onnx]  (or: pip install onnx onnxscript onnxruntime)"
-MODULE_KEYS = ("compute_features", "mean_var_norm", "embedding_model")
 
 
 def _require_onnx():
@@ -92,60 +90,6 @@ def relative_error(out, ref):
     whole = diff.max() / np.abs(ref).max()
     rows = (diff.max(axis=1) / np.abs(ref).max(axis=1)).max()
     return float(whole), float(rows)
-
-
-def load_model_dir(model_dir):
-    """Build ``(compute_features, mean_var_norm, embedding_model)`` of a model directory.
-
-    Reads ``hyperparams.yaml`` with hyperpyyaml and loads ``embedding_model.ckpt``
-    (``torch.load(weights_only=True)``, strict), as ``EncoderClassifier.from_hparams``
-    would. The modules are returned in eval mode on the CPU. Raises ``InputError``
-    naming the file for a missing directory or file, an unbuildable YAML or a
-    checkpoint that is corrupt or does not fit the model.
-    """
-    from hyperpyyaml import load_hyperpyyaml
-
-    folder = Path(model_dir)
-    if not folder.is_dir():
-        what = "is not a directory" if folder.exists() else "not found"
-        raise InputError(f"model directory {what}: {folder}")
-    yaml_path, ckpt_path = folder / HPARAMS_FILE, folder / CKPT_FILE
-    for path in (yaml_path, ckpt_path):
-        if not path.is_file():
-            raise InputError(
-                f"{path}: not found (a model directory holds {HPARAMS_FILE} and {CKPT_FILE}, "
-                "as maskproxy_losses.export / maskproxy_losses.convert write them)"
-            )
-    try:
-        hparams = load_hyperpyyaml(yaml_path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError):
-        raise
-    except Exception as err:  # YAML syntax, unknown class paths, bad arguments
-        detail = str(err).splitlines()[0] if str(err) else type(err).__name__
-        raise InputError(f"{yaml_path}: cannot build the model ({detail})") from None
-    if not isinstance(hparams, dict) or any(k not in hparams for k in MODULE_KEYS):
-        raise InputError(f"{yaml_path}: needs the entries {', '.join(MODULE_KEYS)}")
-    modules = [hparams[k] for k in MODULE_KEYS]
-    for key, module in zip(MODULE_KEYS, modules):
-        if not isinstance(module, nn.Module):
-            raise InputError(f"{yaml_path}: {key} is not a torch module")
-    try:
-        state = torch.load(ckpt_path, map_location="cpu", weights_only=True)
-    except Exception as err:  # pickle, zip and torch errors vary by content
-        detail = str(err).splitlines()[0] if str(err) else "no details"
-        raise InputError(
-            f"{ckpt_path}: cannot read the checkpoint (not a torch.save file, corrupt or "
-            f"truncated; {type(err).__name__}: {detail})"
-        ) from None
-    try:
-        modules[2].load_state_dict(state, strict=True)
-    except (RuntimeError, TypeError, AttributeError) as err:
-        lines = str(err).strip().splitlines()
-        raise InputError(
-            f"{ckpt_path}: does not fit the model of {yaml_path.name} ({lines[0]}"
-            + (f" {lines[1].strip()}" if len(lines) > 1 else "") + ")"
-        ) from None
-    return tuple(m.eval().cpu() for m in modules)
 
 
 class WaveformEmbedder(nn.Module):
@@ -335,7 +279,8 @@ def _check_output_path(out, overwrite):
 
 
 def export_onnx(
-    model_dir, out_path, opset=None, overwrite=False, tolerance=1e-4, seed=0, conv_stft=True
+    model_dir, out_path, opset=None, overwrite=False, tolerance=1e-4, seed=0, conv_stft=True,
+    trust=False,
 ):
     """Export model directory ``model_dir`` to the ONNX file ``out_path``.
 
@@ -354,6 +299,8 @@ def export_onnx(
         accepted in the check run; a larger one raises ``RuntimeError``.
     seed : int
         Seed of the random waveforms used for tracing and for the check.
+    trust : bool
+        Skip the check of ``hyperparams.yaml`` against what the export writes.
     conv_stft : bool
         Compute the front end's STFT as a convolution (``ConvSTFT``; 1.5-2x faster
         in onnxruntime) rather than with the ONNX ``DFT`` operator. The check run
@@ -364,7 +311,7 @@ def export_onnx(
     Path
         The absolute path of the written file.
 
-    Raises ``InputError`` for bad input (see ``load_model_dir``; an existing output
+    Raises ``InputError`` for bad input (see ``model_dir.load_modules``; an existing output
     without ``overwrite``, an output folder that cannot be written, missing ONNX
     packages); nothing is written then.
     """
@@ -373,7 +320,8 @@ def export_onnx(
 
     out = Path(out_path).absolute()
     _check_output_path(out, overwrite)
-    compute_features, mean_var_norm, embedding_model = load_model_dir(model_dir)
+    _, modules = load_modules(model_dir, trust)
+    compute_features, mean_var_norm, embedding_model = (modules[k] for k in MODULE_KEYS)
     embedder = WaveformEmbedder(compute_features, mean_var_norm, embedding_model).eval()
     graph = embedder
     if conv_stft:
@@ -441,8 +389,13 @@ def main(argv=None):
     parser.add_argument(
         "--opset", type=int, default=None, help="ONNX opset version (default: the exporter's)"
     )
+    parser.add_argument(
+        "--trust-model-dir", action="store_true",
+        help="load a hyperparams.yaml that names code the project's export never writes",
+    )
     args = parser.parse_args(argv)
-    out = export_onnx(args.model_dir, args.output, opset=args.opset, overwrite=args.overwrite)
+    out = export_onnx(args.model_dir, args.output, opset=args.opset, overwrite=args.overwrite,
+                      trust=args.trust_model_dir)
     print(f"wrote {out}")
     return 0
 

@@ -28,7 +28,10 @@ import yaml
 from maskproxy_losses.errors import InputError
 from maskproxy_losses.hparams import read_plain_yaml
 
-__all__ = ["ALLOWED_CONSTRUCTORS", "HPARAMS_FILE", "CKPT_FILE", "check_hparams", "load_encoder"]
+__all__ = [
+    "ALLOWED_CONSTRUCTORS", "HPARAMS_FILE", "CKPT_FILE", "MODULE_KEYS", "check_hparams", "load_modules",
+    "load_encoder",
+]
 
 HPARAMS_FILE = "hyperparams.yaml"
 CKPT_FILE = "embedding_model.ckpt"
@@ -67,15 +70,18 @@ def check_hparams(model_dir):
         )
 
 
-def load_encoder(model_dir, device="cpu", trust=False):
-    """``EncoderClassifier`` of a model directory, in eval mode on ``device``.
+MODULE_KEYS = ("compute_features", "mean_var_norm", "embedding_model")
+
+
+def load_modules(model_dir, trust=False):
+    """``(hparams, modules)`` of a model directory: the front end and the embedding model
+    (``modules`` maps :data:`MODULE_KEYS` to modules), weights loaded, in eval mode.
 
     The yaml is checked with :func:`check_hparams` unless ``trust``; the checkpoint is
     loaded with ``weights_only=True`` and strictly, and every problem names the user's
     path (not a temporary copy).
     """
     from hyperpyyaml import load_hyperpyyaml
-    from speechbrain.inference.speaker import EncoderClassifier
 
     model_dir = Path(model_dir)
     if not model_dir.is_dir():
@@ -89,12 +95,13 @@ def load_encoder(model_dir, device="cpu", trust=False):
     try:
         with open(hparams_path, encoding="utf-8") as f:
             hparams = load_hyperpyyaml(f)
-        modules = hparams["modules"]
-        model = modules["embedding_model"]
+        modules = {key: hparams["modules"][key] for key in MODULE_KEYS}
     except (KeyError, TypeError) as err:
-        raise InputError(f"{hparams_path}: lacks modules / embedding_model ({err})") from None
-    except Exception as err:  # a bad constructor argument, an unknown key, ...
+        raise InputError(f"{hparams_path}: needs modules {', '.join(MODULE_KEYS)} ({err})") from None
+    except Exception as err:  # a bad constructor argument, an unknown class, ...
         raise InputError(f"{hparams_path}: cannot build the model ({type(err).__name__}: {err})") from None
+    if not all(isinstance(m, torch.nn.Module) for m in modules.values()):
+        raise InputError(f"{hparams_path}: {', '.join(MODULE_KEYS)} must be torch modules")
     if not ckpt.is_file():
         raise InputError(f"{ckpt}: checkpoint not found (a model directory needs {CKPT_FILE})")
     try:
@@ -105,10 +112,21 @@ def load_encoder(model_dir, device="cpu", trust=False):
     if not isinstance(state, dict):
         raise InputError(f"{ckpt}: does not hold a state dict")
     try:
-        model.load_state_dict(state, strict=True)
+        modules["embedding_model"].load_state_dict(state, strict=True)
     except RuntimeError as err:
         lines = [line.strip() for line in str(err).splitlines()[1:] if line.strip()]
         raise InputError([f"{ckpt}: does not fit the model in {HPARAMS_FILE}:"] + lines[:20]) from None
+    for module in modules.values():
+        module.eval()
+    return hparams, modules
+
+
+def load_encoder(model_dir, device="cpu", trust=False):
+    """``EncoderClassifier`` of a model directory (see :func:`load_modules`), in eval mode
+    on ``device``."""
+    from speechbrain.inference.speaker import EncoderClassifier
+
+    hparams, modules = load_modules(model_dir, trust)
     encoder = EncoderClassifier(modules=modules, hparams=hparams, run_opts={"device": str(device)})
     encoder.eval()
     return encoder

@@ -201,9 +201,9 @@ def test_bad_model_dirs(fbank_export, tmp_path, capsys):
     torch.save(ResNetSE34L(emb_dim=32).state_dict(), other)
     cases = {
         "no_yaml": (_copy_model(model_dir, tmp_path / "no_yaml", with_yaml=False),
-                    "hyperparams.yaml: not found"),
+                    "not a model directory (no hyperparams.yaml)"),
         "corrupt": (_copy_model(model_dir, tmp_path / "corrupt", good[: len(good) // 2]),
-                    "cannot read the checkpoint"),
+                    "not a readable weights-only checkpoint"),
         "mismatch": (_copy_model(model_dir, tmp_path / "mismatch", other.read_bytes()),
                      "does not fit the model"),
     }
