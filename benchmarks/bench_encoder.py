@@ -1,8 +1,16 @@
-"""CPU throughput of ResNetSE34L: training (forward + backward) and inference.
+"""Throughput of ResNetSE34L, float32 and the ``auto`` precision side by side.
+
+Training step (forward + backward + Adam) and inference (eval, no_grad), each timed in
+alternating blocks of ``--iters`` iterations: float32, then the precision that
+``resolve_precision(--precision)`` picks (``auto``: bfloat16 autocast where the device
+does bfloat16 natively, float32 elsewhere), ``--rounds`` times; alternating keeps slow
+drifts of a shared machine out of the ratio. Prints the choice and its reason, the rates
+per round and the ratio of the totals.
 
 Usage::
 
-    python benchmarks/bench_encoder.py [--batch 128] [--frames 200] [--threads 2]
+    python benchmarks/bench_encoder.py [--batch 128] [--frames 200] [--threads 2] \
+        [--precision auto|bf16|fp16|fp32] [--device cpu|cuda]
 """
 
 import argparse
@@ -11,15 +19,43 @@ import time
 import torch
 
 from maskproxy_losses.encoder import ResNetSE34L
+from maskproxy_losses.precision import autocast_for, resolve_precision
 
 
-def _timed(step, warmup, iters):
-    for _ in range(warmup):
-        step()
+def _sync(device):
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
+
+
+def _timed(step, iters, device):
+    _sync(device)
     start = time.perf_counter()
     for _ in range(iters):
         step()
-    return (time.perf_counter() - start) / iters
+    _sync(device)
+    return time.perf_counter() - start
+
+
+def compare(name, make_step, precisions, args):
+    """Alternating timed blocks of ``make_step(precision)`` for each ``{label: precision}``
+    of ``precisions``; print the rates."""
+    steps = {label: make_step(p) for label, p in precisions.items()}
+    precisions = list(precisions)
+    for p in precisions:  # warm-up (allocator, autocast weight casts, cuDNN choices)
+        for _ in range(args.warmup):
+            steps[p]()
+    totals = dict.fromkeys(precisions, 0.0)
+    for r in range(1, args.rounds + 1):
+        rates = []
+        for p in precisions:
+            sec = _timed(steps[p], args.iters, args.device)
+            totals[p] += sec
+            rates.append(f"{p} {args.batch * args.iters / sec:8.1f} utt/s")
+        print(f"  {name} round {r}: " + "  ".join(rates))
+    n = args.batch * args.iters * args.rounds
+    summary = "  ".join(f"{p} {n / totals[p]:8.1f} utt/s" for p in precisions)
+    ratio = totals[precisions[0]] / totals[precisions[-1]]
+    print(f"{name}: {summary}  ratio {precisions[-1]} / {precisions[0]} = {ratio:.2f}")
 
 
 def main(argv=None):
@@ -28,38 +64,49 @@ def main(argv=None):
     parser.add_argument("--frames", type=int, default=200, help="frames per utterance (200 = 2 s)")
     parser.add_argument("--n-mels", type=int, default=40)
     parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")
-    parser.add_argument("--warmup", type=int, default=2, help="untimed iterations")
-    parser.add_argument("--iters", type=int, default=5, help="timed iterations")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed iterations per precision")
+    parser.add_argument("--iters", type=int, default=3, help="timed iterations per block")
+    parser.add_argument("--rounds", type=int, default=2, help="alternating block pairs")
     parser.add_argument("--pooling", choices=["sap", "asp"], default="sap")
+    parser.add_argument("--precision", default="auto", help="compared with fp32 (default auto)")
+    parser.add_argument("--device", default="cpu")
     args = parser.parse_args(argv)
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    model = ResNetSE34L(n_mels=args.n_mels, pooling=args.pooling)
-    feats = torch.randn(args.batch, args.frames, args.n_mels)
+    chosen, reason = resolve_precision(args.precision, args.device)
+    # columns: label -> precision; with fp32 chosen both columns are float32 (the ratio
+    # then shows the noise of the machine)
+    precisions = {"fp32": "fp32", f"{args.precision}={chosen}": chosen}
+    model = ResNetSE34L(n_mels=args.n_mels, pooling=args.pooling).to(args.device)
+    feats = torch.randn(args.batch, args.frames, args.n_mels, device=args.device)
     print(f"ResNetSE34L({args.pooling}) parameters: {sum(p.numel() for p in model.parameters()):,}")
-    print(f"batch {args.batch} x {args.frames} frames x {args.n_mels} mels, "
-          f"{args.threads} threads, {args.warmup} warm-up + {args.iters} timed iterations")
+    print(f"batch {args.batch} x {args.frames} frames x {args.n_mels} mels on {args.device}, "
+          f"{args.threads} threads, {args.warmup} warm-up + {args.rounds} x {args.iters} "
+          f"timed iterations per precision")
+    print(f"precision {args.precision!r} -> {chosen} ({reason})")
 
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+
+    def train_step(precision):
+        def step():
+            optimizer.zero_grad(set_to_none=True)
+            with autocast_for(precision, args.device):
+                loss = model(feats).float().pow(2).mean()  # losses stay float32
+            loss.backward()
+            optimizer.step()
+        return step
+
+    def infer_step(precision):
+        def step():
+            with torch.no_grad(), autocast_for(precision, args.device):
+                model(feats)
+        return step
+
     model.train()
-
-    def train_step():
-        optimizer.zero_grad(set_to_none=True)
-        model(feats).pow(2).mean().backward()
-        optimizer.step()
-
-    sec = _timed(train_step, args.warmup, args.iters)
-    print(f"train  (fwd+bwd+Adam): {sec * 1000:8.1f} ms/batch  {args.batch / sec:8.1f} utt/s")
-
+    compare("train (fwd+bwd+Adam)", train_step, precisions, args)
     model.eval()
-
-    def infer_step():
-        with torch.no_grad():
-            model(feats)
-
-    sec = _timed(infer_step, args.warmup, args.iters)
-    print(f"infer  (eval, no_grad): {sec * 1000:8.1f} ms/batch  {args.batch / sec:8.1f} utt/s")
+    compare("infer (eval, no_grad)", infer_step, precisions, args)
 
 
 if __name__ == "__main__":

@@ -1,43 +1,162 @@
-"""The training recipe's data pipeline: random crops for training, full files for scoring.
+"""The training data path: random crops read from wav files, and a fast batch collate.
 
-Both are SpeechBrain dynamic items (``DynamicItemDataset.add_dynamic_item``) taking the
-manifest's ``wav`` (and ``duration``) and providing ``sig``.
+:class:`RandomCrop` and :class:`FullFile` are picklable callables (so DataLoader workers
+started with ``spawn`` can use them too); :func:`random_crop_item` / :func:`full_file_item`
+wrap them as SpeechBrain dynamic items providing ``sig`` from ``wav``. A crop of ``F``
+frames is ``F * 160 + 240`` samples starting at ``torch.randint(0, n - crop + 1)``, drawn
+from torch's RNG (so ``torch.manual_seed`` and the DataLoader's per-worker seeding make
+the crops reproducible); only the crop's samples are read. A file of ``n <= crop``
+samples is read whole and wrapped around: ``sig.repeat(ceil(crop / n))[:crop]``.
+
+Speed (one loader worker must feed >= 1,000 crops/s): the file is opened once with
+``soundfile.SoundFile`` (its header gives the exact length, no ``duration`` needed), 16-bit
+PCM is read as int16 and scaled by 2^-15 in numpy (exactly libsndfile's float values, at a
+fraction of its conversion cost), and :class:`CropCollate` builds SpeechBrain's
+``PaddedBatch`` with a padding function that stacks equal-length crops straight into
+shared memory (no padding copy, no second copy when the batch leaves the worker).
+
+Example
+-------
+>>> import os, tempfile, numpy as np, soundfile as sf
+>>> path = os.path.join(tempfile.mkdtemp(), "a.wav")
+>>> sf.write(path, np.arange(1000, dtype=np.int16), 16000, subtype="PCM_16")
+>>> _ = torch.manual_seed(0)
+>>> crop = RandomCrop(num_frames=2)(path)          # 2 * 160 + 240 = 560 samples
+>>> crop.shape, crop.dtype
+(torch.Size([560]), torch.float32)
+>>> start = int(crop[0] * 32768)
+>>> bool((crop * 32768 == torch.arange(start, start + 560)).all())
+True
+>>> batch = CropCollate()([{"id": "a", "sig": crop}, {"id": "b", "sig": crop}])
+>>> batch.sig.data.shape, batch.sig.lengths.tolist(), batch.id
+(torch.Size([2, 560]), [1.0, 1.0], ['a', 'b'])
 """
 
 import math
 
-import speechbrain as sb
+import numpy as np
+import soundfile as sf
 import torch
+from speechbrain.dataio.batch import PaddedBatch
+from speechbrain.utils.data_pipeline import DynamicItem
+from speechbrain.utils.data_utils import batch_pad_right
 
-from maskproxy_losses.audio import SAMPLE_RATE, crop_samples, read_wav
+from .audio import SAMPLE_RATE, crop_samples
 
-__all__ = ["random_crop_pipeline", "full_file_pipeline"]
+__all__ = [
+    "RandomCrop", "FullFile", "random_crop_item", "full_file_item", "wrap_around",
+    "stack_or_pad", "CropCollate",
+]
 
-
-def random_crop_pipeline(crop_frames):
-    """Dynamic item: a random crop of ``crop_frames`` frames (start drawn from torch's RNG);
-    files shorter than a crop wrap around."""
-    crop = crop_samples(crop_frames)
-
-    @sb.utils.data_pipeline.takes("wav", "duration")
-    @sb.utils.data_pipeline.provides("sig")
-    def random_crop(wav, duration):
-        n = int(round(float(duration) * SAMPLE_RATE))
-        if n > crop:
-            start = int(torch.randint(0, n - crop + 1, ()).item())
-            return read_wav(wav, start, start + crop)
-        sig = read_wav(wav)
-        return sig.repeat(math.ceil(crop / max(len(sig), 1)))[:crop]
-
-    return random_crop
+_PCM16_SCALE = np.float32(1.0 / 32768.0)  # libsndfile's int16 -> float normalisation
 
 
-def full_file_pipeline():
-    """Dynamic item: the whole file."""
+def wrap_around(sig, num_samples):
+    """``sig`` repeated until it holds ``num_samples`` samples, then cut there.
 
-    @sb.utils.data_pipeline.takes("wav")
-    @sb.utils.data_pipeline.provides("sig")
-    def full_file(wav):
-        return read_wav(wav)
+    >>> wrap_around(torch.tensor([1.0, 2.0, 3.0]), 7).tolist()
+    [1.0, 2.0, 3.0, 1.0, 2.0, 3.0, 1.0]
+    """
+    if sig.shape[0] == 0:
+        raise ValueError("cannot wrap an empty signal around")
+    return sig.repeat(math.ceil(num_samples / sig.shape[0]))[:num_samples]
 
-    return full_file
+
+def _open(path):
+    f = sf.SoundFile(path)
+    if f.samplerate != SAMPLE_RATE:
+        f.close()
+        raise ValueError(f"sample rate {f.samplerate} Hz, expected {SAMPLE_RATE}: {path}")
+    return f
+
+
+def _read(f, count):
+    """``count`` samples from the current position of ``f``, mono float32 in [-1, 1]."""
+    if f.channels == 1 and f.subtype == "PCM_16":
+        raw = f.read(count, dtype="int16")
+        return torch.from_numpy(np.multiply(raw, _PCM16_SCALE, dtype=np.float32))
+    wav = f.read(count, dtype="float32", always_2d=True)
+    return torch.from_numpy(wav.mean(axis=1) if wav.shape[1] > 1 else wav[:, 0].copy())
+
+
+class RandomCrop:
+    """Callable ``path -> crop``: a random crop of ``num_frames`` frames (see the module).
+
+    Arguments
+    ---------
+    num_frames : int
+        Frames of a crop; the crop holds ``num_frames * 160 + 240`` samples.
+    """
+
+    def __init__(self, num_frames):
+        self.num_frames = int(num_frames)
+        self.num_samples = crop_samples(self.num_frames)
+
+    def __call__(self, path):
+        crop = self.num_samples
+        with _open(path) as f:
+            n = f.frames
+            if n > crop:
+                start = int(torch.randint(0, n - crop + 1, ()).item())
+                f.seek(start)
+                return _read(f, crop)
+            sig = _read(f, n)
+        return wrap_around(sig, crop)  # short file: wrap around
+
+    def __repr__(self):
+        return f"RandomCrop(num_frames={self.num_frames})"
+
+
+class FullFile:
+    """Callable ``path -> waveform``: the whole file, mono float32."""
+
+    def __call__(self, path):
+        with _open(path) as f:
+            return _read(f, f.frames)
+
+    def __repr__(self):
+        return "FullFile()"
+
+
+def random_crop_item(num_frames, takes="wav", provides="sig"):
+    """SpeechBrain dynamic item: ``provides`` = a :class:`RandomCrop` of ``takes``.
+
+    Use as ``dataset.add_dynamic_item(random_crop_item(hparams["crop_frames"]))``.
+    """
+    return DynamicItem(takes=[takes], func=RandomCrop(num_frames), provides=[provides])
+
+
+def full_file_item(takes="wav", provides="sig"):
+    """SpeechBrain dynamic item: ``provides`` = the whole file ``takes`` (:class:`FullFile`)."""
+    return DynamicItem(takes=[takes], func=FullFile(), provides=[provides])
+
+
+def stack_or_pad(tensors, mode="constant", value=0):
+    """``(batch, relative lengths)`` like SpeechBrain's ``batch_pad_right``, fast for
+    equal shapes: those are stacked with ``default_collate`` (inside a DataLoader worker
+    straight into shared memory, so the batch is not copied again to leave the worker).
+
+    >>> batch, lens = stack_or_pad([torch.ones(3), torch.zeros(3)])
+    >>> batch.tolist(), lens.tolist()
+    ([[1.0, 1.0, 1.0], [0.0, 0.0, 0.0]], [1.0, 1.0])
+    >>> stack_or_pad([torch.ones(2), torch.ones(1)])[1].tolist()
+    [1.0, 0.5]
+    """
+    first = tensors[0].shape
+    if all(t.shape == first for t in tensors):
+        return torch.utils.data.default_collate(list(tensors)), torch.ones(len(tensors))
+    return batch_pad_right(tensors, mode=mode, value=value)
+
+
+class CropCollate:
+    """DataLoader ``collate_fn``: SpeechBrain's ``PaddedBatch`` built with
+    :func:`stack_or_pad` (same batch object, same values as the default collate).
+
+    Pass it as ``collate_fn`` in the training loader options.
+    """
+
+    def __call__(self, examples):
+        return PaddedBatch(examples, padding_func=stack_or_pad)
+
+    def __repr__(self):
+        return "CropCollate()"

@@ -45,7 +45,8 @@ from maskproxy_losses.export import unwrap
 from maskproxy_losses.files import check_writable_dir
 from maskproxy_losses.hparams import load_recipe_hparams
 from maskproxy_losses.scoring import score_trials, verification_metrics
-from maskproxy_losses.training_data import full_file_pipeline, random_crop_pipeline
+from maskproxy_losses.precision import resolve_run_precision
+from maskproxy_losses.training_data import CropCollate, full_file_item, random_crop_item
 from maskproxy_losses.trials import read_prepared_trials
 
 logger = logging.getLogger(__name__)
@@ -156,7 +157,7 @@ def dataio_prep(hparams, manifests):
     """Datasets (random crops for training, full files for dev / test) and the sampler."""
     label_encoder = sb.dataio.encoder.CategoricalEncoder()
     train = sb.dataio.dataset.DynamicItemDataset.from_csv(manifests["train_csv"])
-    train.add_dynamic_item(random_crop_pipeline(hparams["crop_frames"]))
+    train.add_dynamic_item(random_crop_item(hparams["crop_frames"]))
     label_encoder.load_or_create(os.path.join(hparams["save_folder"], "label_encoder.txt"),
                                  from_didatasets=[train], output_key="spk_id")
     train.add_dynamic_item(label_encoder.encode_label_torch, takes="spk_id", provides="spk_id_encoded")
@@ -164,7 +165,7 @@ def dataio_prep(hparams, manifests):
 
     def verification_set(csv):
         data = sb.dataio.dataset.DynamicItemDataset.from_csv(csv).filtered_sorted(sort_key="duration")
-        data.add_dynamic_item(full_file_pipeline())
+        data.add_dynamic_item(full_file_item())
         data.set_output_keys(["id", "sig", "wav"])
         return data
 
@@ -182,10 +183,11 @@ def dataio_prep(hparams, manifests):
 
 
 def train_loader_kwargs(hparams, sampler):
-    """Training DataLoader options: the speaker-grouped batches, loader workers kept
-    alive across epochs (starting new ones every epoch costs seconds on a small CPU)."""
+    """Training DataLoader options: the speaker-grouped batches, the fast collate, loader
+    workers kept alive across epochs (new ones every epoch cost seconds on a small CPU)."""
     workers = hparams["num_workers"]
-    return {"batch_sampler": sampler, "num_workers": workers, "persistent_workers": workers > 0}
+    return {"batch_sampler": sampler, "num_workers": workers, "persistent_workers": workers > 0,
+            "collate_fn": CropCollate()}
 
 
 def finish(brain, hparams, dev, test):
@@ -214,6 +216,8 @@ def main(argv):
         run_opts = dataclasses.replace(  # DDP on CPU
             run_opts, distributed_backend="gloo",
             overridden_args=run_opts.overridden_args | {"distributed_backend"})
+    run_opts, why = resolve_run_precision(hparams, run_opts)  # `precision: auto` in the yaml
+    logger.info("training precision: %s (%s)", run_opts.precision, why)
     sb.utils.distributed.ddp_init_group(run_opts)
     sb.create_experiment_directory(experiment_directory=hparams["output_folder"],
                                    hyperparams_to_save=hparams_file, overrides=overrides)

@@ -1,0 +1,137 @@
+"""The ``auto`` precision choice, explicit values, and the inference autocast helper."""
+
+import pytest
+import torch
+from speechbrain.utils.run_opts import RunOptions
+
+from maskproxy_losses import precision as P
+
+ZEN2_FLAGS = {"fpu", "sse2", "avx", "avx2", "fma", "sha_ni"}
+ZEN4_FLAGS = ZEN2_FLAGS | {"avx512f", "avx512_bf16", "avx512_vnni"}
+SPR_FLAGS = ZEN2_FLAGS | {"avx512f", "amx_tile", "amx_bf16", "amx_int8"}
+
+
+def _cpu(monkeypatch, flags):
+    monkeypatch.setattr(P, "read_cpu_flags", lambda: flags)
+
+
+@pytest.mark.parametrize("flags, flag", [(ZEN4_FLAGS, "avx512_bf16"), (SPR_FLAGS, "amx_bf16")])
+def test_auto_picks_bf16_on_cpu_with_native_bf16(monkeypatch, flags, flag):
+    _cpu(monkeypatch, flags)
+    assert P.native_bf16("cpu") is True
+    precision, reason = P.resolve_precision("auto", "cpu")
+    assert precision == "bf16"
+    assert reason.startswith("auto: CPU has ") and flag in reason and "bfloat16" in reason
+
+
+def test_auto_picks_fp32_on_cpu_without_native_bf16(monkeypatch):
+    _cpu(monkeypatch, ZEN2_FLAGS)
+    assert P.native_bf16("cpu") is False
+    precision, reason = P.resolve_precision("auto", torch.device("cpu"))
+    assert precision == "fp32"
+    assert reason == ("auto: CPU lacks native bfloat16 (no avx512_bf16/amx_bf16 in "
+                      "/proc/cpuinfo): float32")
+
+
+def test_auto_is_fp32_when_cpu_flags_are_unknown(monkeypatch):
+    _cpu(monkeypatch, None)  # not Linux
+    precision, reason = P.resolve_precision(None, "cpu")
+    assert precision == "fp32" and "unknown" in reason
+
+
+def test_read_cpu_flags_parses_the_flags_line(tmp_path):
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor\t: 0\nmodel name\t: Test CPU\nflags\t\t: fpu avx2 avx512_bf16\n\n"
+                    "processor\t: 1\nflags\t\t: fpu avx2 avx512_bf16\n")
+    flags = P.read_cpu_flags(str(info))
+    if flags is None:  # not Linux: the reader reports nothing by design
+        pytest.skip("read_cpu_flags reads /proc/cpuinfo on Linux only")
+    assert flags == {"fpu", "avx2", "avx512_bf16"}
+    assert P.read_cpu_flags(str(tmp_path / "absent")) is None
+
+
+@pytest.mark.parametrize("value", ["fp32", "bf16", "fp16", "BF16 "])
+def test_explicit_values_pass_through(monkeypatch, value):
+    for flags in (ZEN2_FLAGS, ZEN4_FLAGS):
+        _cpu(monkeypatch, flags)
+        precision, reason = P.resolve_precision(value, "cpu")
+        assert precision == value.strip().lower()
+        assert reason == f"requested: {precision}"
+
+
+@pytest.mark.parametrize("value", ["float32", "fp64", "", "bfloat16"])
+def test_unknown_value_is_an_error(value):
+    with pytest.raises(ValueError, match="unknown precision .*auto, fp32, bf16, fp16"):
+        P.resolve_precision(value, "cpu")
+
+
+def test_other_devices_get_fp32():
+    assert P.resolve_precision("auto", "meta")[0] == "fp32"
+
+
+def test_autocast_for_bf16_on_cpu_really_casts():
+    a, b = torch.randn(4, 8), torch.randn(8, 3)
+    with P.autocast_for("bf16", "cpu"):
+        out = a @ b
+        lin = torch.nn.functional.linear(a, b.t())
+    assert out.dtype == torch.bfloat16 and lin.dtype == torch.bfloat16
+    expected = (a.bfloat16().float() @ b.bfloat16().float())
+    assert torch.allclose(out.float(), expected, rtol=1e-2, atol=1e-2)
+    assert (a @ b).dtype == torch.float32  # autocast ends with the block
+
+
+def test_autocast_for_fp32_leaves_float32_alone():
+    a, b = torch.randn(4, 8), torch.randn(8, 3)
+    with P.autocast_for("fp32", "cpu"):
+        assert not torch.is_autocast_enabled("cpu")
+        out = a @ b
+    assert out.dtype == torch.float32
+    assert torch.equal(out, a @ b)
+
+
+def test_autocast_for_auto_follows_the_cpu(monkeypatch):
+    a = torch.randn(2, 2)
+    _cpu(monkeypatch, ZEN4_FLAGS)
+    with P.autocast_for("auto", "cpu"):
+        assert (a @ a).dtype == torch.bfloat16
+    _cpu(monkeypatch, ZEN2_FLAGS)
+    with P.autocast_for("auto", "cpu"):
+        assert (a @ a).dtype == torch.float32
+
+
+def test_resolve_run_precision_auto_from_hparams(monkeypatch):
+    _cpu(monkeypatch, ZEN4_FLAGS)
+    opts, reason = P.resolve_run_precision({"precision": "auto"}, RunOptions(), device="cpu")
+    assert opts.precision == "bf16" and "precision" in opts.overridden_args
+    assert reason.startswith("auto: CPU has avx512_bf16")
+    _cpu(monkeypatch, ZEN2_FLAGS)
+    opts, _ = P.resolve_run_precision({}, RunOptions(device="cpu"))  # no key: auto
+    assert opts.precision == "fp32"
+
+
+def test_resolve_run_precision_command_line_wins(monkeypatch):
+    _cpu(monkeypatch, ZEN4_FLAGS)
+    given = RunOptions(precision="fp32", overridden_args={"precision"})
+    opts, reason = P.resolve_run_precision({"precision": "auto"}, given, device="cpu")
+    assert opts.precision == "fp32" and reason == "requested: fp32"
+    # Brain takes a command-line value over hparams: the resolved one is what it uses
+    assert "precision" in opts.overridden_args and given.overridden_args == {"precision"}
+
+
+def test_resolve_run_precision_eval_key_and_device_from_run_opts(monkeypatch):
+    _cpu(monkeypatch, ZEN4_FLAGS)
+    opts, _ = P.resolve_run_precision({"eval_precision": "auto"}, {"device": "cpu"},
+                                      key="eval_precision")
+    assert opts.eval_precision == "bf16" and opts.precision == "fp32"
+
+
+def test_brain_uses_the_resolved_precision(monkeypatch):
+    import speechbrain as sb
+
+    _cpu(monkeypatch, ZEN4_FLAGS)
+    hparams = {"precision": "auto"}
+    opts, _ = P.resolve_run_precision(hparams, RunOptions(device="cpu"))
+    brain = sb.Brain(modules={"lin": torch.nn.Linear(2, 2)}, hparams=hparams, run_opts=opts)
+    assert brain.precision == "bf16"
+    with brain.training_ctx:
+        assert brain.modules.lin(torch.ones(1, 2)).dtype == torch.bfloat16

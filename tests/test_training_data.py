@@ -1,0 +1,178 @@
+"""Random crops, full files and the batch collate of the training data path."""
+
+import csv
+import math
+import pickle
+
+import numpy as np
+import pytest
+import soundfile as sf
+import speechbrain as sb
+import torch
+from speechbrain.dataio.batch import PaddedBatch
+
+from maskproxy_losses.audio import crop_samples
+from maskproxy_losses.sampler import SpeakerBatchSampler
+from maskproxy_losses.training_data import (
+    CropCollate, FullFile, RandomCrop, full_file_item, random_crop_item, stack_or_pad,
+    wrap_around,
+)
+
+RATE = 16000
+
+
+def _write(path, samples, subtype="PCM_16", rate=RATE):
+    sf.write(str(path), samples, rate, subtype=subtype)
+    return str(path)
+
+
+def _reference(path, start=0, stop=None):
+    """The file's samples as libsndfile's float32 (independent of the code under test)."""
+    wav, _ = sf.read(path, start=start, stop=stop, dtype="float32", always_2d=True)
+    return torch.from_numpy(wav.mean(axis=1) if wav.shape[1] > 1 else wav[:, 0].copy())
+
+
+@pytest.fixture
+def long_wav(tmp_path):
+    rng = np.random.default_rng(0)
+    return _write(tmp_path / "long.wav", rng.integers(-32768, 32767, 5 * RATE, dtype=np.int16))
+
+
+@pytest.mark.parametrize("frames", [200, 350])
+def test_crop_is_the_file_at_the_drawn_start(long_wav, frames):
+    crop = crop_samples(frames)
+    n = sf.info(long_wav).frames
+    for seed in range(5):
+        torch.manual_seed(seed)
+        got = RandomCrop(frames)(long_wav)
+        torch.manual_seed(seed)
+        start = int(torch.randint(0, n - crop + 1, ()).item())
+        assert got.dtype == torch.float32 and got.shape == (crop,)
+        assert torch.equal(got, _reference(long_wav, start, start + crop))
+
+
+def test_crops_follow_the_torch_seed(long_wav):
+    reader = RandomCrop(200)
+    torch.manual_seed(7)
+    first = [reader(long_wav) for _ in range(4)]
+    torch.manual_seed(7)
+    again = [reader(long_wav) for _ in range(4)]
+    assert all(torch.equal(a, b) for a, b in zip(first, again))
+    assert not torch.equal(first[0], first[1])  # successive draws differ
+
+
+@pytest.mark.parametrize("n", [1, 401, 20000, crop_samples(200)])
+def test_short_files_wrap_around(tmp_path, n):
+    crop = crop_samples(200)
+    samples = np.random.default_rng(n).integers(-30000, 30000, n, dtype=np.int16)
+    path = _write(tmp_path / "short.wav", samples)
+    state = torch.get_rng_state()
+    got = RandomCrop(200)(path)
+    sig = _reference(path)
+    assert torch.equal(got, sig.repeat(math.ceil(crop / len(sig)))[:crop])
+    assert torch.equal(torch.get_rng_state(), state)  # no start drawn, as in the recipe
+
+
+@pytest.mark.parametrize("subtype, channels", [("PCM_24", 1), ("FLOAT", 1), ("PCM_16", 2)])
+def test_other_formats_match_libsndfile(tmp_path, subtype, channels):
+    rng = np.random.default_rng(1)
+    samples = rng.uniform(-0.9, 0.9, (RATE, channels)).astype(np.float32)
+    path = _write(tmp_path / "x.wav", samples if channels > 1 else samples[:, 0], subtype)
+    torch.manual_seed(3)
+    got = RandomCrop(10)(path)
+    torch.manual_seed(3)
+    start = int(torch.randint(0, RATE - crop_samples(10) + 1, ()).item())
+    assert torch.equal(got, _reference(path, start, start + crop_samples(10)))
+    assert torch.equal(FullFile()(path), _reference(path))
+
+
+def test_full_file_and_wrong_rate(tmp_path, long_wav):
+    assert torch.equal(FullFile()(long_wav), _reference(long_wav))
+    bad = _write(tmp_path / "8k.wav", np.zeros(8000, np.int16), rate=8000)
+    with pytest.raises(ValueError, match="8000 Hz"):
+        RandomCrop(10)(bad)
+
+
+def test_wrap_around_and_stack_or_pad_match_speechbrain():
+    sig = torch.arange(5.0)
+    assert torch.equal(wrap_around(sig, 12), torch.tensor([0, 1, 2, 3, 4] * 3)[:12].float())
+    equal = [torch.randn(7) for _ in range(3)]
+    ragged = [torch.randn(7), torch.randn(3), torch.randn(5)]
+    for tensors in (equal, ragged):
+        ours = stack_or_pad(tensors)
+        theirs = sb.utils.data_utils.batch_pad_right(tensors)
+        assert torch.equal(ours[0], theirs[0]) and torch.equal(ours[1], theirs[1])
+
+
+def test_items_and_collate_pickle():
+    item = pickle.loads(pickle.dumps(random_crop_item(350)))
+    assert item.takes == ["wav"] and item.provides == ["sig"]
+    assert item.func.num_samples == crop_samples(350)
+    assert pickle.loads(pickle.dumps(full_file_item())).provides == ["sig"]
+    assert isinstance(pickle.loads(pickle.dumps(CropCollate())), CropCollate)
+
+
+def _position_corpus(tmp_path, speakers=4, utts=4):
+    """Files whose samples name their file and position: file j holds j * 2000 - 32000 + i."""
+    rows, lengths = [], np.random.default_rng(5).integers(300, 2000, speakers * utts)
+    for j in range(speakers * utts):
+        values = np.arange(lengths[j], dtype=np.int64) + j * 2000 - 32000
+        path = _write(tmp_path / f"u{j:02d}.wav", values.astype(np.int16))
+        rows.append((f"u{j:02d}", f"{lengths[j] / RATE:.5f}", path, f"s{j % speakers}"))
+    table = tmp_path / "train.csv"
+    with open(table, "w", newline="", encoding="utf-8") as f:
+        csv.writer(f).writerows([("ID", "duration", "wav", "spk_id")] + rows)
+    return str(table), rows
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_batches_hold_the_samplers_utterances_in_order(tmp_path, workers):
+    table, rows = _position_corpus(tmp_path)
+    frames = 2  # 560 samples: some files are shorter (wrap around), most longer
+    data = sb.dataio.dataset.DynamicItemDataset.from_csv(table)
+    data.add_dynamic_item(random_crop_item(frames))
+    encoder = sb.dataio.encoder.CategoricalEncoder()
+    encoder.update_from_didataset(data, "spk_id")
+    encoder.ignore_len()
+    data.add_dynamic_item(encoder.encode_label_torch, takes="spk_id", provides="spk_id_encoded")
+    data.set_output_keys(["id", "sig", "spk_id_encoded"])
+    speakers = [data.data[i]["spk_id"] for i in data.data_ids]
+    sampler = SpeakerBatchSampler(speakers, speakers_per_batch=2, utts_per_speaker=2, seed=4)
+    loader = sb.dataio.dataloader.make_dataloader(
+        data, batch_sampler=sampler, num_workers=workers, collate_fn=CropCollate())
+    by_id = {r[0]: (j, r) for j, r in enumerate(rows)}
+    batches = list(loader)
+    assert len(batches) == len(sampler) > 0
+    for batch, indices in zip(batches, sampler):
+        assert isinstance(batch, PaddedBatch)
+        assert batch.id == [data.data_ids[i] for i in indices]
+        wavs, lens = batch.sig
+        assert wavs.shape == (len(indices), crop_samples(frames))
+        assert torch.equal(lens, torch.ones(4))
+        labels, _ = batch.spk_id_encoded
+        expected = [encoder.encode_label(by_id[u][1][3]) for u in batch.id]
+        assert labels[:, 0].tolist() == expected
+        for uid, row in zip(batch.id, wavs):
+            j, (_, _, path, _) = by_id[uid]
+            sig = _reference(path)
+            start = int(round(row[0].item() * 32768)) - (j * 2000 - 32000)
+            if len(sig) > len(row):
+                assert torch.equal(row, sig[start : start + len(row)])
+            else:
+                assert start == 0 and torch.equal(row, wrap_around(sig, len(row)))
+
+
+def test_loader_crops_are_reproducible_with_a_seed(tmp_path):
+    table, _ = _position_corpus(tmp_path)
+    data = sb.dataio.dataset.DynamicItemDataset.from_csv(table)
+    data.add_dynamic_item(random_crop_item(2))
+    data.set_output_keys(["id", "sig"])
+    sampler = SpeakerBatchSampler([data.data[i]["spk_id"] for i in data.data_ids], 2, 2, seed=0)
+
+    def crops():
+        torch.manual_seed(11)  # the DataLoader seeds its worker from torch's RNG
+        loader = torch.utils.data.DataLoader(data, batch_sampler=sampler, num_workers=1,
+                                             collate_fn=CropCollate())
+        return torch.cat([b.sig.data for b in loader])
+
+    assert torch.equal(crops(), crops())
