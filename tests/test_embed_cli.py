@@ -1,0 +1,256 @@
+"""The embed / enrol / identify command and verify_pair against direct encoder calls."""
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from maskproxy_losses.audio import read_wav
+from maskproxy_losses.calibration import Calibration, bayes_threshold
+from maskproxy_losses.embed import embed_files, main, verify_pair
+from maskproxy_losses.embedding import model_fingerprint
+from maskproxy_losses.encoder import ResNetSE34L
+from maskproxy_losses.errors import run_cli
+from maskproxy_losses.export import export_model
+from maskproxy_losses.model_dir import load_encoder
+
+ROOT = Path(__file__).resolve().parents[1]
+SPEAKERS = {"ann": ["ann0.wav", "ann1.wav"], "bo": ["bo0.wav", "sub/bo1.wav"], "cy": ["cy0.wav"]}
+
+
+def _tiny_model(path, seed):
+    torch.manual_seed(seed)
+    model = ResNetSE34L(channels=(8, 8, 16, 16), blocks=(1, 1, 1, 1), emb_dim=16).eval()
+    return str(export_model(path, model))
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    base = tmp_path_factory.mktemp("embed_cli")
+    model_dir = _tiny_model(base / "model", 0)
+    rng = np.random.default_rng(1)
+    (base / "wavs" / "sub").mkdir(parents=True)
+    for i, (spk, names) in enumerate(SPEAKERS.items()):
+        for j, name in enumerate(names):  # a tone per speaker plus noise, 0.6 to 1.1 s
+            t = np.arange(int(16000 * (0.6 + 0.25 * i + 0.25 * j))) / 16000
+            x = 0.3 * np.sin(2 * np.pi * (200 + 900 * i) * t) + 0.05 * rng.standard_normal(t.size)
+            sf.write(base / "wavs" / name, x, 16000, subtype="FLOAT")
+    sf.write(base / "wavs" / ".hidden.wav", np.zeros(16000), 16000)
+    sf.write(base / "short.wav", np.zeros(200), 16000)
+    encoder = load_encoder(model_dir)
+    direct = {}  # one file at a time, no batching code involved
+    for names in SPEAKERS.values():
+        for name in names:
+            wav = read_wav(base / "wavs" / name)
+            direct[name] = encoder.encode_batch(wav[None]).reshape(-1).numpy()
+    return {"base": base, "model": model_dir, "direct": direct}
+
+
+def _unit(x):
+    x = np.asarray(x, dtype=np.float64)
+    return x / np.linalg.norm(x, axis=-1, keepdims=True)
+
+
+def _run(argv, capsys):
+    """``run_cli(main, argv)`` in this process: (exit code, stdout, stderr)."""
+    try:
+        run_cli(main, [str(a) for a in argv])
+        code = 0
+    except SystemExit as stop:
+        code = stop.code
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_embed_list_matches_the_encoder_and_hits_the_cache(env, tmp_path, capsys, monkeypatch):
+    base = env["base"]
+    names = ["ann0.wav", "sub/bo1.wav", "cy0.wav", "ann0.wav"]  # a repeated file too
+    (base / "list.txt").write_text("# test list\n" + "\n".join(f"wavs/{n}" for n in names) + "\n")
+    cache = tmp_path / "cache"
+    monkeypatch.chdir(tmp_path)
+    # The issue's command line (embed is the default subcommand). --batch-seconds 0 puts one
+    # file in each batch: no zero padding, so the result must equal the one-file encoder call
+    # up to float rounding (padding in shared batches only moves the front end's edge frames,
+    # see tests/test_embedding.py).
+    argv = [env["model"], "--wav-list", base / "list.txt", "--output", "out/emb.npz",
+            "--cache-dir", cache, "--batch-seconds", "0"]
+    code, out, _ = _run(argv, capsys)
+    assert code == 0 and "4 files, 16 dims; embeddings 0 from cache, 3 computed" in out
+    with np.load(tmp_path / "out" / "emb.npz") as z:
+        assert z["paths"].tolist() == [f"wavs/{n}" for n in names]
+        assert z["embeddings"].dtype == np.float32 and z["embeddings"].shape == (4, 16)
+        want = np.stack([env["direct"][n] for n in names])
+        np.testing.assert_allclose(z["embeddings"], want, rtol=1e-5, atol=1e-5)
+    # the verification recipe's cache layout: <cache_dir>/<fingerprint[:16]>/full_max300s
+    fingerprint = model_fingerprint(env["model"])
+    assert list((cache / fingerprint[:16] / "full_max300s").glob("shard-*.npz"))
+    stats = {}
+    again = embed_files(env["model"], [base / "wavs" / n for n in names], cache_dir=cache,
+                        stats=stats)
+    assert (stats["hits"], stats["computed"]) == (3, 0)
+    np.testing.assert_allclose(again, want, rtol=1e-5, atol=1e-5)
+    code, out, _ = _run(argv, capsys)
+    assert code == 0 and "embeddings 3 from cache, 0 computed" in out
+
+
+def test_dir_takes_every_audio_file_sorted(env, tmp_path, capsys):
+    out = tmp_path / "dir.npz"
+    code, _, _ = _run(["embed", env["model"], "--dir", env["base"] / "wavs", "--output", out,
+                       "--no-cache", "--batch-seconds", "0"], capsys)
+    assert code == 0
+    with np.load(out) as z:
+        rel = [os.path.relpath(p, env["base"] / "wavs") for p in z["paths"].tolist()]
+        assert rel == sorted(["ann0.wav", "ann1.wav", "bo0.wav", "cy0.wav", "sub/bo1.wav"])
+        np.testing.assert_allclose(z["embeddings"], np.stack([env["direct"][n] for n in rel]),
+                                   rtol=1e-5, atol=1e-5)
+
+
+@pytest.fixture(scope="module")
+def enrolled(env):
+    base = env["base"]
+    lines = [f"{spk} wavs/{n}" for spk, names in SPEAKERS.items() for n in names]
+    (base / "enrol.txt").write_text("\n".join(lines) + "\n")
+    out = base / "speakers.npz"
+    assert main(["enrol", env["model"], "--speakers", base / "enrol.txt", "--output", out,
+                 "--no-cache", "--batch-seconds", "0"]) is not None
+    return out
+
+
+def test_enrol_stores_the_mean_of_normalised_embeddings(env, enrolled):
+    with np.load(enrolled) as z:
+        assert z["speaker_ids"].tolist() == list(SPEAKERS)
+        assert z["counts"].tolist() == [2, 2, 1]
+        assert str(z["model_fingerprint"]) == model_fingerprint(env["model"])
+        for spk, model in zip(SPEAKERS, z["models"]):
+            want = np.mean([_unit(env["direct"][n]) for n in SPEAKERS[spk]], axis=0)
+            np.testing.assert_allclose(model, want, rtol=1e-5, atol=1e-5)
+
+
+def _read_tsv(path):
+    lines = Path(path).read_text().splitlines()
+    return lines[0].split("\t"), [line.split("\t") for line in lines[1:]]
+
+
+def _expected_scores(env, test_names):
+    models = np.stack([np.mean([_unit(env["direct"][n]) for n in SPEAKERS[s]], 0)
+                       for s in SPEAKERS])
+    test = np.stack([env["direct"][n] for n in test_names])
+    return _unit(test) @ _unit(models).T
+
+
+def test_identify_ranks_speakers_by_cosine_with_calibrated_llrs(env, enrolled, tmp_path, capsys):
+    # A copy of the model dir has the same fingerprint (contents, not place) and, here, a
+    # calibration.json; the calibration is no part of the fingerprint.
+    model = tmp_path / "calibrated"
+    shutil.copytree(env["model"], model)
+    Calibration(scale=12.0, offset=-9.0).save(model / "calibration.json")
+    tests = ["ann1.wav", "sub/bo1.wav"]
+    wavs = [env["base"] / "wavs" / n for n in tests]
+    for model_dir, calibrated in ((env["model"], False), (model, True)):
+        out = tmp_path / f"id-{calibrated}.tsv"
+        code, stdout, _ = _run(["identify", model_dir, "--speakers", enrolled, *wavs, "--top-k",
+                                "2", "--output", out, "--no-cache", "--batch-seconds", "0"],
+                               capsys)
+        assert code == 0 and "3 enrolled speakers, top 2" in stdout
+        header, rows = _read_tsv(out)
+        assert header == ["path", "rank", "speaker", "score"] + ["llr", "decision"] * calibrated
+        assert len(rows) == 4
+        expected = _expected_scores(env, tests)
+        for i, wav in enumerate(wavs):
+            mine = [r for r in rows if r[0] == str(wav)]
+            assert [r[1] for r in mine] == ["1", "2"]
+            ids = list(SPEAKERS)
+            scores = [float(r[3]) for r in mine]
+            for r, s in zip(mine, scores):
+                assert abs(s - expected[i, ids.index(r[2])]) < 1e-5
+            assert scores[0] >= scores[1] and abs(scores[0] - expected[i].max()) < 1e-5
+            if calibrated:
+                for r, s in zip(mine, scores):
+                    llr = 12.0 * expected[i, ids.index(r[2])] - 9.0
+                    assert abs(float(r[4]) - llr) < 1e-3
+                    assert r[5] == ("accept" if llr >= bayes_threshold(0.01) else "reject")
+
+
+def test_identify_refuses_speakers_enrolled_with_another_model(env, enrolled, tmp_path, capsys):
+    other = _tiny_model(tmp_path / "other", 1)
+    code, _, err = _run(["identify", other, "--speakers", enrolled,
+                         env["base"] / "wavs" / "cy0.wav", "--no-cache"], capsys)
+    assert code == 2 and f"error: {enrolled}: enrolled with another model" in err
+
+
+def test_verify_pair_scores_the_cosine_and_decides_with_calibration(env, tmp_path):
+    a, b = env["base"] / "wavs" / "ann0.wav", env["base"] / "wavs" / "bo0.wav"
+    want = float(_unit(env["direct"]["ann0.wav"]) @ _unit(env["direct"]["bo0.wav"]))
+    plain = verify_pair(env["model"], a, b)
+    assert abs(plain.score - want) < 1e-5 and plain.llr is None and plain.accept is None
+    model = tmp_path / "calibrated"
+    shutil.copytree(env["model"], model)
+    for offset, accept in ((-100.0, False), (100.0, True)):
+        Calibration(scale=3.0, offset=offset).save(model / "calibration.json")
+        res = verify_pair(model, a, b, p_target=0.05)
+        assert abs(res.llr - (3.0 * want + offset)) < 1e-4 and res.accept is accept
+        assert res.threshold == pytest.approx(np.log(0.95 / 0.05))
+
+
+def _bad_inputs(env, tmp):
+    base = env["base"]
+    (tmp / "bad.txt").write_text("wavs/ann0.wav\nwavs/missing.wav\n\nshort.wav\n")
+    shutil.copy(tmp / "bad.txt", base / "bad.txt")
+    (tmp / "empty.txt").write_text("# nothing\n\n")
+    (tmp / "emptydir").mkdir()
+    (tmp / "notnpz.npz").write_text("hello\n")
+    (base / "enrol_bad.txt").write_text("ann wavs/ann0.wav\nbo\n")
+    untrusted = tmp / "untrusted"
+    shutil.copytree(env["model"], untrusted)
+    with open(untrusted / "hyperparams.yaml", "a") as f:
+        f.write("\nextra: !apply:math.sqrt [4.0]\n")
+    wav, model = base / "wavs" / "ann0.wav", env["model"]
+    out = ["--output", tmp / "o.npz", "--no-cache"]
+    return [
+        ([tmp / "nomodel", "--wav-list", base / "bad.txt", *out], f"{tmp / 'nomodel'}: model "
+         "directory not found"),
+        ([untrusted, "--dir", base / "wavs", *out], "refusing to load it"),
+        ([model, "--wav-list", base / "bad.txt", *out], f"{base / 'bad.txt'}:2: missing file"),
+        ([model, "--wav-list", base / "bad.txt", *out], f"{base / 'bad.txt'}:4: too short"),
+        ([model, "--wav-list", tmp / "empty.txt", *out], "the wav list names no files"),
+        ([model, "--dir", tmp / "emptydir", *out], f"{tmp / 'emptydir'}: no .wav or .flac"),
+        ([model, "--wav-list", base / "bad.txt", "--output", tmp / "empty.txt" / "o.npz"],
+         f"{tmp / 'empty.txt'}: output folder is an existing file"),
+        (["enrol", model, "--speakers", base / "enrol_bad.txt", *out],
+         f"{base / 'enrol_bad.txt'}:2: expected 'speaker_id wav_path'"),
+        (["identify", model, "--speakers", tmp / "notnpz.npz", wav],
+         f"{tmp / 'notnpz.npz'}: not a speakers file"),
+        (["identify", model, "--speakers", tmp / "notnpz.npz", wav, "--top-k", "0"],
+         "argument --top-k: must be at least 1, got 0"),
+    ]
+
+
+def test_bad_input_gives_one_error_line_and_exit_2(env, tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("MASKPROXY_DEBUG", raising=False)
+    for argv, message in _bad_inputs(env, tmp_path):
+        code, _, err = _run(argv, capsys)
+        assert code == 2 and err.startswith("error: ") and message in err, (argv, err)
+        assert "Traceback" not in err
+    assert not (tmp_path / "o.npz").exists()
+    # the untrusted directory loads when the user says they trust it
+    code, out, _ = _run([tmp_path / "untrusted", "--dir", env["base"] / "wavs", "--output",
+                         tmp_path / "t.npz", "--no-cache", "--trust-model-dir"], capsys)
+    assert code == 0 and (tmp_path / "t.npz").is_file()
+
+
+def test_command_line_module_exits_2_without_traceback(env, tmp_path):
+    (tmp_path / "list.txt").write_text(f"{env['base'] / 'wavs' / 'ann0.wav'}\nnope.wav\n")
+    proc = subprocess.run(
+        [sys.executable, "-m", "maskproxy_losses.embed", env["model"], "--wav-list",
+         "list.txt", "--output", "o.npz", "--no-cache"],
+        capture_output=True, text=True, cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(ROOT), "MASKPROXY_DEBUG": ""})
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.startswith("error: list.txt:2: missing file nope.wav"), proc.stderr
+    assert "Traceback" not in proc.stderr and not (tmp_path / "o.npz").exists()
