@@ -56,7 +56,7 @@ from maskproxy_losses.audio import MIN_SAMPLES, SAMPLE_RATE, probe
 from maskproxy_losses.calibration import bayes_threshold, load_model_calibration
 from maskproxy_losses.embedding import Embedder, EmbeddingCache, model_fingerprint
 from maskproxy_losses.errors import InputError, run_cli
-from maskproxy_losses.files import atomic_write_bytes, atomic_write_text, check_writable
+from maskproxy_losses.files import atomic_write_bytes, atomic_write_text, check_writable_dir
 from maskproxy_losses.model_dir import load_encoder
 from maskproxy_losses.scoring import cosine_scores, l2_normalize
 
@@ -163,7 +163,7 @@ def embed_files(model_dir, paths, device="cpu", trust=False, cache_dir=None,
         cache = _MemoryCache()
     else:
         folder = cache_folder(cache_dir, model.fingerprint, max_seconds)
-        check_writable(folder, "embedding cache folder")
+        check_writable_dir(folder, "embedding cache folder")
         cache = EmbeddingCache(folder)
     unique = list(dict.fromkeys(paths))
     where_of = {}
@@ -440,7 +440,9 @@ def _check_output(path):
     """Refuse an output that is a folder or lies in a folder that cannot be written."""
     if os.path.isdir(path):
         raise InputError(f"{path}: --output is a directory, expected a file name")
-    check_writable(os.path.dirname(str(path)) or ".", "output folder")
+    folder = os.path.dirname(str(path)) or "."
+    check_writable_dir(folder, "output folder")
+    os.makedirs(folder, exist_ok=True)
 
 
 def _inputs(args):

@@ -221,7 +221,7 @@ def _bad_inputs(env, tmp):
         ([model, "--wav-list", tmp / "empty.txt", *out], "the wav list names no files"),
         ([model, "--dir", tmp / "emptydir", *out], f"{tmp / 'emptydir'}: no .wav or .flac"),
         ([model, "--wav-list", base / "bad.txt", "--output", tmp / "empty.txt" / "o.npz"],
-         f"{tmp / 'empty.txt'}: output folder is an existing file"),
+         f"{tmp / 'empty.txt'}: the output folder is an existing file"),
         (["enrol", model, "--speakers", base / "enrol_bad.txt", *out],
          f"{base / 'enrol_bad.txt'}:2: expected 'speaker_id wav_path'"),
         (["identify", model, "--speakers", tmp / "notnpz.npz", wav],

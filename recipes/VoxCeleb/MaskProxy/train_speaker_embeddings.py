@@ -1,27 +1,19 @@
 #!/usr/bin/env python3
 """Train a speaker-embedding model with a Masked Proxy loss (or a baseline).
 
-Run from the repository root (the default data and results paths are relative):
-
     python recipes/VoxCeleb/MaskProxy/train_speaker_embeddings.py \
         recipes/VoxCeleb/MaskProxy/hparams/mp_balance.yaml [--overrides]
 
-With no override the built-in corpus is generated (if absent) under ``data/demo_corpus``,
-prepared, and used for a run of a few minutes on CPU (the yaml's ``builtin`` values). For
-VoxCeleb, point the data overrides at your lists (see the recipe README):
-
-    python recipes/VoxCeleb/MaskProxy/train_speaker_embeddings.py \
-        recipes/VoxCeleb/MaskProxy/hparams/mp_balance.yaml --builtin_corpus False \
-        --train_root /data/vox2/dev/wav --train_list /data/vox2/train_list.txt \
-        --test_root /data/vox1/wav --trials_list /data/vox1/veri_test.txt \
-        --manifest_folder results/manifests_vox
+Run from the repository root. With no override the built-in corpus is generated (if
+absent) under ``data/demo_corpus`` and trained on at the yaml's ``builtin`` scale; for
+VoxCeleb see the recipe README (``--builtin_corpus False --train_root ... --train_list ...
+--test_root ... --trials_list ...``).
 
 Each epoch: training on speaker-grouped batches, then the EER on the held-out dev trials
-(the checkpoint with the best dev EER is kept and drives ReduceLROnPlateau). At the end
-the best checkpoint gets a score calibration fitted on the dev trials, is exported to
-``<output_folder>/model`` (EncoderClassifier format + ``calibration.json``), and only then
-scored on the test trials. Bad input stops the run before training with one ``error:``
-line and exit code 2 (a traceback with ``--debug``).
+(the best checkpoint is kept and drives ReduceLROnPlateau). At the end the best checkpoint
+is calibrated on the dev trials, exported to ``<output_folder>/model`` (EncoderClassifier
+format + ``calibration.json``), and only then scored on the test trials. Bad input stops
+the run before training with one ``error:`` line and exit code 2.
 """
 
 import dataclasses
