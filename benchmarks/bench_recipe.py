@@ -11,6 +11,11 @@ Alternating blocks keep slow drifts of the machine out of the ratio.
 
     python benchmarks/bench_recipe.py --hparams recipes/VoxCeleb/MaskProxy/hparams/mp_balance.yaml \
         --speakers 20 --steps 10 --rounds 3 --threads 2
+    python benchmarks/bench_recipe.py --device cuda:0 --num_workers 4 --precision auto
+
+Both sides run at the same precision: ``--precision fp32|bf16|auto`` (``auto``: what the
+recipe picks on this device, see ``maskproxy_losses.precision``); ``--precision both``
+measures fp32 and the auto choice one after the other in the same run.
 """
 
 import argparse
@@ -20,7 +25,10 @@ from pathlib import Path
 
 import speechbrain as sb
 import torch
-from hyperpyyaml import load_hyperpyyaml
+
+from maskproxy_losses.augment import build_augmenter
+from maskproxy_losses.hparams import load_recipe_hparams
+from maskproxy_losses.precision import autocast_for, resolve_precision
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPE = ROOT / "recipes" / "VoxCeleb" / "MaskProxy"
@@ -28,36 +36,27 @@ sys.path.insert(0, str(RECIPE))
 import train_speaker_embeddings as recipe  # noqa: E402
 
 
-def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--hparams", default=str(RECIPE / "hparams" / "mp_balance.yaml"))
-    parser.add_argument("--speakers", type=int, default=20, help="speakers per batch")
-    parser.add_argument("--steps", type=int, default=10, help="steps per timed block")
-    parser.add_argument("--rounds", type=int, default=3, help="recipe / bare block pairs")
-    parser.add_argument("--warmup", type=int, default=2)
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--num_workers", type=int, default=1)
-    parser.add_argument("--output_folder", default="results/bench_recipe")
-    args = parser.parse_args(argv)
-    torch.set_num_threads(args.threads)
-
-    overrides = {"speakers_per_batch": args.speakers, "output_folder": args.output_folder,
-                 "num_workers": args.num_workers}
-    with open(args.hparams, encoding="utf-8") as fin:
-        hparams = load_hyperpyyaml(fin, overrides)
-    hparams["wav_augment"] = recipe.build_augmenter(hparams)  # as the recipe (None by default)
+def measure(args, precision):
+    """Alternating recipe / bare blocks at ``precision``; returns the recipe / bare ratio."""
+    device = args.device
+    overrides = (f"speakers_per_batch: {args.speakers}\noutput_folder: {args.output_folder}\n"
+                 f"num_workers: {args.num_workers}")
+    hparams, _ = load_recipe_hparams(args.hparams, overrides)
+    hparams["wav_augment"] = build_augmenter(hparams)  # as the recipe (None by default)
     manifests = recipe.prepare_data(hparams)
     train, _, _, sampler, n_speakers = recipe.dataio_prep(hparams, manifests)
     hparams["modules"]["loss_fn"] = hparams["loss_fn"](n_classes=n_speakers)
     brain = recipe.SpeakerBrain(modules=hparams["modules"], opt_class=hparams["opt_class"],
-                                hparams=hparams, run_opts={"device": "cpu"})
+                                hparams=hparams, run_opts={"device": device, "precision": precision})
     brain.on_fit_start()
     brain.modules.train()
     model = brain.modules.embedding_model
     frames = hparams["crop_frames"] + 2  # Fbank frames of a crop
+    sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
 
     def recipe_batches():  # epoch after epoch, one DataLoader as in the recipe
-        loader = brain.make_dataloader(train, sb.Stage.TRAIN, **recipe.train_loader_kwargs(hparams, sampler))
+        kwargs = recipe.train_loader_kwargs(hparams, sampler)
+        loader = brain.make_dataloader(train, sb.Stage.TRAIN, **kwargs)
         epoch = 0
         while True:
             epoch += 1
@@ -67,7 +66,9 @@ def main(argv=None):
 
     def bare_step(n):
         model.zero_grad(set_to_none=True)
-        model(torch.randn(n, frames, hparams["n_mels"])).sum().backward()
+        with autocast_for(precision, device):
+            out = model(torch.randn(n, frames, hparams["n_mels"], device=device))
+        out.float().sum().backward()
 
     batches = recipe_batches()
     for _ in range(args.warmup):
@@ -75,25 +76,55 @@ def main(argv=None):
         brain.fit_batch(batch)
         bare_step(len(batch.id))
     n_total = t_recipe_total = t_bare_total = 0
-    print(f"{hparams['loss_name']}: {args.speakers} speakers x {hparams['utts_per_speaker']} utterances, "
-          f"{hparams['crop_frames']}-frame crops, threads={args.threads}, loader workers={args.num_workers}")
+    print(f"{hparams['loss_name']}: {args.speakers} speakers x {hparams['utts_per_speaker']} "
+          f"utterances, {hparams['crop_frames']}-frame crops, device={device}, precision={precision},"
+          f" threads={args.threads}, loader workers={args.num_workers}")
     for r in range(1, args.rounds + 1):
-        sizes, t0 = [], time.perf_counter()
+        sizes = []
+        sync()
+        t0 = time.perf_counter()
         for _ in range(args.steps):
             batch = next(batches)
             sizes.append(len(batch.id))
             brain.fit_batch(batch)
+        sync()
         t_recipe, t0 = time.perf_counter() - t0, time.perf_counter()
         for n in sizes:
             bare_step(n)
+        sync()
         t_bare = time.perf_counter() - t0
-        n_total, t_recipe_total, t_bare_total = n_total + sum(sizes), t_recipe_total + t_recipe, t_bare_total + t_bare
+        n_total += sum(sizes)
+        t_recipe_total, t_bare_total = t_recipe_total + t_recipe, t_bare_total + t_bare
         print(f"round {r}: batches of {min(sizes)}-{max(sizes)} utterances, "
-              f"recipe {sum(sizes) / t_recipe:6.1f} utt/s, bare {sum(sizes) / t_bare:6.1f} utt/s")
+              f"recipe {sum(sizes) / t_recipe:7.1f} utt/s, bare {sum(sizes) / t_bare:7.1f} utt/s")
     recipe_rate, bare_rate = n_total / t_recipe_total, n_total / t_bare_total
     print(f"bare encoder forward+backward : {bare_rate:7.1f} utt/s")
     print(f"recipe fit_batch (everything) : {recipe_rate:7.1f} utt/s")
     print(f"ratio recipe / bare           : {recipe_rate / bare_rate:7.2f}  (target >= 0.90)")
+    return recipe_rate / bare_rate
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--hparams", default=str(RECIPE / "hparams" / "mp_balance.yaml"))
+    parser.add_argument("--speakers", type=int, default=20, help="speakers per batch")
+    parser.add_argument("--steps", type=int, default=10, help="steps per timed block")
+    parser.add_argument("--rounds", type=int, default=3, help="recipe / bare block pairs")
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--num_workers", type=int, default=1)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--precision", default="both", choices=["fp32", "bf16", "auto", "both"])
+    parser.add_argument("--output_folder", default="results/bench_recipe")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    auto, why = resolve_precision("auto", args.device)
+    print(f"auto precision on {args.device}: {auto} ({why})")
+    choices = {"both": ["fp32"] + ([auto] if auto != "fp32" else []), "auto": [auto]}
+    ratios = {p: measure(args, p) for p in choices.get(args.precision, [args.precision])}
+    print("ratios: " + ", ".join(f"{p} {r:.2f}" for p, r in ratios.items()))
+
 
 if __name__ == "__main__":
     main()
