@@ -262,3 +262,17 @@ def test_export_fbank_preset_roundtrip(tmp_path):
     with pytest.raises(TypeError, match="init_kwargs"):
         export_model(tmp_path / "y", torch.nn.Linear(2, 2))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["fbank", "save"]
+
+
+def test_leftovers_of_a_killed_conversion_are_removed(tmp_path):
+    # what a conversion killed with -9 leaves: a hidden temporary directory named after
+    # its (now dead) process; a live process's temporary must stay
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    stale = tmp_path / f".tmp-{dead.pid}-0123abcd-out"
+    stale.mkdir()
+    (stale / "embedding_model.ckpt").write_bytes(b"x" * 1000)
+    live = tmp_path / f".tmp-{os.getpid()}-89abcdef-other"
+    live.mkdir()
+    assert main([str(CKPT), str(tmp_path / "out")]) == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == [live.name, "out"]

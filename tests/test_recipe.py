@@ -167,3 +167,19 @@ def test_summarize_results(tmp_path):
     assert len(table) == 3  # header, separator, mp (ap has no test result)
     # EER mean 25, sample std of (20, 30) = 7.07; minDCF 0.6 +- 0.141; epochs 12 +- 2; utt/s 60 +- 10
     assert table[2] == "| mp | 2 (1, 2) | 25.00 ± 7.07 | 0.600 ± 0.141 | 12 ± 2 | 60 ± 10 |"
+
+
+def test_model_is_exported_before_test_scoring(corpus, tmp_path, monkeypatch):
+    real = recipe.score_trials
+
+    def failing_on_the_test_list(embeddings, trials):
+        if os.path.basename(trials[0][5]).startswith("trials.txt:"):
+            raise RuntimeError("test scoring failed")
+        return real(embeddings, trials)
+
+    monkeypatch.setattr(recipe, "score_trials", failing_on_the_test_list)
+    with pytest.raises(RuntimeError, match="test scoring failed"):
+        recipe.main(_args(corpus, tmp_path / "run"))
+    model = tmp_path / "run" / "model"
+    assert sorted(p.name for p in model.iterdir()) == [
+        "calibration.json", "embedding_model.ckpt", "hyperparams.yaml"]
