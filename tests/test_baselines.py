@@ -229,3 +229,15 @@ def test_recipe_runs_aam_with_speed_perturbation(corpus, tmp_path, capsys):
     schedule = brain.hparams.lr_scheduler
     assert schedule.step == schedule.epoch_length > 0  # 1 epoch: a schedule step per batch
     assert loss_fn.margin == pytest.approx(schedule.margin_at(schedule.step - 1))
+
+
+def test_summarize_puts_variant_rows_after_their_file(tmp_path):
+    import summarize_results
+
+    line = ("epoch: 1, lr: 1.00e-01, epoch_s: 10.0 - train loss: 3.0, train utt_per_s: 50.0 - "
+            "valid EER: 30.0\nEpoch loaded: 1 - test EER: {}, test minDCF_0.01: 5.00e-01\n")
+    for i, row in enumerate(["aam+sp", "mp_balance+ft", "aam", "mp_balance", "mp_balance+avg5"]):
+        (tmp_path / row / "1").mkdir(parents=True)
+        (tmp_path / row / "1" / "train_log.txt").write_text(line.format(10.0 + i))
+    rows = [r.split(" | ")[0][2:] for r in summarize_results.summarize(tmp_path).splitlines()[2:]]
+    assert rows == ["mp_balance", "mp_balance+avg5", "mp_balance+ft", "aam", "aam+sp"]
