@@ -48,6 +48,12 @@ class SpeakerBatchSampler(Sampler):
         Base seed; the order depends only on ``seed`` and the epoch.
     num_replicas, rank : int or None
         DDP world size and rank; taken from ``torch.distributed`` when None.
+    n_speeds : int
+        With ``n_speeds > 1`` (speed perturbation), each speaker group gets a speed index
+        ``j`` drawn uniformly from ``0 .. n_speeds - 1`` and its items are yielded as
+        ``j * len(speakers) + i`` (read by
+        :class:`~maskproxy_losses.speed_perturb.SpeedPerturbedCrops`): all utterances of a group share the speed. 1 (default): plain indices, and the
+        batches are those of a sampler without the option.
     """
 
     def __init__(
@@ -59,6 +65,7 @@ class SpeakerBatchSampler(Sampler):
         seed=0,
         num_replicas=None,
         rank=None,
+        n_speeds=1,
     ):
         sizes = (utts_per_speaker,) if isinstance(utts_per_speaker, int) else tuple(utts_per_speaker)
         if not sizes or min(sizes) < 2:
@@ -74,7 +81,12 @@ class SpeakerBatchSampler(Sampler):
         self.num_replicas, self.rank = num_replicas, rank
         self.epoch = 0
         self._cache = None
+        if int(n_speeds) < 1:
+            raise ValueError(f"n_speeds must be >= 1, got {n_speeds}")
+        self.n_speeds = int(n_speeds)
 
+        speakers = list(speakers)
+        self.n_items = len(speakers)
         _, inverse = np.unique(np.asarray(list(speakers), dtype=object).astype(str), return_inverse=True)
         order = np.argsort(inverse, kind="stable")
         bounds = np.flatnonzero(np.diff(inverse[order])) + 1
@@ -114,7 +126,10 @@ class SpeakerBatchSampler(Sampler):
             utts = rng.permutation(utts)[: self.max_per_speaker]
             size = int(rng.choice(self.sizes))
             for j in range(len(utts) // size):
-                groups.append((j, rng.random(), spk, utts[j * size : (j + 1) * size]))
+                group = utts[j * size : (j + 1) * size]
+                if self.n_speeds > 1:  # one speed per group (drawn only when asked)
+                    group = group + int(rng.integers(self.n_speeds)) * self.n_items
+                groups.append((j, rng.random(), spk, group))
         # 2. Round by round (every speaker's j-th group), random order within a round;
         #    a group whose speaker is already in the open batch waits for the next one.
         groups.sort(key=lambda g: (g[0], g[1]))

@@ -70,6 +70,30 @@ def test_mmp_by_hand():
     assert loss_fn.last_accuracy.item() == 1.0
 
 
+def test_mmp_per_speaker_positives_by_hand():
+    # Speaker 0: query e1, anchor e1 (cos 1); speaker 1: query e2, anchor (0.6, 0.8) (cos 0.8).
+    # Positive exponents b - w cos: 5 - 10 = -5 and 5 - 8 = -3.
+    proxies = [E1, E2, [0.0, -1.0]]
+    emb = torch.tensor([E1, E1, E2, [0.6, 0.8]], dtype=torch.float64)
+    labels = torch.tensor([0, 0, 1, 1])
+    released = _set(MultinomialMaskedProxyLoss(3, 2), proxies)
+    variant = _set(MultinomialMaskedProxyLoss(3, 2, pos_reduction="per_speaker"), proxies)
+    batch_log = math.log(1 + math.exp(-5) + math.exp(-3))
+    per_speaker = (math.log(1 + math.exp(-5)) + math.log(1 + math.exp(-3))) / 2
+    # Only l_pos differs: the rest is the released form minus its l_pos.
+    rest = ref.mmp_loss(emb, labels, torch.tensor(proxies, dtype=torch.float64), 10.0, 5.0)
+    rest = float(rest) - batch_log
+    assert released(emb, labels).item() == pytest.approx(rest + batch_log, rel=1e-12)
+    assert variant(emb, labels).item() == pytest.approx(rest + per_speaker, rel=1e-12)
+    # l_pair and l_proxy by hand: s0 sees anchor 1 at w * 0.6 - b = 1, s1 anchor 0 at -5;
+    # the absent proxy (0, -1): s0 at -5, s1 at -15; so rest - 0.5 * L_reg is their sum.
+    l_pair = (math.log(1 + math.e) + math.log(1 + math.exp(-5))) / 2
+    l_proxy = (math.log(1 + math.exp(-5)) + math.log(1 + math.exp(-15))) / 2
+    assert rest - l_pair - l_proxy > 0  # what is left is the (positive) regulariser
+    with pytest.raises(ValueError, match="pos_reduction"):
+        MultinomialMaskedProxyLoss(3, 2, pos_reduction="mean")
+
+
 def test_ap_by_hand():
     loss_fn = AngularPrototypicalLoss().double()
     emb = torch.tensor([E1, [3.0, 0.0], E2, [0.0, 2.0]], dtype=torch.float64)

@@ -38,7 +38,7 @@ def _assert_refused(proc, *parts):
 def test_override_typo_and_unknown_loss_stop_before_data_prep(tmp_path):
     proc, _ = _run(tmp_path, "--speakers_per_bach", "3")
     _assert_refused(proc, f"{MP}: no key speakers_per_bach (overridden with --speakers_per_bach); "
-                          "did you mean --speakers_per_batch?")
+                          "did you mean --speakers_per_batch or --speed_perturb?")
     proc, _ = _run(tmp_path, "--loss_name", "foo")
     _assert_refused(proc, f"{MP}: unknown loss_name 'foo'; choose one of aam, ap, mmp, ")
     assert not (tmp_path / "corpus").exists()  # nothing was generated

@@ -42,10 +42,23 @@ class MultinomialMaskedProxyLoss(ProxyLossBase):
         Initial scale and bias (defaults 10 and +5).
     reg_weight : float
         ``lambda`` (default 0.5).
+    pos_reduction : str
+        How the positive pairs enter ``l_pos``. ``"batch_log"`` (default, the released
+        code): one log over the batch, ``log(1 + sum_s exp(b - w<q_s, a_s>))``, whose
+        gradient goes mostly to the hardest positives. ``"per_speaker"``: one log per
+        speaker, averaged, ``mean_s log(1 + exp(b - w<q_s, a_s>))``, as proxy-anchor-style
+        losses do (every positive pair gets its own sigmoid-weighted gradient).
     """
 
-    def __init__(self, n_classes, emb_dim, init_w=10.0, init_b=5.0, reg_weight=0.5):
+    POS_REDUCTIONS = ("batch_log", "per_speaker")
+
+    def __init__(self, n_classes, emb_dim, init_w=10.0, init_b=5.0, reg_weight=0.5,
+                 pos_reduction="batch_log"):
         super().__init__(n_classes, emb_dim, init_w, init_b, reg_weight)
+        if pos_reduction not in self.POS_REDUCTIONS:
+            raise ValueError(f"pos_reduction must be one of {self.POS_REDUCTIONS}, "
+                             f"got {pos_reduction!r}")
+        self.pos_reduction = pos_reduction
 
     def objective(self, groups, dtype):
         w, b = self.w.to(dtype), self.b.to(dtype)
@@ -57,7 +70,10 @@ class MultinomialMaskedProxyLoss(ProxyLossBase):
         n_spk = z_anchor.shape[0]
         eye = torch.eye(n_spk, dtype=torch.bool, device=z_anchor.device)
 
-        loss_pos = log1p_sum_exp(b - pos)
+        if self.pos_reduction == "batch_log":
+            loss_pos = log1p_sum_exp(b - pos)
+        else:
+            loss_pos = log1p_exp(b - pos).mean()
         loss_pair = log1p_sum_exp((z_anchor - b).masked_fill(eye, MASKED), 1).mean()
         loss = loss_pos + loss_pair
         if n_spk < self.n_classes:  # absent classes exist

@@ -3,7 +3,10 @@
 
 Reads ``<results>/<loss>/<seed>/train_log.txt`` written by the training recipe: the
 test EER / minDCF of the best checkpoint, the per-epoch wall time (training + dev
-validation) and the training throughput (utterances/s).
+validation) and the training throughput (utterances/s). Rows named ``<hparams>+<variant>``
+(written by ``run_all_losses.sh``: ``+avgN`` checkpoint averaging, ``+sp`` speed
+perturbation, ``+ft`` a fine-tuning stage, whose epochs are the second stage's only,
+``+per_speaker`` MMP's per-speaker ``l_pos``) follow their hparams file's row.
 
     python recipes/VoxCeleb/MaskProxy/summarize_results.py results
 """
@@ -38,10 +41,16 @@ def _mean_spread(values, fmt):
     return f"{fmt.format(statistics.mean(values))} ± {fmt.format(statistics.stdev(values))}"
 
 
+def _row_key(name):
+    """Table order: the hparams files as in ORDER, each followed by its ``+variant`` rows."""
+    base, _, variant = name.partition("+")
+    return (ORDER.index(base) if base in ORDER else len(ORDER), base, variant)
+
+
 def summarize(results):
     rows = []
     losses = sorted({p.parent.parent.name for p in Path(results).glob("*/*/train_log.txt")},
-                    key=lambda n: (ORDER.index(n) if n in ORDER else len(ORDER), n))
+                    key=_row_key)
     for loss in losses:
         eers, dcfs, epoch_s, rates, seeds = [], [], [], [], []
         for log in sorted(Path(results).glob(f"{loss}/*/train_log.txt")):

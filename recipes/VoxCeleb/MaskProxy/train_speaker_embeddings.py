@@ -30,15 +30,16 @@ from speechbrain.utils.distributed import if_main_process, run_on_main
 from data_prep.demo_corpus import prepare_builtin
 from data_prep.voxceleb import prepare_voxceleb
 from maskproxy_losses import SpeakerBatchSampler, export_model
+from maskproxy_losses.averaging import keep_kwargs, load_average
 from maskproxy_losses.augment import build_augmenter
 from maskproxy_losses.calibration import CALIBRATION_FILE, calibration_metrics, fit_calibration
-from maskproxy_losses.errors import InputError, run_cli
+from maskproxy_losses.errors import run_cli
 from maskproxy_losses.export import unwrap
 from maskproxy_losses.files import check_writable_dir
 from maskproxy_losses.hparams import load_recipe_hparams
 from maskproxy_losses.scoring import score_trials, verification_metrics
 from maskproxy_losses.precision import resolve_run_precision
-from maskproxy_losses.training_data import CropCollate, full_file_item, random_crop_item
+from maskproxy_losses.recipe_setup import dataio_prep, setup_training, train_loader_kwargs
 from maskproxy_losses.trials import read_prepared_trials
 
 logger = logging.getLogger(__name__)
@@ -106,11 +107,16 @@ class SpeakerBrain(sb.Brain):
                             "epoch_s": round(time.perf_counter() - self.epoch_start, 1)},
                 train_stats=self.train_stats, valid_stats=stats,
             )
-            self.checkpointer.save_and_keep_only(meta={"EER": stats["EER"]}, min_keys=["EER"])
+            self.checkpointer.save_and_keep_only(  # the best (N best with averaging)
+                meta={"EER": stats["EER"]}, **keep_kwargs(self.hparams))
         elif self.eval_trials is self.hparams.test_trials:
             self.test_stats = stats
             self.hparams.train_logger.log_stats(
                 {"Epoch loaded": self.hparams.epoch_counter.current}, test_stats=stats)
+
+    def on_evaluate_start(self, max_key=None, min_key=None):
+        super().on_evaluate_start(max_key=max_key, min_key=min_key)  # the best checkpoint
+        load_average(self.checkpointer, self.hparams)  # average_checkpoints: N > 1
 
     # Private Brain hooks, written against SpeechBrain 1.1.2 (check them on upgrades).
     def _train_loader_specifics(self, dataset, loader_kwargs):
@@ -143,43 +149,6 @@ def prepare_data(hparams):
         train_list=hparams["train_list"], trials=hparams["trials_list"], dev_share=hparams["dev_share"],
         n_dev_trials=hparams["n_dev_trials"], seed=hparams["prep_seed"], skip_bad=hparams["skip_bad"],
     )
-
-
-def dataio_prep(hparams, manifests):
-    """Datasets (random crops for training, full files for dev / test) and the sampler."""
-    label_encoder = sb.dataio.encoder.CategoricalEncoder()
-    train = sb.dataio.dataset.DynamicItemDataset.from_csv(manifests["train_csv"])
-    train.add_dynamic_item(random_crop_item(hparams["crop_frames"]))
-    label_encoder.load_or_create(os.path.join(hparams["save_folder"], "label_encoder.txt"),
-                                 from_didatasets=[train], output_key="spk_id")
-    train.add_dynamic_item(label_encoder.encode_label_torch, takes="spk_id", provides="spk_id_encoded")
-    train.set_output_keys(["id", "sig", "spk_id_encoded"])
-
-    def verification_set(csv):
-        data = sb.dataio.dataset.DynamicItemDataset.from_csv(csv).filtered_sorted(sort_key="duration")
-        data.add_dynamic_item(full_file_item())
-        data.set_output_keys(["id", "sig", "wav"])
-        return data
-
-    speakers = [train.data[i]["spk_id"] for i in train.data_ids]
-    try:
-        sampler = SpeakerBatchSampler(
-            speakers, speakers_per_batch=hparams["speakers_per_batch"],
-            utts_per_speaker=hparams["utts_per_speaker"], max_per_speaker=hparams["max_per_speaker"],
-            seed=hparams["seed"])
-    except ValueError as err:  # too few usable speakers for the batch, bad group sizes
-        raise InputError(f"{manifests['train_csv']}: {err}; change it with --speakers_per_batch N "
-                         "/ --utts_per_speaker / --max_per_speaker") from None
-    dev, test = verification_set(manifests["dev_csv"]), verification_set(manifests["test_csv"])
-    return train, dev, test, sampler, len(label_encoder)
-
-
-def train_loader_kwargs(hparams, sampler):
-    """Training DataLoader options: the speaker-grouped batches, the fast collate, loader
-    workers kept alive across epochs (new ones every epoch cost seconds on a small CPU)."""
-    workers = hparams["num_workers"]
-    return {"batch_sampler": sampler, "num_workers": workers, "persistent_workers": workers > 0,
-            "collate_fn": CropCollate()}
 
 
 def finish(brain, hparams, dev, test):
@@ -222,8 +191,7 @@ def main(argv):
     hparams["test_trials"] = read_prepared_trials(manifests["trials"], manifests["test_csv"])
     train, dev, test, sampler, n_speakers = dataio_prep(hparams, manifests)
 
-    hparams["modules"]["loss_fn"] = hparams["loss_fn"](n_classes=n_speakers)
-    hparams["checkpointer"].add_recoverable("loss_fn", hparams["modules"]["loss_fn"])
+    setup_training(hparams, sampler, n_speakers)  # loss, per-step schedule, pretrained weights
     brain = SpeakerBrain(modules=hparams["modules"], opt_class=hparams["opt_class"], hparams=hparams,
                          run_opts=run_opts, checkpointer=hparams["checkpointer"])
     logger.info(

@@ -1,0 +1,243 @@
+"""Issue 16's options: the baselines' schedules, fine-tuning, checkpoint averaging and
+speed perturbation, each against independently computed values."""
+
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from maskproxy_losses import SpeakerBatchSampler
+from maskproxy_losses.averaging import average_checkpoints
+from maskproxy_losses.losses import AAMSoftmaxLoss
+from maskproxy_losses.schedules import StepDecayLR, WarmupExponentialLR, scheduled_optimizer
+from maskproxy_losses.speed_perturb import SpeedCrop
+
+ROOT = Path(__file__).resolve().parents[1]
+RECIPE = ROOT / "recipes" / "VoxCeleb" / "MaskProxy"
+sys.path.insert(0, str(RECIPE))
+import train_speaker_embeddings as recipe  # noqa: E402
+from test_recipe import _args  # noqa: E402
+
+
+# ------------------------------------------------------------------ schedules
+def test_warmup_exponential_lr_per_step_and_resume(tmp_path):
+    sched = WarmupExponentialLR(lr=0.1, final_lr=0.001, n_epochs=3, warmup_epochs=0.5,
+                                lr_scale=2.0, final_margin=0.2, initial_margin=0.0,
+                                margin_start_epoch=1, margin_end_epoch=2)
+    sched.set_epoch_length(4)  # 12 steps in all, warm-up over the first 2
+    param = torch.nn.Parameter(torch.zeros(1))
+    opt = scheduled_optimizer([param], lambda p: torch.optim.SGD(p, lr=123.0), sched)
+    used, margins = [], []
+    for _ in range(12):
+        used.append(opt.param_groups[0]["lr"])
+        margins.append(sched.margin())
+        opt.step()
+    # WeSpeaker's ExponentialDecrease (warm_from_zero) written out for T = 12, W = 2.
+    want = [2.0 * min(t / 2, 1.0) * 0.1 * 0.01 ** (t / 12) for t in range(12)]
+    assert used == pytest.approx(want, rel=1e-12)
+    assert used[0] == 0.0 and opt.param_groups[0]["lr"] == pytest.approx(2 * 0.001)
+    # Margin: 0 before step 4, 0.2 from step 8, 0.2 * (1 - 0.001 ** r) in between.
+    ramp = [0.2 * (1 - math.exp(r / 4 * math.log(1e-3 / (1 + 1e-6)))) for r in range(4)]
+    assert margins == pytest.approx([0.0] * 4 + ramp + [0.2] * 4, abs=1e-12)
+    # Checkpointed: a new schedule recovers the step count.
+    sched._save(tmp_path / "s.json")
+    again = WarmupExponentialLR(lr=0.1, final_lr=0.001, n_epochs=3)
+    again._load(tmp_path / "s.json")
+    assert again.step == 12
+    assert sched([opt], 3, 1.0) == (opt.param_groups[0]["lr"],) * 2  # epoch call: no change
+
+
+def test_step_decay_lr_is_voxceleb_trainers_steplr():
+    param = torch.nn.Parameter(torch.zeros(1))
+    opt = torch.optim.Adam([param], lr=0.001)
+    ours = StepDecayLR(lr=0.001, gamma=0.95, every=10)
+    ref_opt = torch.optim.Adam([torch.nn.Parameter(torch.zeros(1))], lr=0.001)
+    ref = torch.optim.lr_scheduler.StepLR(ref_opt, step_size=10, gamma=0.95)
+    for epoch in range(1, 31):
+        ref_opt.step()
+        ref.step()
+        _, new = ours([opt], epoch, 5.0)
+        for group in opt.param_groups:
+            group["lr"] = new
+        assert new == pytest.approx(ref_opt.param_groups[0]["lr"], rel=1e-12)
+
+
+def test_aam_margin_follows_the_schedule():
+    class Fixed:
+        def margin(self):
+            return 0.5
+
+    torch.manual_seed(0)
+    scheduled = AAMSoftmaxLoss(5, 8, margin=0.2, scale=32.0, margin_schedule=Fixed())
+    plain = AAMSoftmaxLoss(5, 8, margin=0.5, scale=32.0)
+    plain.load_state_dict(scheduled.state_dict())
+    emb, labels = torch.randn(6, 8), torch.tensor([0, 0, 1, 1, 4, 4])
+    assert scheduled(emb, labels).item() == pytest.approx(plain(emb, labels).item(), rel=1e-6)
+    assert scheduled.margin == 0.5
+    scheduled.eval()  # evaluation leaves the margin alone
+    scheduled.set_margin(0.1)
+    scheduled(emb, labels)
+    assert scheduled.margin == 0.1
+
+
+# ------------------------------------------------------------------ averaging
+def _bn_model(seed, tracked):
+    torch.manual_seed(seed)
+    model = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.BatchNorm1d(4))
+    with torch.no_grad():
+        model[1].running_mean.normal_()
+        model[1].running_var.uniform_(0.5, 2.0)
+    model[1].num_batches_tracked.fill_(tracked)
+    return model
+
+
+def test_average_of_two_checkpoints_is_their_mean(tmp_path):
+    a, b = _bn_model(1, 3), _bn_model(2, 6)
+    torch.save(a.state_dict(), tmp_path / "a.ckpt")
+    torch.save(b.state_dict(), tmp_path / "b.ckpt")
+    avg = average_checkpoints([tmp_path / "a.ckpt", tmp_path / "b.ckpt"])
+    sa, sb = a.state_dict(), b.state_dict()
+    assert list(avg) == list(sa)
+    for key in sa:
+        if key.endswith("num_batches_tracked"):
+            assert avg[key].dtype == torch.long and avg[key].item() == 4  # (3 + 6) // 2
+        else:
+            want = ((sa[key].double() + sb[key].double()) / 2).float()
+            assert torch.equal(avg[key], want), key
+    assert "1.running_var" in avg and "1.running_mean" in avg  # BatchNorm stats averaged
+    model = _bn_model(3, 0)
+    model.load_state_dict(avg)  # loads strictly
+    torch.save(torch.nn.Linear(3, 5).state_dict(), tmp_path / "c.ckpt")
+    with pytest.raises(ValueError, match="differ"):
+        average_checkpoints([tmp_path / "a.ckpt", tmp_path / "c.ckpt"])
+
+
+def _load(path):
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def test_recipe_exports_the_average_of_its_two_checkpoints(corpus, tmp_path):
+    out = tmp_path / "avg"
+    recipe.main(_args(corpus, out, number_of_epochs=2, average_checkpoints=2))
+    ckpts = sorted((out / "save").glob("CKPT+*/embedding_model.ckpt"))
+    assert len(ckpts) == 2
+    exported = _load(out / "model" / "embedding_model.ckpt")
+    first, second = _load(ckpts[0]), _load(ckpts[1])
+    assert not torch.equal(first["conv1.weight"], second["conv1.weight"])
+    for key, value in exported.items():
+        if value.is_floating_point():
+            want = ((first[key].double() + second[key].double()) / 2).to(value.dtype)
+        else:
+            want = (first[key] + second[key]) // 2
+        assert torch.equal(value, want), key
+
+
+# ------------------------------------------------------------------ fine-tuning
+def test_finetuning_starts_from_the_pretrained_weights(corpus, tmp_path):
+    stage1 = tmp_path / "stage1"
+    recipe.main(_args(corpus, stage1))
+    # 0 epochs: the exported model is the one the run started from, untouched.
+    stage2 = tmp_path / "stage2"
+    brain = recipe.main(_args(corpus, stage2, pretrained=stage1, number_of_epochs=0,
+                              crop_frames=80, lr=0.02))
+    got, want = _load(stage2 / "model" / "embedding_model.ckpt"), _load(
+        stage1 / "model" / "embedding_model.ckpt")
+    assert list(got) == list(want) and all(torch.equal(got[k], want[k]) for k in want)
+    # The loss (proxies, w, b) comes from stage 1's best checkpoint.
+    best = next((stage1 / "save").glob("CKPT+*/loss_fn.ckpt"))
+    loss_state = brain.modules.loss_fn.state_dict()
+    for key, value in _load(best).items():
+        assert torch.equal(loss_state[key].cpu(), value), key
+    # From a model directory only the encoder is taken; the loss starts fresh.
+    stage3 = tmp_path / "stage3"
+    brain = recipe.main(_args(corpus, stage3, pretrained=stage1 / "model", number_of_epochs=0))
+    got = _load(stage3 / "model" / "embedding_model.ckpt")
+    assert all(torch.equal(got[k], want[k]) for k in want)
+    assert not torch.equal(brain.modules.loss_fn.proxies.detach().cpu(), _load(best)["proxies"])
+
+
+# ------------------------------------------------------------------ speed perturbation
+def _resample_reference(src, speed):
+    from speechbrain.augment.time_domain import SpeedPerturb
+
+    return SpeedPerturb(orig_freq=16000, speeds=[speed])(src.unsqueeze(0)).squeeze(0)
+
+
+@pytest.mark.parametrize("speed", [90, 110])
+def test_speed_crop_is_speechbrains_speed_perturbation(corpus, speed):
+    path = sorted((corpus / "wav").rglob("*.wav"))[0]
+    crop = SpeedCrop(60, speeds=(100, speed))
+    torch.manual_seed(7)
+    got = crop(str(path), speed)
+    length = 60 * 160 + 240
+    n_src = math.ceil(length * speed / 100) + 1
+    wav, rate = sf.read(path, dtype="float32")
+    torch.manual_seed(7)  # the same start draw as RandomCrop
+    start = int(torch.randint(0, len(wav) - n_src + 1, ()).item())
+    want = _resample_reference(torch.from_numpy(wav[start:start + n_src].copy()), speed)
+    assert got.shape == (length,) and want.shape[0] >= length
+    torch.testing.assert_close(got, want[:length], rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("as_new", [True, False])
+def test_speed_perturbed_batches_keep_the_speaker_groups(corpus, tmp_path, as_new):
+    from maskproxy_losses.hparams import load_recipe_hparams
+    from maskproxy_losses.recipe_setup import dataio_prep, train_loader_kwargs
+
+    argv = _args(corpus, tmp_path / "sp", speed_perturb=True, speed_as_new_speaker=as_new)
+    hparams_file, _, overrides = recipe.sb.parse_arguments(argv)
+    hparams, _ = load_recipe_hparams(hparams_file, overrides)
+    train, _, _, sampler, n_classes = dataio_prep(hparams, recipe.prepare_data(hparams))
+    assert n_classes == (18 if as_new else 6)
+    kwargs = train_loader_kwargs(hparams, sampler)
+    loader = torch.utils.data.DataLoader(train, **kwargs)
+    speeds_seen = set()
+    for batch in loader:
+        labels = batch.spk_id_encoded.data.flatten().tolist()
+        assert batch.sig.data.shape == (6, 60 * 160 + 240)
+        # B = 3 distinct labels, k = 2 utterances each, consecutive.
+        assert len(set(labels)) == 3 and all(labels.count(x) == 2 for x in labels)
+        assert labels[0::2] == labels[1::2]
+        assert all(0 <= x < n_classes for x in labels)
+        assert len({x % 6 for x in labels}) == 3  # distinct speakers too
+        speeds_seen |= {x // 6 for x in labels}
+    assert speeds_seen == ({0, 1, 2} if as_new else {0})
+
+
+def test_sampler_draws_one_speed_per_group():
+    speakers = [s for s in "abcdef" for _ in range(6)]
+    sampler = SpeakerBatchSampler(speakers, 3, 2, seed=4, n_speeds=3)
+    n = len(speakers)
+    speeds = []
+    for batch in sampler:
+        for group in np.reshape(batch, (3, 2)):
+            assert group[0] // n == group[1] // n  # one speed per group
+            assert speakers[group[0] % n] == speakers[group[1] % n]
+            speeds.append(group[0] // n)
+    assert set(speeds) == {0, 1, 2}
+
+
+def test_recipe_runs_aam_with_speed_perturbation(corpus, tmp_path, capsys):
+    brain = recipe.main(_args(corpus, tmp_path / "aam_sp", name="aam", speed_perturb=True))
+    assert "test EER" in capsys.readouterr().out
+    loss_fn = brain.modules.loss_fn
+    assert loss_fn.classifier.weight.shape == (18, 64)  # 6 speakers x 3 speeds
+    schedule = brain.hparams.lr_scheduler
+    assert schedule.step == schedule.epoch_length > 0  # 1 epoch: a schedule step per batch
+    assert loss_fn.margin == pytest.approx(schedule.margin_at(schedule.step - 1))
+
+
+def test_summarize_puts_variant_rows_after_their_file(tmp_path):
+    import summarize_results
+
+    line = ("epoch: 1, lr: 1.00e-01, epoch_s: 10.0 - train loss: 3.0, train utt_per_s: 50.0 - "
+            "valid EER: 30.0\nEpoch loaded: 1 - test EER: {}, test minDCF_0.01: 5.00e-01\n")
+    for i, row in enumerate(["aam+sp", "mp_balance+ft", "aam", "mp_balance", "mp_balance+avg5"]):
+        (tmp_path / row / "1").mkdir(parents=True)
+        (tmp_path / row / "1" / "train_log.txt").write_text(line.format(10.0 + i))
+    rows = [r.split(" | ")[0][2:] for r in summarize_results.summarize(tmp_path).splitlines()[2:]]
+    assert rows == ["mp_balance", "mp_balance+avg5", "mp_balance+ft", "aam", "aam+sp"]
