@@ -12,6 +12,8 @@
 #                                  large-margin stage: lr 1e-4 -> 2.5e-5, margin 0.5)
 #   PER_SPEAKER=0   skip the mmp_balance+per_speaker row (MMP with pos_reduction per_speaker)
 #   RESULTS         output root (default results/table); PYTHON (default .venv/bin/python)
+#   JOBS=N          runs at a time (default 1); the fine-tuning rows start after the first stage
+#   ARGS            extra overrides for every run, e.g. ARGS="--device cuda:0 --num_workers 1"
 set -euo pipefail
 cd "$(dirname "$0")/../../.."
 if [ $# -gt 0 ]; then seeds=("$@"); else seeds=(1 2); fi
@@ -23,12 +25,17 @@ ft_epochs=${FT_EPOCHS:-3}
 budget=()
 [ -n "${EPOCHS:-}" ] && budget=(--number_of_epochs "$EPOCHS")
 
-train() {  # train NAME ROW SEED [overrides...]
+jobs=${JOBS:-1}
+read -r -a common <<< "${ARGS:-}"
+
+train() {  # train NAME ROW SEED [overrides...], at most JOBS at a time
     local name=$1 row=$2 seed=$3
     shift 3
-    "$py" recipes/VoxCeleb/MaskProxy/train_speaker_embeddings.py \
+    while [ "$(jobs -rp | wc -l)" -ge "$jobs" ]; do wait -n || true; done
+    ( "$py" recipes/VoxCeleb/MaskProxy/train_speaker_embeddings.py \
         "recipes/VoxCeleb/MaskProxy/hparams/$name.yaml" --seed "$seed" \
-        --output_folder "$results/$row/$seed" "$@" 2>&1 | grep -E "test EER|Error" || true
+        --output_folder "$results/$row/$seed" "${common[@]}" "$@" 2>&1 \
+        | grep -E "test EER|error" | sed "s|^|$row seed $seed: |" || true ) &
 }
 
 ft_opts() {  # the second stage's learning rate (and margin) for loss $1; README "Fine-tuning"
@@ -40,19 +47,25 @@ ft_opts() {  # the second stage's learning rate (and margin) for loss $1; README
     esac
 }
 
-for seed in "${seeds[@]}"; do
+for seed in "${seeds[@]}"; do  # first stage
     for name in mp_balance mmp_balance mp mmp ap aam; do
         train "$name" "$name" "$seed" "${budget[@]}"
     done
     for loss in $extra_losses; do
         train "$loss" "$loss+avg$avg" "$seed" "${budget[@]}" --average_checkpoints "$avg"
         train "$loss" "$loss+sp" "$seed" "${budget[@]}" --speed_perturb True
-        # shellcheck disable=SC2046
-        train "$loss" "$loss+ft" "$seed" --pretrained "$results/$loss/$seed" --crop_frames 600 \
-            --number_of_epochs "$ft_epochs" $(ft_opts "$loss")
     done
     if [ "${PER_SPEAKER:-1}" != 0 ]; then
         train mmp_balance mmp_balance+per_speaker "$seed" "${budget[@]}" --pos_reduction per_speaker
     fi
 done
+wait
+for seed in "${seeds[@]}"; do  # second stage, from the first stage's output folders
+    for loss in $extra_losses; do
+        # shellcheck disable=SC2046
+        train "$loss" "$loss+ft" "$seed" --pretrained "$results/$loss/$seed" --crop_frames 600 \
+            --number_of_epochs "$ft_epochs" $(ft_opts "$loss")
+    done
+done
+wait
 "$py" recipes/VoxCeleb/MaskProxy/summarize_results.py "$results"
