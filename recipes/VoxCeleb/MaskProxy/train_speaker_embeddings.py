@@ -157,6 +157,7 @@ def finish(brain, hparams, dev, test):
     brain.eval_trials = hparams["dev_trials"]
     brain.evaluate(dev, min_key="EER", test_loader_kwargs=loader)
     calibration = fit_calibration(brain.scores, brain.labels, source="dev trials (best checkpoint)")
+    calibration.meta = {"score_mode": "cosine", "norm": "none"}  # what it may be applied to
     out = None
     if if_main_process():  # the model is saved before anything else can fail
         out = export_model(hparams["export_folder"], hparams["embedding_model"], frontend="fbank",
