@@ -152,7 +152,8 @@ def measure(table, frames, workers, args, path="fast"):
         n_utts += wavs.shape[0]
     rate, cpu1 = n_utts / (time.perf_counter() - start), _cpu_seconds(pids)
     per_cpu = n_utts / (cpu1 - cpu0) if pids and cpu0 is not None and cpu1 > cpu0 else None
-    del stream, iterators, loader  # stop the persistent workers
+    stream.close()  # stop the persistent workers
+    iterators.clear()
     return rate, per_cpu
 
 

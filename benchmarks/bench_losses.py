@@ -69,7 +69,8 @@ def main(argv=None):
     results["aam_softmax"] = median_ms(aam_step, args.repeats, args.warmup, dev)
     for name in ("mp", "mp_balance", "mmp", "mmp_balance", "ap"):
         loss_fn = build_loss(name, C, D).to(dev)
-        results[name] = median_ms(lambda: loss_fn(emb, labels).backward(), args.repeats, args.warmup, dev)
+        results[name] = median_ms(lambda f=loss_fn: f(emb, labels).backward(), args.repeats,
+                                  args.warmup, dev)
 
     where = torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"threads={args.threads}"
     print(f"B={B} x {k} utts, C={C}, D={D}, {where}, torch {torch.__version__}")

@@ -584,14 +584,6 @@ def test_cli_failures_one_error_line_exit_2(vox, tmp_path, capsys, monkeypatch):
     assert (proc.returncode, proc.stderr, proc.stdout) == (2, f"error: {bad_line}\n", "")
 
 
-def cli(*args, env=None, **kw):
-    """Start ``python -m <args>`` with this checkout on PYTHONPATH."""
-    env = dict(os.environ, PYTHONPATH=str(REPO), **(env or {}))
-    env.pop("MASKPROXY_DEBUG", None)
-    return subprocess.Popen([sys.executable, "-m", *args], env=env, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, **kw)
-
-
 def children(pid):
     """Process ids of the children of ``pid`` (Linux /proc)."""
     try:
