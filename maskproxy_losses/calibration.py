@@ -45,6 +45,7 @@ from scipy.special import expit
 
 from maskproxy_losses.errors import InputError, run_cli
 from maskproxy_losses.files import atomic_write_text
+from maskproxy_losses.scoring import check_labels
 
 __all__ = [
     "CALIBRATION_FILE",
@@ -69,30 +70,10 @@ _LN2 = math.log(2.0)
 
 
 # ---------------------------------------------------------------- validation
-def _check_labels(labels, n, what="scores"):
-    labels = np.asarray(labels).reshape(-1)
-    if labels.size != n:
-        raise ValueError(f"{what} and labels differ in length: {n} vs {labels.size}")
-    if n == 0:
-        raise ValueError("no trials")
-    bad = ~np.isin(labels, (0, 1))
-    if bad.any():
-        raise ValueError(
-            f"labels must be 0 or 1; found {labels[bad][0]!r} at index {int(np.argmax(bad))}"
-        )
-    labels = labels.astype(np.int64)
-    if labels.min() == labels.max():
-        raise ValueError(
-            "labels hold only one class; calibration needs target (1) and "
-            "non-target (0) trials"
-        )
-    return labels
-
-
 def _scores_labels(scores, labels):
     """Finite float64 scores and 0/1 labels with both classes, or ValueError."""
     scores = np.asarray(scores, dtype=np.float64).reshape(-1)
-    labels = _check_labels(labels, scores.size)
+    labels = check_labels(labels, scores.size)
     if not np.all(np.isfinite(scores)):
         raise ValueError("scores contain NaN or Inf")
     return scores, labels
@@ -101,7 +82,7 @@ def _scores_labels(scores, labels):
 def _llr_labels(llr, labels):
     """Like :func:`_scores_labels`, but LLRs may be +-inf (never NaN)."""
     llr = np.asarray(llr, dtype=np.float64).reshape(-1)
-    labels = _check_labels(labels, llr.size, what="llr")
+    labels = check_labels(labels, llr.size, what="llr")
     if np.isnan(llr).any():
         raise ValueError("llr contains NaN")
     return llr, labels

@@ -25,6 +25,7 @@ from maskproxy_losses.audio import crop_samples
 __all__ = [
     "compute_eer",
     "compute_min_dcf",
+    "check_labels",
     "verification_metrics",
     "roc",
     "l2_normalize",
@@ -43,17 +44,14 @@ __all__ = [
 
 
 # --------------------------------------------------------------------- metrics
-def _as_arrays(scores, labels):
-    scores = np.asarray(scores, dtype=np.float64).reshape(-1)
+def check_labels(labels, n, what="scores"):
+    """``labels`` as int64 0/1 of length ``n`` holding both classes, or a ``ValueError``
+    saying what is wrong (``what`` names the values they label)."""
     labels = np.asarray(labels).reshape(-1)
-    if scores.shape != labels.shape:
-        raise ValueError(
-            f"scores and labels differ in length: {scores.size} vs {labels.size}"
-        )
-    if scores.size == 0:
+    if labels.size != n:
+        raise ValueError(f"{what} and labels differ in length: {n} vs {labels.size}")
+    if n == 0:
         raise ValueError("no trials to score")
-    if not np.all(np.isfinite(scores)):
-        raise ValueError("scores contain NaN or Inf")
     bad = ~np.isin(labels, (0, 1))
     if bad.any():
         raise ValueError(
@@ -62,9 +60,17 @@ def _as_arrays(scores, labels):
     labels = labels.astype(np.int64)
     if labels.min() == labels.max():
         raise ValueError(
-            "labels hold only one class; EER and minDCF need target (1) and "
+            "labels hold only one class; EER, minDCF and calibration need target (1) and "
             "non-target (0) trials"
         )
+    return labels
+
+
+def _as_arrays(scores, labels):
+    scores = np.asarray(scores, dtype=np.float64).reshape(-1)
+    labels = check_labels(labels, scores.size)
+    if not np.all(np.isfinite(scores)):
+        raise ValueError("scores contain NaN or Inf")
     return scores, labels
 
 
