@@ -101,3 +101,26 @@ def test_verification_cli_refuses_an_untrusted_directory(model_dir, tmp_path):
     assert proc.returncode == 2, proc.stderr
     assert proc.stderr.startswith(f"error: 2 problem(s) in the input:\n  {yaml_path}: names code")
     assert "Traceback" not in proc.stderr and "hello" not in proc.stdout
+
+
+@pytest.mark.parametrize("extra", [
+    # HyperPyYAML re-parses a value in parentheses as a tuple with PyYAML's unsafe loader
+    'x: (!!python/object/apply:os.system ["touch {marker}"])',
+    "x: \"(!!python/object/apply:os.system ['touch {marker}'])\"",
+    # ... also when the value is assembled by a !ref interpolation
+    'a: "(!!python/object/apply:os.system"\nb: \'["touch {marker}"])\'\nc: !ref <a> <b>',
+    "c: !ref <embedding_model.__class__>",  # attribute access
+    "b: !ref <n_mels> ** <n_mels> ** <n_mels>",  # arithmetic that never ends
+])
+def test_plain_values_and_refs_never_run_code(model_dir, tmp_path, extra):
+    path, model = model_dir
+    marker = tmp_path / "ran"
+    yaml_path = path / "hyperparams.yaml"
+    yaml_path.write_text(yaml_path.read_text() + "\n" + extra.format(marker=marker) + "\n")
+    try:
+        encoder = load_encoder(path)
+    except InputError as err:
+        assert "only a whole <key> is accepted" in str(err)
+    else:  # the value stays an inert string and the model is the exported one
+        assert torch.equal(encoder.mods.embedding_model.fc.weight, model.fc.weight)
+    assert not marker.exists()
