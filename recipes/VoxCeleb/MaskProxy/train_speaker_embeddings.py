@@ -31,6 +31,7 @@ from data_prep.demo_corpus import prepare_builtin
 from data_prep.voxceleb import prepare_voxceleb
 from maskproxy_losses import SpeakerBatchSampler, export_model
 from maskproxy_losses.augment import build_augmenter
+from maskproxy_losses.batch_log import BatchLog
 from maskproxy_losses.calibration import CALIBRATION_FILE, calibration_metrics, fit_calibration
 from maskproxy_losses.errors import InputError, run_cli
 from maskproxy_losses.export import unwrap
@@ -38,7 +39,7 @@ from maskproxy_losses.files import check_writable_dir
 from maskproxy_losses.hparams import load_recipe_hparams
 from maskproxy_losses.scoring import score_trials, verification_metrics
 from maskproxy_losses.precision import resolve_run_precision
-from maskproxy_losses.training_data import CropCollate, full_file_item, random_crop_item
+from maskproxy_losses.training_data import SeededCrops, full_file_item, train_loader_options
 from maskproxy_losses.trials import read_prepared_trials
 
 logger = logging.getLogger(__name__)
@@ -62,6 +63,7 @@ class SpeakerBrain(sb.Brain):
             self.embeddings.update(zip(map(os.path.abspath, batch.wav), embeddings.squeeze(1).float().cpu()))
             return torch.zeros((), device=self.device)
         labels, _ = batch.spk_id_encoded
+        self.hparams.batch_log.batch(self.hparams.epoch_counter.current, self.step, batch.id)
         self._check_finite(embeddings, "the embeddings")
         loss = self.modules.loss_fn(embeddings, labels)
         self._check_finite(loss, "the loss")
@@ -101,6 +103,7 @@ class SpeakerBrain(sb.Brain):
         if stage == sb.Stage.VALID:
             old_lr, new_lr = self.hparams.lr_scheduler([self.optimizer], epoch, stats["EER"])
             sb.nnet.schedulers.update_learning_rate(self.optimizer, new_lr)
+            self.hparams.batch_log.valid(epoch, stats["EER"], old_lr, new_lr)
             self.hparams.train_logger.log_stats(
                 stats_meta={"epoch": epoch, "lr": old_lr,
                             "epoch_s": round(time.perf_counter() - self.epoch_start, 1)},
@@ -117,7 +120,7 @@ class SpeakerBrain(sb.Brain):
         # SpeakerBatchSampler splits its batches across DDP ranks itself; SpeechBrain's
         # generic DistributedSamplerWrapper would pad and reshuffle them.
         sampler = loader_kwargs.get("batch_sampler")
-        if isinstance(sampler, SpeakerBatchSampler):
+        if isinstance(getattr(sampler, "sampler", None), SpeakerBatchSampler):
             self.train_sampler = sampler
             return loader_kwargs
         return super()._train_loader_specifics(dataset, loader_kwargs)
@@ -146,14 +149,13 @@ def prepare_data(hparams):
 
 
 def dataio_prep(hparams, manifests):
-    """Datasets (random crops for training, full files for dev / test) and the sampler."""
+    """Datasets (seeded random crops for training, full files for dev / test), sampler."""
     label_encoder = sb.dataio.encoder.CategoricalEncoder()
     train = sb.dataio.dataset.DynamicItemDataset.from_csv(manifests["train_csv"])
-    train.add_dynamic_item(random_crop_item(hparams["crop_frames"]))
     label_encoder.load_or_create(os.path.join(hparams["save_folder"], "label_encoder.txt"),
                                  from_didatasets=[train], output_key="spk_id")
     train.add_dynamic_item(label_encoder.encode_label_torch, takes="spk_id", provides="spk_id_encoded")
-    train.set_output_keys(["id", "sig", "spk_id_encoded"])
+    train.set_output_keys(["id", "wav", "spk_id_encoded"])  # wav -> crop: SeededCrops
 
     def verification_set(csv):
         data = sb.dataio.dataset.DynamicItemDataset.from_csv(csv).filtered_sorted(sort_key="duration")
@@ -171,15 +173,7 @@ def dataio_prep(hparams, manifests):
         raise InputError(f"{manifests['train_csv']}: {err}; change it with --speakers_per_batch N "
                          "/ --utts_per_speaker / --max_per_speaker") from None
     dev, test = verification_set(manifests["dev_csv"]), verification_set(manifests["test_csv"])
-    return train, dev, test, sampler, len(label_encoder)
-
-
-def train_loader_kwargs(hparams, sampler):
-    """Training DataLoader options: the speaker-grouped batches, the fast collate, loader
-    workers kept alive across epochs (new ones every epoch cost seconds on a small CPU)."""
-    workers = hparams["num_workers"]
-    return {"batch_sampler": sampler, "num_workers": workers, "persistent_workers": workers > 0,
-            "collate_fn": CropCollate()}
+    return SeededCrops(train, hparams["crop_frames"]), dev, test, sampler, len(label_encoder)
 
 
 def finish(brain, hparams, dev, test):
@@ -217,6 +211,7 @@ def main(argv):
         hparams.pop("ckpt_interval_minutes", None)
 
     hparams["wav_augment"] = build_augmenter(hparams)
+    hparams["batch_log"] = BatchLog(hparams["batch_log"])  # None: off
     manifests = run_on_main(prepare_data, kwargs={"hparams": hparams})  # paths sent to every rank
     hparams["dev_trials"] = read_prepared_trials(manifests["dev_trials"], manifests["dev_csv"])
     hparams["test_trials"] = read_prepared_trials(manifests["trials"], manifests["test_csv"])
@@ -234,9 +229,11 @@ def main(argv):
         " + ".join(k[:-4] for k in ("noise_csv", "rir_csv") if hparams.get(k)) or "none",
         sum(p.numel() for p in hparams["embedding_model"].parameters()) / 1e6,
     )
+    options = train_loader_options(sampler, hparams["num_workers"], hparams["seed"])
     brain.fit(brain.hparams.epoch_counter, train_set=train, valid_set=dev,
-              train_loader_kwargs=train_loader_kwargs(hparams, sampler),
+              train_loader_kwargs=options,
               valid_loader_kwargs=hparams["verification_loader"])
+    hparams["batch_log"].save_state(brain.modules)
     out = finish(brain, hparams, dev, test)
     if if_main_process():
         stats, cal = brain.test_stats, brain.test_calibration
