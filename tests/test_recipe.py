@@ -83,14 +83,46 @@ def test_export_matches_trained_model(corpus, tmp_path, capsys):
     got = model.encode_batch(sig)
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
     # The exported model reproduces the printed test EER through the scoring path.
+    assert _test_eer(model, corpus) == pytest.approx(test_eer, abs=0.01)
+
+
+def _test_eer(model, corpus):
+    """Test-trial EER (%) of an ``EncoderClassifier``, one whole file at a time."""
+    from speechbrain.dataio.dataio import read_audio
+
     embeddings = {}
     for line in (corpus / "manifests" / "test.csv").read_text().splitlines()[1:]:
         path = line.split(",")[2]
         embeddings[path] = model.encode_batch(read_audio(path).unsqueeze(0)).squeeze()
     trials, problems = read_trials(corpus / "manifests" / "trials.txt")
     assert not problems
-    metrics = verification_metrics(*score_trials(embeddings, trials))
-    assert metrics["EER"] == pytest.approx(test_eer, abs=0.01)
+    return verification_metrics(*score_trials(embeddings, trials))["EER"]
+
+
+def test_best_checkpoint_not_the_last_is_exported_and_tested(corpus, tmp_path, capsys, monkeypatch):
+    """Dev EERs scripted to 40, 10, 30 %: epoch 2's checkpoint is exported and scored."""
+    from speechbrain.inference.speaker import EncoderClassifier
+
+    real, calls = recipe.verification_metrics, []
+
+    def scripted(scores, labels):  # the 3 epochs' dev EERs; calibration and test stay real
+        metrics = real(scores, labels)
+        calls.append(metrics["EER"])
+        return {**metrics, "EER": (40.0, 10.0, 30.0)[len(calls) - 1]} if len(calls) <= 3 else metrics
+
+    monkeypatch.setattr(recipe, "verification_metrics", scripted)
+    out = tmp_path / "run"
+    recipe.main(_args(corpus, out, number_of_epochs=3))
+    test_eer, _ = _final_line(capsys.readouterr().out)
+    assert len(calls) == 5 and "Epoch loaded: 2 - test EER" in (out / "train_log.txt").read_text()
+    kept = {int((p / "counter.ckpt").read_text()): torch.load(p / "embedding_model.ckpt")
+            for p in (out / "save").glob("CKPT+*")}
+    assert sorted(kept) == [2, 3]  # the best and the most recent checkpoint
+    exported = torch.load(out / "model" / "embedding_model.ckpt")
+    _assert_same_state({"m": exported}, {"m": kept[2]})
+    assert any(not torch.equal(kept[2][k], kept[3][k]) for k in exported)  # epoch 3 trained on
+    model = EncoderClassifier.from_hparams(source=str(out / "model"), savedir=str(tmp_path / "m"))
+    assert _test_eer(model, corpus) == pytest.approx(test_eer, abs=0.01)
 
 
 def _run(args, **kw):
