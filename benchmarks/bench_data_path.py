@@ -1,8 +1,8 @@
 """Throughput of the training data path alone (no model): can the loader workers feed a GPU?
 
 Speaker-grouped batches (``SpeakerBatchSampler``) of random crops read from wav files by
-DataLoader workers (SpeechBrain ``DynamicItemDataset`` + ``random_crop_item`` +
-``CropCollate``, as the recipe uses them), the main process only receiving the batches.
+DataLoader workers (SpeechBrain ``DynamicItemDataset`` + ``SeededCrops`` / ``SeededBatches``
++ ``CropCollate``, as the recipe uses them), the main process only receiving the batches.
 The corpus (random 16-bit wav files of ``--min-seconds`` to ``--max-seconds``) is written
 under ``--folder`` (a temporary folder by default; reused when it holds the same corpus)
 and read once to warm the page cache. For each crop length and each worker count 1..N,
@@ -31,7 +31,7 @@ from speechbrain.dataio.dataio import read_audio
 
 from maskproxy_losses.audio import SAMPLE_RATE, crop_samples
 from maskproxy_losses.sampler import SpeakerBatchSampler
-from maskproxy_losses.training_data import CropCollate, random_crop_item
+from maskproxy_losses.training_data import SeededBatches, SeededCrops, CropCollate
 
 
 def make_corpus(folder, speakers, utts, min_s, max_s, seed=0):
@@ -91,7 +91,6 @@ def training_loader(table, frames, workers, args, path="fast"):
     """The recipe's training DataLoader over ``table`` and its sampler."""
     data = sb.dataio.dataset.DynamicItemDataset.from_csv(table)
     if path == "fast":
-        data.add_dynamic_item(random_crop_item(frames))
         collate = CropCollate()
     else:
         data.add_dynamic_item(SpeechBrainCrop(frames), takes=["wav", "duration"], provides="sig")
@@ -100,10 +99,12 @@ def training_loader(table, frames, workers, args, path="fast"):
     encoder.update_from_didataset(data, "spk_id")
     encoder.ignore_len()
     data.add_dynamic_item(encoder.encode_label_torch, takes="spk_id", provides="spk_id_encoded")
-    data.set_output_keys(["id", "sig", "spk_id_encoded"])
+    data.set_output_keys(["id", "wav" if path == "fast" else "sig", "spk_id_encoded"])
     speakers = [data.data[i]["spk_id"] for i in data.data_ids]
     sampler = SpeakerBatchSampler(speakers, speakers_per_batch=args.speakers_per_batch,
                                   utts_per_speaker=args.utts_per_speaker, seed=0)
+    if path == "fast":  # crops seeded per (seed, epoch, utterance), as in the recipe
+        data, sampler = SeededCrops(data, frames), SeededBatches(sampler, seed=0)
     loader = sb.dataio.dataloader.make_dataloader(
         data, batch_sampler=sampler, num_workers=workers, collate_fn=collate,
         persistent_workers=workers > 0, prefetch_factor=args.prefetch if workers else None,

@@ -29,6 +29,8 @@ import torch
 from maskproxy_losses.augment import build_augmenter
 from maskproxy_losses.hparams import load_recipe_hparams
 from maskproxy_losses.precision import autocast_for, resolve_precision
+from maskproxy_losses.recipe_setup import dataio_prep
+from maskproxy_losses.training_data import train_loader_options
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPE = ROOT / "recipes" / "VoxCeleb" / "MaskProxy"
@@ -44,7 +46,7 @@ def measure(args, precision):
     hparams, _ = load_recipe_hparams(args.hparams, overrides)
     hparams["wav_augment"] = build_augmenter(hparams)  # as the recipe (None by default)
     manifests = recipe.prepare_data(hparams)
-    train, _, _, sampler, n_speakers = recipe.dataio_prep(hparams, manifests)
+    train, _, _, sampler, n_speakers = dataio_prep(hparams, manifests)
     hparams["modules"]["loss_fn"] = hparams["loss_fn"](n_classes=n_speakers)
     brain = recipe.SpeakerBrain(modules=hparams["modules"], opt_class=hparams["opt_class"],
                                 hparams=hparams, run_opts={"device": device, "precision": precision})
@@ -55,12 +57,12 @@ def measure(args, precision):
     sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
 
     def recipe_batches():  # epoch after epoch, one DataLoader as in the recipe
-        kwargs = recipe.train_loader_kwargs(hparams, sampler)
+        kwargs = train_loader_options(sampler, args.num_workers, hparams["seed"])
         loader = brain.make_dataloader(train, sb.Stage.TRAIN, **kwargs)
         epoch = 0
         while True:
             epoch += 1
-            sampler.set_epoch(epoch)
+            kwargs["batch_sampler"].set_epoch(epoch)  # the seeded batches and the sampler
             brain.on_stage_start(sb.Stage.TRAIN, epoch)
             yield from loader
 

@@ -8,6 +8,11 @@ so the run cannot resume. Here the meta file is written under a temporary name a
 renamed into place after every parameter file is saved: an interrupted save leaves
 a folder that recovery ignores, and the previous checkpoint is used.
 
+Under DDP every process waits until the main one has renamed the meta file: each
+process then lists the same checkpoints in ``save_and_keep_only`` (SpeechBrain runs one
+collective per deleted checkpoint; without the wait a non-main process could miss the
+new checkpoint, count other deletions and hang the run).
+
 Example
 -------
 >>> import tempfile, torch
@@ -21,6 +26,7 @@ import os
 import pathlib
 
 from speechbrain.utils.checkpoints import METAFNAME, Checkpointer
+from speechbrain.utils.distributed import ddp_barrier
 
 __all__ = ["AtomicCheckpointer"]
 
@@ -40,4 +46,5 @@ class AtomicCheckpointer(Checkpointer):
         checkpoint = super().save_checkpoint(*args, **kwargs)
         if checkpoint is not None:
             os.replace(checkpoint.path / PENDING, checkpoint.path / METAFNAME)
+        ddp_barrier()  # every process sees the checkpoint before listing checkpoints
         return checkpoint

@@ -1,10 +1,10 @@
 """The training recipe's data and run set-up, kept out of its script.
 
-- :func:`dataio_prep`: datasets (random crops for training, whole files for dev / test),
-  the label encoder and the speaker-grouped sampler; with ``speed_perturb: True`` the
-  training items are read at one of 3 speeds per speaker group
-  (:mod:`maskproxy_losses.speed_perturb`).
-- :func:`train_loader_kwargs`: the training DataLoader options.
+- :func:`dataio_prep`: datasets (seeded random crops for training, whole files for dev /
+  test), the label encoder and the speaker-grouped sampler; with ``speed_perturb: True``
+  the training items are read at one of 3 speeds per speaker group
+  (:mod:`maskproxy_losses.speed_perturb`). The training DataLoader options come from
+  :func:`maskproxy_losses.training_data.train_loader_options`.
 - :func:`setup_training`: the loss for the number of classes, registered with the
   checkpointer; the epoch length for a per-step lr schedule; the ``pretrained`` weights
   (:mod:`maskproxy_losses.finetune`).
@@ -19,9 +19,9 @@ from .errors import InputError
 from .finetune import load_pretrained
 from .sampler import SpeakerBatchSampler
 from .speed_perturb import SPEEDS, SpeedPerturbedCrops
-from .training_data import CropCollate, full_file_item, random_crop_item
+from .training_data import SeededCrops, full_file_item
 
-__all__ = ["dataio_prep", "train_loader_kwargs", "setup_training"]
+__all__ = ["dataio_prep", "setup_training"]
 
 logger = logging.getLogger(__name__)
 
@@ -32,13 +32,11 @@ def dataio_prep(hparams, manifests):
     label_encoder = sb.dataio.encoder.CategoricalEncoder()
     train = sb.dataio.dataset.DynamicItemDataset.from_csv(manifests["train_csv"])
     speed = bool(hparams.get("speed_perturb", False))
-    if not speed:
-        train.add_dynamic_item(random_crop_item(hparams["crop_frames"]))
     label_encoder.load_or_create(os.path.join(hparams["save_folder"], "label_encoder.txt"),
                                  from_didatasets=[train], output_key="spk_id")
     train.add_dynamic_item(label_encoder.encode_label_torch, takes="spk_id",
                            provides="spk_id_encoded")
-    train.set_output_keys(["id", "wav" if speed else "sig", "spk_id_encoded"])
+    train.set_output_keys(["id", "wav", "spk_id_encoded"])  # wav -> seeded crop below
 
     def verification_set(csv):
         data = sb.dataio.dataset.DynamicItemDataset.from_csv(csv)
@@ -58,7 +56,9 @@ def dataio_prep(hparams, manifests):
         raise InputError(f"{manifests['train_csv']}: {err}; change it with --speakers_per_batch "
                          "N / --utts_per_speaker / --max_per_speaker") from None
     n_classes = len(label_encoder)
-    if speed:
+    if not speed:
+        train = SeededCrops(train, hparams["crop_frames"])
+    else:
         train = SpeedPerturbedCrops(train, hparams["crop_frames"], n_classes, SPEEDS,
                                     as_new_speaker=hparams.get("speed_as_new_speaker", True))
         n_classes = train.n_classes
@@ -66,14 +66,6 @@ def dataio_prep(hparams, manifests):
                     "/".join(map(str, SPEEDS)), n_classes)
     dev, test = verification_set(manifests["dev_csv"]), verification_set(manifests["test_csv"])
     return train, dev, test, sampler, n_classes
-
-
-def train_loader_kwargs(hparams, sampler):
-    """Training DataLoader options: the speaker-grouped batches, the fast collate, loader
-    workers kept alive across epochs (new ones every epoch cost seconds on a small CPU)."""
-    workers = hparams["num_workers"]
-    return {"batch_sampler": sampler, "num_workers": workers, "persistent_workers": workers > 0,
-            "collate_fn": CropCollate()}
 
 
 def setup_training(hparams, sampler, n_classes):

@@ -43,8 +43,8 @@ class SpeedCrop:
                 self.resamplers[speed] = Resample(orig_freq=speed, new_freq=100)
             self.crops[speed] = source
 
-    def __call__(self, path, speed=100):
-        sig = self.crops[speed](path)
+    def __call__(self, path, speed=100, seed=None):
+        sig = self.crops[speed](path, seed)
         if speed == 100:
             return sig
         with torch.no_grad():
@@ -86,11 +86,13 @@ class SpeedPerturbedCrops(torch.utils.data.Dataset):
     def __len__(self):
         return self.n_items * len(self.speeds)
 
-    def __getitem__(self, index):
+    def __getitem__(self, key):
+        """``key``: an index, or ``(index, crop seed)`` from ``SeededBatches``."""
+        index, seed = key if isinstance(key, tuple) else (key, None)
         j, i = divmod(int(index), self.n_items)
         item = self.dataset[i]
         label = item["spk_id_encoded"]
         if self.as_new_speaker:
             label = label + j * self.n_speakers
-        return {"id": item["id"], "sig": self.crop(item["wav"], self.speeds[j]),
+        return {"id": item["id"], "sig": self.crop(item["wav"], self.speeds[j], seed),
                 "spk_id_encoded": label}

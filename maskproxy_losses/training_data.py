@@ -3,10 +3,17 @@
 :class:`RandomCrop` and :class:`FullFile` are picklable callables (so DataLoader workers
 started with ``spawn`` can use them too); :func:`random_crop_item` / :func:`full_file_item`
 wrap them as SpeechBrain dynamic items providing ``sig`` from ``wav``. A crop of ``F``
-frames is ``F * 160 + 240`` samples starting at ``torch.randint(0, n - crop + 1)``, drawn
-from torch's RNG (so ``torch.manual_seed`` and the DataLoader's per-worker seeding make
-the crops reproducible); only the crop's samples are read. A file of ``n <= crop``
-samples is read whole and wrapped around: ``sig.repeat(ceil(crop / n))[:crop]``.
+frames is ``F * 160 + 240`` samples starting uniformly in ``[0, n - crop]``; only the
+crop's samples are read. A file of ``n <= crop`` samples is read whole and wrapped
+around: ``sig.repeat(ceil(crop / n))[:crop]``.
+
+Where the start comes from: ``RandomCrop(F)(path)`` draws it from torch's global RNG;
+``RandomCrop(F)(path, seed)`` computes it from an integer seed. The recipe uses the
+second: :class:`SeededBatches` turns each index ``i`` of a batch sampler into
+``(i, crop_seed(seed, epoch, i))`` and :class:`SeededCrops` crops item ``i`` with that
+seed, so the crop of an utterance is a function of (run seed, epoch, utterance) alone:
+the same with any number of loader workers, under DDP whatever the rank, and after a
+resume from an intra-epoch checkpoint (no RNG state to save).
 
 Speed (one loader worker must feed >= 1,000 crops/s): the file is opened once with
 ``soundfile.SoundFile`` (its header gives the exact length, no ``duration`` needed), 16-bit
@@ -45,10 +52,29 @@ from .audio import SAMPLE_RATE, crop_samples
 
 __all__ = [
     "RandomCrop", "FullFile", "random_crop_item", "full_file_item", "wrap_around",
-    "stack_or_pad", "CropCollate",
+    "stack_or_pad", "CropCollate", "crop_seed", "SeededCrops", "SeededBatches",
+    "train_loader_options",
 ]
 
 _PCM16_SCALE = np.float32(1.0 / 32768.0)  # libsndfile's int16 -> float normalisation
+_MASK64 = (1 << 64) - 1
+
+
+def _mix64(x):
+    """SplitMix64's finaliser: a well-spread 64-bit integer from any integer."""
+    x = (x + 0x9E3779B97F4A7C15) & _MASK64
+    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
+    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & _MASK64
+    return x ^ (x >> 31)
+
+
+def crop_seed(seed, epoch, index):
+    """The crop seed of dataset item ``index`` in ``epoch`` of a run seeded ``seed``.
+
+    >>> crop_seed(1986, 1, 5) == crop_seed(1986, 1, 5) != crop_seed(1986, 2, 5)
+    True
+    """
+    return _mix64(_mix64(_mix64(int(seed) & _MASK64) ^ int(epoch)) ^ int(index))
 
 
 def wrap_around(sig, num_samples):
@@ -92,12 +118,17 @@ class RandomCrop:
         self.num_frames = int(num_frames)
         self.num_samples = crop_samples(self.num_frames)
 
-    def __call__(self, path):
+    def __call__(self, path, seed=None):
+        """The crop of ``path``; its start is drawn from torch's RNG when ``seed`` is None,
+        else computed from the integer ``seed`` (uniform over the starts to within 2^-40)."""
         crop = self.num_samples
         with _open(path) as f:
             n = f.frames
             if n > crop:
-                start = int(torch.randint(0, n - crop + 1, ()).item())
+                if seed is None:
+                    start = int(torch.randint(0, n - crop + 1, ()).item())
+                else:
+                    start = _mix64(int(seed)) % (n - crop + 1)
                 f.seek(start)
                 return _read(f, crop)
             sig = _read(f, n)
@@ -160,3 +191,55 @@ class CropCollate:
 
     def __repr__(self):
         return "CropCollate()"
+
+
+class SeededCrops(torch.utils.data.Dataset):
+    """Map-style dataset over ``(index, seed)`` keys: item ``index`` of ``dataset`` (a dict,
+    e.g. from a ``DynamicItemDataset``) with its ``takes`` path replaced by ``provides``,
+    the :class:`RandomCrop` of ``num_frames`` frames drawn with ``seed``.
+
+    Keys come from :class:`SeededBatches`; ``dataset`` outputs ``takes`` (default ``wav``).
+    """
+
+    def __init__(self, dataset, num_frames, takes="wav", provides="sig"):
+        self.dataset, self.takes, self.provides = dataset, takes, provides
+        self.crop = RandomCrop(num_frames)
+
+    def __len__(self):
+        return len(self.dataset)
+
+    def __getitem__(self, key):
+        index, seed = key
+        item = dict(self.dataset[index])
+        item[self.provides] = self.crop(item.pop(self.takes), seed)
+        return item
+
+
+class SeededBatches(torch.utils.data.Sampler):
+    """Batch sampler yielding ``[(i, crop_seed(seed, epoch, i)), ...]`` for each batch of
+    ``sampler`` (a batch sampler with ``set_epoch``, e.g. ``SpeakerBatchSampler``), for a
+    :class:`SeededCrops` dataset. An item seen twice in an epoch gets the same crop.
+    """
+
+    def __init__(self, sampler, seed):
+        self.sampler, self.seed, self.epoch = sampler, int(seed), 0
+
+    def set_epoch(self, epoch):
+        """Select the epoch, here and in the wrapped sampler."""
+        self.epoch = int(epoch)
+        self.sampler.set_epoch(epoch)
+
+    def __iter__(self):
+        for batch in self.sampler:
+            yield [(i, crop_seed(self.seed, self.epoch, i)) for i in batch]
+
+    def __len__(self):
+        return len(self.sampler)
+
+
+def train_loader_options(sampler, num_workers, seed):
+    """Training DataLoader options for a :class:`SeededCrops` dataset: the batches of
+    ``sampler`` with their crop seeds, the fast collate, and loader workers kept alive
+    across epochs (new ones every epoch cost seconds on a small CPU)."""
+    return {"batch_sampler": SeededBatches(sampler, seed), "num_workers": num_workers,
+            "persistent_workers": num_workers > 0, "collate_fn": CropCollate()}

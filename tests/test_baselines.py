@@ -186,14 +186,15 @@ def test_speed_crop_is_speechbrains_speed_perturbation(corpus, speed):
 @pytest.mark.parametrize("as_new", [True, False])
 def test_speed_perturbed_batches_keep_the_speaker_groups(corpus, tmp_path, as_new):
     from maskproxy_losses.hparams import load_recipe_hparams
-    from maskproxy_losses.recipe_setup import dataio_prep, train_loader_kwargs
+    from maskproxy_losses.recipe_setup import dataio_prep
+    from maskproxy_losses.training_data import train_loader_options
 
     argv = _args(corpus, tmp_path / "sp", speed_perturb=True, speed_as_new_speaker=as_new)
     hparams_file, _, overrides = recipe.sb.parse_arguments(argv)
     hparams, _ = load_recipe_hparams(hparams_file, overrides)
     train, _, _, sampler, n_classes = dataio_prep(hparams, recipe.prepare_data(hparams))
     assert n_classes == (18 if as_new else 6)
-    kwargs = train_loader_kwargs(hparams, sampler)
+    kwargs = train_loader_options(sampler, 0, hparams["seed"])
     loader = torch.utils.data.DataLoader(train, **kwargs)
     speeds_seen = set()
     for batch in loader:

@@ -90,14 +90,46 @@ def test_export_matches_trained_model(corpus, tmp_path, capsys):
     got = model.encode_batch(sig)
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
     # The exported model reproduces the printed test EER through the scoring path.
+    assert _test_eer(model, corpus) == pytest.approx(test_eer, abs=0.01)
+
+
+def _test_eer(model, corpus):
+    """Test-trial EER (%) of an ``EncoderClassifier``, one whole file at a time."""
+    from speechbrain.dataio.dataio import read_audio
+
     embeddings = {}
     for line in (corpus / "manifests" / "test.csv").read_text().splitlines()[1:]:
         path = line.split(",")[2]
         embeddings[path] = model.encode_batch(read_audio(path).unsqueeze(0)).squeeze()
     trials, problems = read_trials(corpus / "manifests" / "trials.txt")
     assert not problems
-    metrics = verification_metrics(*score_trials(embeddings, trials))
-    assert metrics["EER"] == pytest.approx(test_eer, abs=0.01)
+    return verification_metrics(*score_trials(embeddings, trials))["EER"]
+
+
+def test_best_checkpoint_not_the_last_is_exported_and_tested(corpus, tmp_path, capsys, monkeypatch):
+    """Dev EERs scripted to 40, 10, 30 %: epoch 2's checkpoint is exported and scored."""
+    from speechbrain.inference.speaker import EncoderClassifier
+
+    real, calls = recipe.verification_metrics, []
+
+    def scripted(scores, labels):  # the 3 epochs' dev EERs; calibration and test stay real
+        metrics = real(scores, labels)
+        calls.append(metrics["EER"])
+        return {**metrics, "EER": (40.0, 10.0, 30.0)[len(calls) - 1]} if len(calls) <= 3 else metrics
+
+    monkeypatch.setattr(recipe, "verification_metrics", scripted)
+    out = tmp_path / "run"
+    recipe.main(_args(corpus, out, number_of_epochs=3))
+    test_eer, _ = _final_line(capsys.readouterr().out)
+    assert len(calls) == 5 and "Epoch loaded: 2 - test EER" in (out / "train_log.txt").read_text()
+    kept = {int((p / "counter.ckpt").read_text()): torch.load(p / "embedding_model.ckpt")
+            for p in (out / "save").glob("CKPT+*")}
+    assert sorted(kept) == [2, 3]  # the best and the most recent checkpoint
+    exported = torch.load(out / "model" / "embedding_model.ckpt")
+    _assert_same_state({"m": exported}, {"m": kept[2]})
+    assert any(not torch.equal(kept[2][k], kept[3][k]) for k in exported)  # epoch 3 trained on
+    model = EncoderClassifier.from_hparams(source=str(out / "model"), savedir=str(tmp_path / "m"))
+    assert _test_eer(model, corpus) == pytest.approx(test_eer, abs=0.01)
 
 
 def _run(args, **kw):
@@ -106,49 +138,107 @@ def _run(args, **kw):
                             stderr=subprocess.STDOUT, text=True, **kw)
 
 
+def _read_log(path):
+    """``([(epoch, step, ids)], [(epoch, dev EER, lr used, next lr)])`` of a batch_log."""
+    batches, valids = [], []
+    for line in Path(path).read_text().splitlines():
+        kind, epoch, *rest = line.split()
+        if kind == "batch":
+            batches.append((int(epoch), int(rest[0]), rest[2:]))
+        else:
+            valids.append((int(epoch), *map(float, rest[1:4])))
+    return batches, valids
+
+
+def _assert_same_state(a, b):
+    assert a.keys() == b.keys()
+    for module in a:
+        assert a[module].keys() == b[module].keys(), module
+        for key in a[module]:
+            assert torch.equal(a[module][key], b[module][key]), f"{module}.{key}"
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("workers", [0, 1])  # 1: a persistent loader worker, as by default
-def test_resume_after_kill_mid_epoch(corpus, tmp_path, workers):
-    out = tmp_path / "run"
-    cmd = [sys.executable, str(RECIPE / "train_speaker_embeddings.py"),
-           *_args(corpus, out, number_of_epochs=2, ckpt_interval_steps=1, num_workers=workers)]
-    proc = _run(cmd)
-    save = out / "save"
+def test_resume_after_kill_mid_epoch_is_exact(corpus, tmp_path):
+    """kill -9 in epoch 2 of 2, resume: the same batches and bit-identical parameters as an
+    uninterrupted run (default loader: one persistent worker; crops seeded per utterance)."""
+    def cmd(name):
+        return [sys.executable, str(RECIPE / "train_speaker_embeddings.py"), *_args(
+            corpus, tmp_path / name, number_of_epochs=2, ckpt_interval_steps=1, num_workers=1,
+            speakers_per_batch=2, batch_log=tmp_path / f"{name}.log")]
+
+    full = _run(cmd("full"))
+    full_text, _ = full.communicate(timeout=600)
+    assert full.returncode == 0, full_text[-3000:]
+    proc, log = _run(cmd("run")), tmp_path / "run.log.rank0"
     deadline = time.time() + 300
-    # Kill -9 as soon as an intra-epoch checkpoint of epoch 1 exists.
-    while time.time() < deadline and proc.poll() is None:
-        if save.is_dir() and any(p.name.startswith("CKPT") for p in save.iterdir()):
+    while time.time() < deadline and proc.poll() is None:  # kill -9 once epoch 2 step 2 ran
+        if log.is_file() and "batch 2 2 " in log.read_text():
             break
-        time.sleep(0.05)
+        time.sleep(0.01)
     assert proc.poll() is None, "the run ended before it could be killed:\n" + proc.stdout.read()[-3000:]
-    time.sleep(0.5)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    assert not (out / "model").exists()
-    before = {p.name for p in save.iterdir() if p.name.startswith("CKPT")}
-    assert before
-    resumed = _run(cmd)
+    killed, _ = _read_log(log)
+    (intra,) = [p for p in (tmp_path / "run" / "save").glob("CKPT*")
+                if "intra_epoch" in (p / "CKPT.yaml").read_text()]
+    done = int(re.search(r"^step: (\d+)", (intra / "brain.ckpt").read_text(), re.M).group(1))
+    resumed = _run(cmd("run"))
     text, _ = resumed.communicate(timeout=600)
     assert resumed.returncode == 0, text[-3000:]
     assert "Loading a checkpoint from" in text
-    log = (out / "train_log.txt").read_text().splitlines()
-    assert [l.split(",")[0] for l in log if l.startswith("epoch")] == ["epoch: 1", "epoch: 2"]
-    assert (out / "model" / "embedding_model.ckpt").is_file()
-    _final_line(text)
+    want, want_valid = _read_log(tmp_path / "full.log.rank0")
+    got, got_valid = _read_log(log)
+    assert len(want) == 12 and len({w[0] for w in want}) == 2  # 6 steps in each epoch
+    # The resumed run starts right after the checkpointed step of epoch 2: nothing is
+    # repeated or skipped, and every batch holds the same utterances in the same order.
+    at = want.index(next(w for w in want if w[:2] == (2, done + 1)))
+    assert 2 <= done + 1 <= 6 and got[: len(killed)] == killed == want[: len(killed)]
+    assert got[len(killed):] == want[at:] and len(killed) >= at
+    assert got_valid == want_valid  # the same dev EERs and learning rates
+    # Bit-identical final parameters: encoder (with BatchNorm statistics), proxies, w, b.
+    final = [torch.load(tmp_path / f"{n}.log.rank0.pt") for n in ("full", "run")]
+    _assert_same_state(*final)
+    assert {"proxies", "w", "b"} <= final[0]["loss_fn"].keys()
+    exported = [torch.load(tmp_path / n / "model" / "embedding_model.ckpt") for n in ("full", "run")]
+    _assert_same_state({"m": exported[0]}, {"m": exported[1]})
+    assert _final_line(text) == _final_line(full_text)
 
 
 @pytest.mark.slow
 def test_ddp_two_processes_on_cpu(corpus, tmp_path):
+    """torchrun, 2 CPU processes: disjoint utterances at every step, the same steps, equal
+    parameters on both ranks, one dev EER driving both ranks' learning rate."""
+    from speechbrain.nnet.schedulers import ReduceLROnPlateau
+
     torchrun = Path(sys.executable).with_name("torchrun")
-    out = tmp_path / "ddp"
+    out, log = tmp_path / "ddp", tmp_path / "ddp.log"
     cmd = [str(torchrun), "--standalone", "--nproc_per_node=2",
-           str(RECIPE / "train_speaker_embeddings.py"), *_args(corpus, out, name="mp")]
+           str(RECIPE / "train_speaker_embeddings.py"),
+           *_args(corpus, out, name="mp", number_of_epochs=3, speakers_per_batch=2,
+                  batch_log=log, lr_scheduler="{patience: 0}", seed=3)]
     proc = _run(cmd)
-    text, _ = proc.communicate(timeout=600)
+    text, _ = proc.communicate(timeout=300)  # a collective mismatch hangs: fail instead
     assert proc.returncode == 0, text[-3000:]
-    # Each of the 2 processes gets half of the epoch's batches.
-    counts = [int(n) for n in re.findall(r"(\d+) batches/epoch \(per process\)", text)]
-    assert counts and all(c == counts[0] for c in counts)
+    (b0, v0), (b1, v1) = (_read_log(f"{log}.rank{r}") for r in (0, 1))
+    assert [b[:2] for b in b0] == [b[:2] for b in b1] and len(b0) >= 6  # the same steps
+    for epoch in (1, 2, 3):
+        seen = [u for b in b0 + b1 if b[0] == epoch for u in b[2]]
+        assert len(seen) == len(set(seen))  # no utterance twice in an epoch, on any rank
+    for x, y in zip(b0, b1):
+        assert not set(x[2]) & set(y[2]) and len(x[2]) >= 4
+    # One dev EER per epoch, the same on both ranks, and both ranks' learning rates are
+    # what ReduceLROnPlateau(factor 0.7, patience 0) makes of it.
+    assert v0 == v1 and [v[0] for v in v0] == [1, 2, 3]
+    scheduler, optimizer = ReduceLROnPlateau(factor=0.7, patience=0, dont_halve_until_epoch=0), \
+        torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.2)
+    for epoch, eer, lr_used, next_lr in v0:
+        assert optimizer.param_groups[0]["lr"] == pytest.approx(lr_used, rel=1e-12)
+        _, new = scheduler([optimizer], epoch, eer)
+        assert new == pytest.approx(next_lr, rel=1e-12)
+        optimizer.param_groups[0]["lr"] = new
+    assert any(v[3] < v[2] for v in v0)  # seed 3: the dev EER rises once, the LR drops
+    _assert_same_state(torch.load(f"{log}.rank0.pt"), torch.load(f"{log}.rank1.pt"))
     assert (out / "model" / "embedding_model.ckpt").is_file()
     _final_line(text)
 

@@ -14,8 +14,8 @@ from speechbrain.dataio.batch import PaddedBatch
 from maskproxy_losses.audio import crop_samples
 from maskproxy_losses.sampler import SpeakerBatchSampler
 from maskproxy_losses.training_data import (
-    CropCollate, FullFile, RandomCrop, full_file_item, random_crop_item, stack_or_pad,
-    wrap_around,
+    CropCollate, FullFile, RandomCrop, SeededCrops, crop_seed, full_file_item, random_crop_item,
+    stack_or_pad, train_loader_options, wrap_around,
 )
 
 RATE = 16000
@@ -162,17 +162,69 @@ def test_batches_hold_the_samplers_utterances_in_order(tmp_path, workers):
                 assert start == 0 and torch.equal(row, wrap_around(sig, len(row)))
 
 
-def test_loader_crops_are_reproducible_with_a_seed(tmp_path):
-    table, _ = _position_corpus(tmp_path)
+M64 = 2**64 - 1
+
+
+def _splitmix64(state):
+    """First output of SplitMix64 (Steele et al. 2014) seeded with ``state``."""
+    z = (state + 0x9E3779B97F4A7C15) & M64
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & M64
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & M64
+    return z ^ (z >> 31)
+
+
+def test_seeded_start_is_splitmix64_and_uniform(long_wav):
+    assert _splitmix64(0) == 0xE220A8397B1DCDAF  # the published first output for seed 0
+    assert crop_seed(5, 2, 9) == _splitmix64(_splitmix64(_splitmix64(5) ^ 2) ^ 9)
+    n, crop = sf.info(long_wav).frames, crop_samples(200)
+    for seed in (0, 1, 2**63 + 5):
+        start = _splitmix64(seed) % (n - crop + 1)
+        assert torch.equal(RandomCrop(200)(long_wav, seed), _reference(long_wav, start, start + crop))
+    # Starts over 8,000 item seeds: each of 8 possible starts ~1,000 times (binomial sd 30).
+    path = long_wav.replace("long.wav", "short.wav")
+    _write(path, np.arange(crop_samples(2) + 7, dtype=np.int16))
+    starts = [int(round(RandomCrop(2)(path, crop_seed(1, 1, i))[0].item() * 32768))
+              for i in range(8000)]
+    counts = np.bincount(starts)
+    assert len(counts) == 8 and counts.min() > 880 and counts.max() < 1120, counts
+
+
+def _seeded_crops(table, workers, epochs=(1, 2), seed=3):
+    """``{(epoch, utt_id): crop}`` of the recipe's training loader over ``table``."""
     data = sb.dataio.dataset.DynamicItemDataset.from_csv(table)
-    data.add_dynamic_item(random_crop_item(2))
-    data.set_output_keys(["id", "sig"])
+    data.set_output_keys(["id", "wav"])
     sampler = SpeakerBatchSampler([data.data[i]["spk_id"] for i in data.data_ids], 2, 2, seed=0)
+    options = train_loader_options(sampler, workers, seed)
+    loader = sb.dataio.dataloader.make_dataloader(SeededCrops(data, 2), **options)
+    crops = {}
+    for epoch in epochs:
+        options["batch_sampler"].set_epoch(epoch)
+        for batch in loader:
+            crops.update({(epoch, u): w for u, w in zip(batch.id, batch.sig.data)})
+    return crops, data
 
-    def crops():
-        torch.manual_seed(11)  # the DataLoader seeds its worker from torch's RNG
-        loader = torch.utils.data.DataLoader(data, batch_sampler=sampler, num_workers=1,
-                                             collate_fn=CropCollate())
-        return torch.cat([b.sig.data for b in loader])
 
-    assert torch.equal(crops(), crops())
+def test_seeded_loader_crops_depend_on_seed_epoch_and_utterance_only(tmp_path):
+    table, rows = _position_corpus(tmp_path)
+    torch.manual_seed(0)
+    first, data = _seeded_crops(table, workers=0)
+    torch.manual_seed(1)  # the global RNG plays no part
+    assert first.keys() == _seeded_crops(table, workers=0)[0].keys()
+    for other in (_seeded_crops(table, workers=0)[0], _seeded_crops(table, workers=2)[0]):
+        assert all(torch.equal(first[k], other[k]) for k in first)
+    # Each crop is the file at the start its (seed, epoch, utterance) gives.
+    index = {uid: i for i, uid in enumerate(data.data_ids)}
+    paths = {r[0]: r[2] for r in rows}
+    for (epoch, uid), row in first.items():
+        sig, crop = _reference(paths[uid]), crop_samples(2)
+        if len(sig) <= crop:
+            assert torch.equal(row, wrap_around(sig, crop))
+            continue
+        start = _splitmix64(crop_seed(3, epoch, index[uid])) % (len(sig) - crop + 1)
+        assert torch.equal(row, sig[start : start + crop])
+    # Another epoch or run seed gives other crops of the long files (>= 640 possible starts).
+    long = [k for k in first if k[0] == 1 and len(_reference(paths[k[1]])) > 1200]
+    again = _seeded_crops(table, workers=0, epochs=(1,), seed=4)[0]
+    assert long and all(not torch.equal(first[k], again[k]) for k in long)
+    shared = [k for k in long if (2, k[1]) in first]
+    assert shared and all(not torch.equal(first[k], first[2, k[1]]) for k in shared)

@@ -32,6 +32,7 @@ from data_prep.voxceleb import prepare_voxceleb
 from maskproxy_losses import SpeakerBatchSampler, export_model
 from maskproxy_losses.averaging import keep_kwargs, load_average
 from maskproxy_losses.augment import build_augmenter
+from maskproxy_losses.batch_log import BatchLog
 from maskproxy_losses.calibration import CALIBRATION_FILE, calibration_metrics, fit_calibration
 from maskproxy_losses.errors import run_cli
 from maskproxy_losses.export import unwrap
@@ -39,7 +40,8 @@ from maskproxy_losses.files import check_writable_dir
 from maskproxy_losses.hparams import load_recipe_hparams
 from maskproxy_losses.scoring import score_trials, verification_metrics
 from maskproxy_losses.precision import resolve_run_precision
-from maskproxy_losses.recipe_setup import dataio_prep, setup_training, train_loader_kwargs
+from maskproxy_losses.recipe_setup import dataio_prep, setup_training
+from maskproxy_losses.training_data import train_loader_options
 from maskproxy_losses.trials import read_prepared_trials
 
 logger = logging.getLogger(__name__)
@@ -63,6 +65,7 @@ class SpeakerBrain(sb.Brain):
             self.embeddings.update(zip(map(os.path.abspath, batch.wav), embeddings.squeeze(1).float().cpu()))
             return torch.zeros((), device=self.device)
         labels, _ = batch.spk_id_encoded
+        self.hparams.batch_log.batch(self.hparams.epoch_counter.current, self.step, batch.id)
         self._check_finite(embeddings, "the embeddings")
         loss = self.modules.loss_fn(embeddings, labels)
         self._check_finite(loss, "the loss")
@@ -102,6 +105,7 @@ class SpeakerBrain(sb.Brain):
         if stage == sb.Stage.VALID:
             old_lr, new_lr = self.hparams.lr_scheduler([self.optimizer], epoch, stats["EER"])
             sb.nnet.schedulers.update_learning_rate(self.optimizer, new_lr)
+            self.hparams.batch_log.valid(epoch, stats["EER"], old_lr, new_lr)
             self.hparams.train_logger.log_stats(
                 stats_meta={"epoch": epoch, "lr": old_lr,
                             "epoch_s": round(time.perf_counter() - self.epoch_start, 1)},
@@ -123,7 +127,7 @@ class SpeakerBrain(sb.Brain):
         # SpeakerBatchSampler splits its batches across DDP ranks itself; SpeechBrain's
         # generic DistributedSamplerWrapper would pad and reshuffle them.
         sampler = loader_kwargs.get("batch_sampler")
-        if isinstance(sampler, SpeakerBatchSampler):
+        if isinstance(getattr(sampler, "sampler", None), SpeakerBatchSampler):
             self.train_sampler = sampler
             return loader_kwargs
         return super()._train_loader_specifics(dataset, loader_kwargs)
@@ -187,6 +191,7 @@ def main(argv):
         hparams.pop("ckpt_interval_minutes", None)
 
     hparams["wav_augment"] = build_augmenter(hparams)
+    hparams["batch_log"] = BatchLog(hparams["batch_log"])  # None: off
     manifests = run_on_main(prepare_data, kwargs={"hparams": hparams})  # paths sent to every rank
     hparams["dev_trials"] = read_prepared_trials(manifests["dev_trials"], manifests["dev_csv"])
     hparams["test_trials"] = read_prepared_trials(manifests["trials"], manifests["test_csv"])
@@ -203,9 +208,11 @@ def main(argv):
         " + ".join(k[:-4] for k in ("noise_csv", "rir_csv") if hparams.get(k)) or "none",
         sum(p.numel() for p in hparams["embedding_model"].parameters()) / 1e6,
     )
+    options = train_loader_options(sampler, hparams["num_workers"], hparams["seed"])
     brain.fit(brain.hparams.epoch_counter, train_set=train, valid_set=dev,
-              train_loader_kwargs=train_loader_kwargs(hparams, sampler),
+              train_loader_kwargs=options,
               valid_loader_kwargs=hparams["verification_loader"])
+    hparams["batch_log"].save_state(brain.modules)
     out = finish(brain, hparams, dev, test)
     if if_main_process():
         stats, cal = brain.test_stats, brain.test_calibration
