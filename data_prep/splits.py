@@ -17,8 +17,9 @@ logger = logging.getLogger(__name__)
 
 
 def dev_count(n, dev_share):
-    """Dev utterances for a speaker with ``n``: a share (float) or count (int), at least 2
-    when any, keeping 2 for training."""
+    """Dev utterances for a speaker with ``n``: a share (float) or count (int), raised to 2
+    when any; keeping 2 for training wins over that (a speaker with 3 gets 1 dev
+    utterance, which makes no target pair)."""
     if isinstance(dev_share, int) and not isinstance(dev_share, bool):
         k = dev_share
     else:

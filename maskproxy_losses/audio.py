@@ -101,7 +101,7 @@ def probe_entries(entries):
     """Probe each distinct file of ``entries`` (``(where, [paths])``) once.
 
     Returns ``(samples by usable path, problems, bad wheres)``: one ``where: what``
-    problem per entry that names a bad file.
+    problem per entry that names a bad file (``what`` alone when ``where`` is empty).
     """
     info, problems, bad = {}, [], set()
     for where, paths in entries:
@@ -110,6 +110,6 @@ def probe_entries(entries):
                 dur, err = probe(p)
                 info[p] = err if err else int(round(dur * SAMPLE_RATE))
             if isinstance(info[p], str):
-                problems.append(f"{where}: {info[p]}")
+                problems.append(f"{where}: {info[p]}" if where else info[p])
                 bad.add(where)
     return {p: n for p, n in info.items() if not isinstance(n, str)}, problems, bad

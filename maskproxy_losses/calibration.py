@@ -44,7 +44,7 @@ import numpy as np
 from scipy.special import expit
 
 from maskproxy_losses.errors import InputError, run_cli
-from maskproxy_losses.files import atomic_write_text
+from maskproxy_losses.files import atomic_write_text, text_lines
 from maskproxy_losses.scoring import check_labels
 
 __all__ = [
@@ -151,8 +151,11 @@ class Calibration:
     @classmethod
     def load(cls, path):
         """Read a file written by :meth:`save`; a malformed one raises InputError naming it."""
-        with open(path, encoding="utf-8") as f:
-            text = f.read()
+        try:
+            with open(path, encoding="utf-8") as f:
+                text = f.read()
+        except UnicodeDecodeError as err:
+            raise InputError(f"{path}: not UTF-8 text (byte {err.start})") from None
         try:
             data = json.loads(text)
         except json.JSONDecodeError as err:
@@ -374,30 +377,34 @@ def read_scores(path):
     ([0.75, -0.1], [('a.wav', 'b.wav'), None])
     """
     scores, labels, pairs, problems = [], [], [], []
-    with open(path, encoding="utf-8", errors="replace") as f:
-        for lineno, line in enumerate(f, 1):
-            fields = line.split()
-            if not fields:
-                continue
-            where = f"{path}:{lineno}"
-            if len(fields) not in (2, 4):
-                problems.append(f"{where}: expected 4 fields 'label score enrol test' "
-                                f"(or 2: 'label score'), got {len(fields)}")
-                continue
-            if fields[0] not in ("0", "1"):
-                problems.append(f"{where}: label must be 0 or 1, got {fields[0]!r}")
-                continue
-            try:
-                score = float(fields[1])
-            except ValueError:
-                problems.append(f"{where}: score is not a number: {fields[1]!r}")
-                continue
-            if not math.isfinite(score):
-                problems.append(f"{where}: score must be finite, got {fields[1]!r}")
-                continue
-            scores.append(score)
-            labels.append(int(fields[0]))
-            pairs.append((fields[2], fields[3]) if len(fields) == 4 else None)
+    if not os.path.isfile(path):
+        raise InputError(f"{path}: scores file not found")
+    for lineno, line, problem in text_lines(path):
+        if problem:
+            problems.append(problem)
+            continue
+        fields = line.split()
+        if not fields:
+            continue
+        where = f"{path}:{lineno}"
+        if len(fields) not in (2, 4):
+            problems.append(f"{where}: expected 4 fields 'label score enrol test' "
+                            f"(or 2: 'label score'), got {len(fields)}")
+            continue
+        if fields[0] not in ("0", "1"):
+            problems.append(f"{where}: label must be 0 or 1, got {fields[0]!r}")
+            continue
+        try:
+            score = float(fields[1])
+        except ValueError:
+            problems.append(f"{where}: score is not a number: {fields[1]!r}")
+            continue
+        if not math.isfinite(score):
+            problems.append(f"{where}: score must be finite, got {fields[1]!r}")
+            continue
+        scores.append(score)
+        labels.append(int(fields[0]))
+        pairs.append((fields[2], fields[3]) if len(fields) == 4 else None)
     if problems:
         raise InputError(problems)
     if not labels:

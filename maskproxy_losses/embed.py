@@ -52,11 +52,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from maskproxy_losses.audio import MIN_SAMPLES, SAMPLE_RATE, probe
+from maskproxy_losses.audio import MIN_SAMPLES, SAMPLE_RATE, probe_entries
 from maskproxy_losses.calibration import bayes_threshold, load_model_calibration
-from maskproxy_losses.embedding import Embedder, EmbeddingCache, model_fingerprint
+from maskproxy_losses.embedding import Embedder, EmbeddingCache, cache_folder, model_fingerprint
 from maskproxy_losses.errors import InputError, run_cli
-from maskproxy_losses.files import atomic_write_bytes, atomic_write_text, check_writable_dir
+from maskproxy_losses.files import (
+    atomic_write_bytes, atomic_write_text, check_writable_dir, text_lines,
+)
 from maskproxy_losses.model_dir import load_encoder
 from maskproxy_losses.scoring import cosine_scores, l2_normalize
 
@@ -99,11 +101,6 @@ def load_model(model_dir, device="cpu", trust=False):
     return Model(str(model_dir), encoder, model_fingerprint(model_dir))
 
 
-def cache_folder(cache_dir, fingerprint, max_seconds):
-    """The cache folder the verification recipe uses for full-utterance embeddings."""
-    return Path(cache_dir) / fingerprint[:16] / f"full_max{max_seconds:g}s"
-
-
 class _MemoryCache:
     """An :class:`EmbeddingCache` stand-in that keeps nothing on disk."""
 
@@ -120,18 +117,6 @@ class _MemoryCache:
 
     def flush(self):
         pass
-
-
-def _probe(paths, wheres):
-    """Samples of each usable path and one ``where: what`` problem per bad entry."""
-    samples, problems = {}, []
-    for p, where in zip(paths, wheres):
-        if p not in samples:
-            seconds, err = probe(p)
-            samples[p] = err if err else int(round(seconds * SAMPLE_RATE))
-        if isinstance(samples[p], str):
-            problems.append(f"{where}: {samples[p]}" if where else samples[p])
-    return samples, problems
 
 
 def embed_files(model_dir, paths, device="cpu", trust=False, cache_dir=None,
@@ -156,13 +141,13 @@ def embed_files(model_dir, paths, device="cpu", trust=False, cache_dir=None,
     if not paths:
         raise InputError("no audio files to embed")
     wheres = [""] * len(paths) if wheres is None else [str(w) for w in wheres]
-    samples, problems = _probe(paths, wheres)
+    samples, problems, _ = probe_entries([(w, [p]) for p, w in zip(paths, wheres)])
     if problems:
         raise InputError(problems)
     if cache_dir is None:
         cache = _MemoryCache()
     else:
-        folder = cache_folder(cache_dir, model.fingerprint, max_seconds)
+        folder = cache_folder(cache_dir, model.fingerprint, max_seconds=max_seconds)
         check_writable_dir(folder, "embedding cache folder")
         cache = EmbeddingCache(folder)
     unique = list(dict.fromkeys(paths))
@@ -200,7 +185,7 @@ def verify_pair(model_dir, wav1, wav2, p_target=0.01, device="cpu", trust=False)
     ``log((1 - p_target) / p_target)``. Bad input raises ``InputError`` naming the file.
     """
     if not 0.0 < float(p_target) < 1.0:
-        raise ValueError(f"p_target must be in (0, 1), got {p_target}")
+        raise InputError(f"p_target must be in (0, 1), got {p_target}")
     model = load_model(model_dir, device, trust)
     calibration = load_model_calibration(model_dir)
     emb = embed_files(model, [wav1, wav2], batch_seconds=0.0, wheres=["wav1", "wav2"])
@@ -214,16 +199,19 @@ def verify_pair(model_dir, wav1, wav2, p_target=0.01, device="cpu", trust=False)
 
 # ------------------------------------------------------------------ inputs
 def _read_lines(path, what):
-    """``(line number, stripped text)`` of the non-blank, non-``#`` lines of ``path``."""
+    """``(line number, stripped text)`` of the non-blank, non-``#`` lines of ``path``
+    (UTF-8; a BOM is dropped; every line that is not UTF-8 is reported)."""
     if not os.path.isfile(path):
         raise InputError(f"{path}: {what} not found")
-    try:
-        with open(path, encoding="utf-8") as f:
-            lines = f.read().splitlines()
-    except UnicodeDecodeError as err:
-        raise InputError(f"{path}: not UTF-8 text ({err.reason} at byte {err.start})") from None
-    return [(i, t.strip()) for i, t in enumerate(lines, 1) if t.strip() and not
-            t.strip().startswith("#")]
+    lines, problems = [], []
+    for i, text, problem in text_lines(path):
+        if problem:
+            problems.append(problem)
+        elif text.strip() and not text.strip().startswith("#"):
+            lines.append((i, text.strip()))
+    if problems:
+        raise InputError(problems)
+    return lines
 
 
 def read_wav_list(list_file):

@@ -2,8 +2,9 @@
 
 :class:`Embedder` embeds lists of wav files in batches bounded by seconds of padded
 audio, full utterances (long files in chunks) or the authors' K crops per file, and
-keeps every embedding in an :class:`EmbeddingCache` keyed by the model's files, the
-extraction mode and each audio file's path, mtime and size, so a second run with
+keeps every embedding in an :class:`EmbeddingCache`: one folder per model and extraction
+mode (:func:`cache_folder`), entries keyed by each audio file's path, mtime and size
+(:func:`file_key`), so a second run with
 another scoring option embeds nothing again. Used by the verification recipe and the
 ``maskproxy_losses.embed`` command.
 
@@ -34,7 +35,7 @@ from maskproxy_losses.errors import InputError
 from maskproxy_losses.files import atomic_write_bytes, remove_stale_temps
 from maskproxy_losses.scoring import crop_samples, make_crops
 
-__all__ = ["model_fingerprint", "file_key", "EmbeddingCache", "Embedder"]
+__all__ = ["model_fingerprint", "file_key", "cache_folder", "EmbeddingCache", "Embedder"]
 
 logger = logging.getLogger(__name__)
 
@@ -52,6 +53,14 @@ def model_fingerprint(model_dir):
             for block in iter(lambda: f.read(1 << 20), b""):
                 h.update(block)
     return h.hexdigest()
+
+
+def cache_folder(cache_dir, fingerprint, crops=None, max_seconds=300.0):
+    """The cache folder of a model (its :func:`model_fingerprint`) and extraction mode
+    (``crops=(K, F)`` or full utterances up to ``max_seconds``): entries of one folder
+    are keyed by :func:`file_key` alone, so the model and mode must be in the folder."""
+    mode = f"crops{crops[0]}x{crops[1]}" if crops else f"full_max{float(max_seconds):g}s"
+    return Path(cache_dir) / fingerprint[:16] / mode
 
 
 def file_key(path):

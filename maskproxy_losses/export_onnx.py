@@ -296,7 +296,7 @@ def export_onnx(
         Replace an existing ``out_path``.
     tolerance : float
         Largest relative difference (``max|onnx - torch| / max|torch|``, per row)
-        accepted in the check run; a larger one raises ``RuntimeError``.
+        accepted in the check run; a larger one raises ``InputError``.
     seed : int
         Seed of the random waveforms used for tracing and for the check.
     trust : bool
@@ -336,26 +336,32 @@ def export_onnx(
     tmp = Path(temp_path(out))
     try:
         dynamic = {"wavs": {0: torch.export.Dim.DYNAMIC, 1: torch.export.Dim.DYNAMIC}}
-        with _quiet_exporter(), torch.no_grad():
-            torch.onnx.export(
-                graph.eval(),
-                (example,),
-                str(tmp),
-                dynamo=True,
-                input_names=["wavs"],
-                output_names=["embeddings"],
-                dynamic_shapes=dynamic,
-                opset_version=opset,
-                external_data=False,
-                verbose=False,
-            )
+        try:
+            with _quiet_exporter(), torch.no_grad():
+                torch.onnx.export(
+                    graph.eval(),
+                    (example,),
+                    str(tmp),
+                    dynamo=True,
+                    input_names=["wavs"],
+                    output_names=["embeddings"],
+                    dynamic_shapes=dynamic,
+                    opset_version=opset,
+                    external_data=False,
+                    verbose=False,
+                )
+        except Exception as err:  # unsupported operator, bad opset, ...
+            detail = str(err).strip().splitlines()[0] if str(err).strip() else ""
+            raise InputError(f"{model_dir}: the ONNX exporter failed ({type(err).__name__}: "
+                             f"{detail}); try another --opset, or --debug for the traceback"
+                             ) from err
         onnx.checker.check_model(str(tmp))
         got = OnnxEmbedder(tmp)(check.numpy())
         _, err = relative_error(got, embedder.reference(check).numpy())
         if not err <= tolerance:
-            raise RuntimeError(
-                f"the ONNX graph differs from PyTorch by {err:.3g} (relative) on a test batch, "
-                f"more than the tolerance {tolerance:g}; nothing written"
+            raise InputError(
+                f"{model_dir}: the ONNX graph differs from PyTorch by {err:.3g} (relative) on a "
+                f"test batch, more than the tolerance {tolerance:g}; nothing written"
             )
         os.replace(tmp, out)
     except BaseException:

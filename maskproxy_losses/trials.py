@@ -112,7 +112,12 @@ def read_manifest_wavs(path):
         reader = csv.DictReader(f)
         if not {"ID", "wav"} <= set(reader.fieldnames or []):
             raise InputError(f"{path}:1: expected columns ID and wav")
-        return {row["ID"]: row["wav"] for row in reader}
+        out = {}
+        for lineno, row in enumerate(reader, 2):
+            if None in row.values() or None in row:
+                raise InputError(f"{path}:{lineno}: expected {len(reader.fieldnames)} fields")
+            out[row["ID"]] = row["wav"]
+        return out
 
 
 def read_prepared_trials(trials_path, csv_path):
@@ -141,6 +146,8 @@ def read_speaker_wavs(csv_path, per_speaker=0, what="cohort_csv"):
         if not {"wav", "spk_id"} <= set(reader.fieldnames or []):
             raise InputError(f"{csv_path}:1: expected columns wav and spk_id")
         for lineno, row in enumerate(reader, 2):
+            if None in row.values() or None in row:
+                raise InputError(f"{csv_path}:{lineno}: expected {len(reader.fieldnames)} fields")
             spk = row["spk_id"]
             if per_speaker and count.get(spk, 0) >= per_speaker:
                 continue

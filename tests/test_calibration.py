@@ -335,3 +335,13 @@ def test_cli_as_a_module(tmp_path):
     help_text = subprocess.run(cmd + ["--help"], capture_output=True, text=True, env=env,
                                cwd=tmp_path).stdout
     assert "--model-dir" in help_text and "logistic regression" in help_text
+
+
+def test_read_scores_drops_a_bom_and_names_non_utf8_lines(tmp_path):
+    path = tmp_path / "scores.txt"
+    path.write_bytes(b"\xef\xbb\xbf1 0.5 a b\n0 0.25 a c\n")  # saved by Notepad
+    got = read_scores(path)
+    assert got.scores.tolist() == [0.5, 0.25] and got.labels.tolist() == [1, 0]
+    path.write_bytes(b"1 0.5 a b\n0 0.25 caf\xe9 c\n")
+    with pytest.raises(InputError, match=f"{path}:2: not UTF-8 text"):
+        read_scores(path)

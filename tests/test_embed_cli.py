@@ -254,3 +254,12 @@ def test_command_line_module_exits_2_without_traceback(env, tmp_path):
     assert proc.returncode == 2, proc.stderr
     assert proc.stderr.startswith("error: list.txt:2: missing file nope.wav"), proc.stderr
     assert "Traceback" not in proc.stderr and not (tmp_path / "o.npz").exists()
+
+
+def test_wav_list_with_a_bom(tmp_path):
+    from maskproxy_losses.embed import read_wav_list
+
+    path = tmp_path / "list.txt"
+    path.write_bytes("\ufeffa.wav\n# comment\n\nsub/b.wav\n".encode("utf-8"))
+    assert read_wav_list(path) == [("a.wav", str(tmp_path / "a.wav"), f"{path}:1"),
+                                   ("sub/b.wav", str(tmp_path / "sub/b.wav"), f"{path}:4")]

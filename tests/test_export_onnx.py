@@ -238,7 +238,7 @@ def test_failed_export_leaves_nothing(fbank_export, tmp_path, monkeypatch):
         raise RuntimeError("exporter crashed")
 
     monkeypatch.setattr(eo.torch.onnx, "export", half_written)
-    with pytest.raises(RuntimeError, match="exporter crashed"):
+    with pytest.raises(InputError, match="the ONNX exporter failed .RuntimeError: exporter crashed"):
         export_onnx(fbank_export[0], tmp_path / "model.onnx")
     assert list(tmp_path.iterdir()) == []
 

@@ -202,3 +202,15 @@ def test_embedding_map(setup):
     sv.main(_argv(setup, "out_map", "--embedding_map", "True"))
     png = setup["base"] / "out_map" / "embedding_map.png"
     assert png.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_short_manifest_rows_are_named(tmp_path):
+    from maskproxy_losses.errors import InputError
+    from maskproxy_losses.trials import read_manifest_wavs, read_speaker_wavs
+
+    path = tmp_path / "train.csv"
+    path.write_text("ID,duration,wav,spk_id\nu1,1.0,/a.wav,s1\nu2\n")
+    with pytest.raises(InputError, match=f"{path}:3: expected 4 fields"):
+        read_speaker_wavs(path)
+    with pytest.raises(InputError, match=f"{path}:3: expected 4 fields"):
+        read_manifest_wavs(path)

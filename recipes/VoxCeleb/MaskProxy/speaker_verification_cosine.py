@@ -38,7 +38,7 @@ from maskproxy_losses.audio import probe_entries
 from maskproxy_losses.calibration import (
     CALIBRATION_FILE, Calibration, calibration_metrics, load_model_calibration, min_cllr,
 )
-from maskproxy_losses.embedding import Embedder, EmbeddingCache, model_fingerprint
+from maskproxy_losses.embedding import Embedder, EmbeddingCache, cache_folder, model_fingerprint
 from maskproxy_losses.errors import InputError, report, run_cli
 from maskproxy_losses.files import atomic_write_text
 from maskproxy_losses.model_dir import load_encoder
@@ -128,8 +128,8 @@ def run(hparams, device="cpu"):
         problems += c_problems
 
     model_hash = model_fingerprint(model_dir)
-    mode_key = f"crops{crops[0]}x{crops[1]}" if crops else f"full_max{hparams['max_seconds']:g}s"
-    cache = EmbeddingCache(Path(hparams["cache_dir"]) / model_hash[:16] / mode_key)
+    cache = EmbeddingCache(cache_folder(hparams["cache_dir"], model_hash, crops,
+                                        float(hparams["max_seconds"])))
     embed = Embedder(encoder, cache, crops, float(hparams["batch_seconds"]), float(hparams["max_seconds"]))
 
     keys, enrol, test = index_trials([(t[3], t[4]) for t in trials])
@@ -189,6 +189,10 @@ def run(hparams, device="cpu"):
         if map_problems:
             raise InputError(map_problems)
         map_emb, _ = embed([r[0] for r in rows], map_lengths, desc="embedding map")
+        if map_emb.ndim == 3:  # ten_crop: one embedding per file, the mean of its crops
+            map_emb = scoring.l2_normalize(map_emb).mean(axis=1)
+        if len(map_emb) < 3:
+            raise InputError(f"{map_csv}: an embedding map needs at least 3 files")
         plot_embedding_map(map_emb, [r[1] for r in rows], out_dir / "embedding_map.png")
 
     if problems:
