@@ -31,7 +31,7 @@ from speechbrain.dataio.dataio import read_audio
 
 from maskproxy_losses.audio import SAMPLE_RATE, crop_samples
 from maskproxy_losses.sampler import SpeakerBatchSampler
-from maskproxy_losses.training_data import SeededBatches, SeededCrops, CropCollate
+from maskproxy_losses.training_data import CropCollate, SeededBatches, SeededCrops
 
 
 def make_corpus(folder, speakers, utts, min_s, max_s, seed=0):
@@ -101,13 +101,21 @@ def training_loader(table, frames, workers, args, path="fast"):
     data.add_dynamic_item(encoder.encode_label_torch, takes="spk_id", provides="spk_id_encoded")
     data.set_output_keys(["id", "wav" if path == "fast" else "sig", "spk_id_encoded"])
     speakers = [data.data[i]["spk_id"] for i in data.data_ids]
-    sampler = SpeakerBatchSampler(speakers, speakers_per_batch=args.speakers_per_batch,
-                                  utts_per_speaker=args.utts_per_speaker, seed=0)
+    sampler = SpeakerBatchSampler(
+        speakers,
+        speakers_per_batch=args.speakers_per_batch,
+        utts_per_speaker=args.utts_per_speaker,
+        seed=0,
+    )
     if path == "fast":  # crops seeded per (seed, epoch, utterance), as in the recipe
         data, sampler = SeededCrops(data, frames), SeededBatches(sampler, seed=0)
     loader = sb.dataio.dataloader.make_dataloader(
-        data, batch_sampler=sampler, num_workers=workers, collate_fn=collate,
-        persistent_workers=workers > 0, prefetch_factor=args.prefetch if workers else None,
+        data,
+        batch_sampler=sampler,
+        num_workers=workers,
+        collate_fn=collate,
+        persistent_workers=workers > 0,
+        prefetch_factor=args.prefetch if workers else None,
     )
     return loader, sampler
 
@@ -170,8 +178,9 @@ def cpu_model():
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--folder", default=None, help="corpus folder (default: a temp folder)")
     parser.add_argument("--speakers", type=int, default=100)
     parser.add_argument("--utts", type=int, default=10, help="utterances per speaker")
@@ -184,8 +193,11 @@ def main(argv=None):
     parser.add_argument("--prefetch", type=int, default=4, help="batches prefetched per worker")
     parser.add_argument("--batches", type=int, default=60, help="timed batches per setting")
     parser.add_argument("--warmup", type=int, default=5, help="untimed batches per setting")
-    parser.add_argument("--baseline", action="store_true",
-                        help="also time SpeechBrain's read_audio + default PaddedBatch")
+    parser.add_argument(
+        "--baseline",
+        action="store_true",
+        help="also time SpeechBrain's read_audio + default PaddedBatch",
+    )
     parser.add_argument("--gpu-rates", type=float, nargs="+", default=[1000, 3000, 10000])
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
@@ -194,16 +206,22 @@ def main(argv=None):
         folder = args.folder or tmp
         table = make_corpus(folder, args.speakers, args.utts, args.min_seconds, args.max_seconds)
         n_files, n_bytes = warm_page_cache(table)
-        print(f"CPU: {cpu_model()}, {os.cpu_count()} cores; corpus: {n_files} files, "
-              f"{n_bytes / 2**20:.0f} MiB (page cache warmed), {args.min_seconds:g}-"
-              f"{args.max_seconds:g} s; batches of {args.speakers_per_batch} speakers x "
-              f"{args.utts_per_speaker}; {args.warmup} + {args.batches} batches per setting")
+        print(
+            f"CPU: {cpu_model()}, {os.cpu_count()} cores; corpus: {n_files} files, "
+            f"{n_bytes / 2**20:.0f} MiB (page cache warmed), {args.min_seconds:g}-"
+            f"{args.max_seconds:g} s; batches of {args.speakers_per_batch} speakers x "
+            f"{args.utts_per_speaker}; {args.warmup} + {args.batches} batches per setting"
+        )
         paths = ["fast", "speechbrain"] if args.baseline else ["fast"]
         per_worker = {}
-        print("utt/cpu-s: utterances per CPU second of the workers (what a worker delivers "
-              "on a core of its own)")
-        print(f"{'path':12s} {'frames':>6s} {'workers':>7s} {'utt/s':>8s} {'utt/s/worker':>12s} "
-              f"{'utt/cpu-s':>9s}")
+        print(
+            "utt/cpu-s: utterances per CPU second of the workers (what a worker delivers "
+            "on a core of its own)"
+        )
+        print(
+            f"{'path':12s} {'frames':>6s} {'workers':>7s} {'utt/s':>8s} {'utt/s/worker':>12s} "
+            f"{'utt/cpu-s':>9s}"
+        )
         for frames in args.frames:
             for workers in range(1, args.workers + 1):
                 for path in paths:  # the two paths alternate within each setting
@@ -211,21 +229,30 @@ def main(argv=None):
                     if path == "fast":
                         per_worker.setdefault(frames, []).append((rate / workers, per_cpu))
                     cpu_text = f"{per_cpu:9.0f}" if per_cpu else f"{'n/a':>9s}"
-                    print(f"{path:12s} {frames:6d} {workers:7d} {rate:8.0f} "
-                          f"{rate / workers:12.0f} {cpu_text}", flush=True)
+                    print(
+                        f"{path:12s} {frames:6d} {workers:7d} {rate:8.0f} "
+                        f"{rate / workers:12.0f} {cpu_text}",
+                        flush=True,
+                    )
         for frames, rates in per_worker.items():
             one, one_cpu = rates[0]
-            scaling = " ".join(f"{w + 1}:{r * (w + 1) / one:.2f}x"
-                               for w, (r, _) in enumerate(rates))
-            print(f"{frames}-frame crops: one worker {one:.0f} utt/s measured"
-                  + (f", {one_cpu:.0f} utt/s on a core of its own" if one_cpu else "")
-                  + f"; total vs one worker {scaling}")
+            scaling = " ".join(
+                f"{w + 1}:{r * (w + 1) / one:.2f}x" for w, (r, _) in enumerate(rates)
+            )
+            print(
+                f"{frames}-frame crops: one worker {one:.0f} utt/s measured"
+                + (f", {one_cpu:.0f} utt/s on a core of its own" if one_cpu else "")
+                + f"; total vs one worker {scaling}"
+            )
             for x in args.gpu_rates:
-                line = (f"  a GPU training at {x:.0f} utt/s needs ceil({x:.0f} / {one:.0f}) = "
-                        f"{math.ceil(x / one)} workers")
+                line = (
+                    f"  a GPU training at {x:.0f} utt/s needs ceil({x:.0f} / {one:.0f}) = "
+                    f"{math.ceil(x / one)} workers"
+                )
                 if one_cpu:
-                    line += (f" (ceil({x:.0f} / {one_cpu:.0f}) = {math.ceil(x / one_cpu)}"
-                             " on idle cores)")
+                    line += (
+                        f" (ceil({x:.0f} / {one_cpu:.0f}) = {math.ceil(x / one_cpu)} on idle cores)"
+                    )
                 print(line)
 
 

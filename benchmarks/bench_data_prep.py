@@ -54,8 +54,12 @@ def timed(n_files, **kw):
 
 
 def main():
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--work-dir", default=os.path.join(tempfile.gettempdir(), "maskproxy_bench_data_prep"))
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument(
+        "--work-dir", default=os.path.join(tempfile.gettempdir(), "maskproxy_bench_data_prep")
+    )
     p.add_argument("--files", type=int, default=20000)
     p.add_argument("--num-workers", type=int, default=2)
     a = p.parse_args()
@@ -68,8 +72,10 @@ def main():
         serial = timed(a.files, train_root=wav_root, num_workers=1, **extra)
         parallel = timed(a.files, train_root=wav_root, num_workers=a.num_workers, **extra)
         verdict = "ok" if parallel >= TARGET else f"below the {TARGET:.0f} files/s target"
-        print(f"{mode:>14}: {parallel:8.0f} files/s with {a.num_workers} workers, "
-              f"{serial:8.0f} files/s serial (x{parallel / serial:.2f}) - {verdict}")
+        print(
+            f"{mode:>14}: {parallel:8.0f} files/s with {a.num_workers} workers, "
+            f"{serial:8.0f} files/s serial (x{parallel / serial:.2f}) - {verdict}"
+        )
 
 
 if __name__ == "__main__":

@@ -81,9 +81,11 @@ def main(argv=None):
     model = ResNetSE34L(n_mels=args.n_mels, pooling=args.pooling).to(args.device)
     feats = torch.randn(args.batch, args.frames, args.n_mels, device=args.device)
     print(f"ResNetSE34L({args.pooling}) parameters: {sum(p.numel() for p in model.parameters()):,}")
-    print(f"batch {args.batch} x {args.frames} frames x {args.n_mels} mels on {args.device}, "
-          f"{args.threads} threads, {args.warmup} warm-up + {args.rounds} x {args.iters} "
-          f"timed iterations per precision")
+    print(
+        f"batch {args.batch} x {args.frames} frames x {args.n_mels} mels on {args.device}, "
+        f"{args.threads} threads, {args.warmup} warm-up + {args.rounds} x {args.iters} "
+        f"timed iterations per precision"
+    )
     print(f"precision {args.precision!r} -> {chosen} ({reason})")
 
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
@@ -95,12 +97,14 @@ def main(argv=None):
                 loss = model(feats).float().pow(2).mean()  # losses stay float32
             loss.backward()
             optimizer.step()
+
         return step
 
     def infer_step(precision):
         def step():
             with torch.no_grad(), autocast_for(precision, args.device):
                 model(feats)
+
         return step
 
     model.train()

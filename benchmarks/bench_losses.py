@@ -35,7 +35,9 @@ def median_ms(step, repeats, warmup, device):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--speakers", type=int, default=200, help="B, speakers per batch")
     parser.add_argument("--utts", type=int, default=2, help="utterances per speaker")
     parser.add_argument("--classes", type=int, default=5994, help="C, training speakers")
@@ -69,14 +71,17 @@ def main(argv=None):
     results["aam_softmax"] = median_ms(aam_step, args.repeats, args.warmup, dev)
     for name in ("mp", "mp_balance", "mmp", "mmp_balance", "ap"):
         loss_fn = build_loss(name, C, D).to(dev)
-        results[name] = median_ms(lambda f=loss_fn: f(emb, labels).backward(), args.repeats,
-                                  args.warmup, dev)
+        results[name] = median_ms(
+            lambda f=loss_fn: f(emb, labels).backward(), args.repeats, args.warmup, dev
+        )
 
     where = torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"threads={args.threads}"
     print(f"B={B} x {k} utts, C={C}, D={D}, {where}, torch {torch.__version__}")
     print(f"{'':12s} {'ms':>8s} {'x floor':>8s} {'x AAM':>8s}")
     for name, ms in results.items():
-        print(f"{name:12s} {ms:8.1f} {ms / results['floor']:8.2f} {ms / results['aam_softmax']:8.2f}")
+        print(
+            f"{name:12s} {ms:8.1f} {ms / results['floor']:8.2f} {ms / results['aam_softmax']:8.2f}"
+        )
 
 
 if __name__ == "__main__":

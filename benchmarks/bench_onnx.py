@@ -95,11 +95,14 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model-dir", help="a model directory (default: fresh ResNetSE34L)")
     parser.add_argument(
-        "--frontend", choices=["fbank", "authors"], action="append",
+        "--frontend",
+        choices=["fbank", "authors"],
+        action="append",
         help="front end(s) of the fresh model (default: both); ignored with --model-dir",
     )
     parser.add_argument(
-        "--dft", action="store_true",
+        "--dft",
+        action="store_true",
         help="export the STFT with the ONNX DFT operator (export_onnx conv_stft=False)",
     )
     parser.add_argument("--batch", type=int, default=16, help="waveforms per batch")
@@ -112,11 +115,15 @@ def main(argv=None):
 
     torch.set_num_threads(args.threads)
     torch.set_num_interop_threads(1)
-    print(f"CPU: {cpu_model()}; torch {torch.__version__}, onnxruntime "
-          f"{__import__('onnxruntime').__version__}; {args.threads} threads")
-    print(f"batch {args.batch} x {args.seconds:g} s at 16 kHz, {args.warmup} warm-up, "
-          f"{args.blocks} alternating blocks of {args.iters} batches; "
-          f"STFT in the graph: {'ONNX DFT' if args.dft else 'conv1d'}")
+    print(
+        f"CPU: {cpu_model()}; torch {torch.__version__}, onnxruntime "
+        f"{__import__('onnxruntime').__version__}; {args.threads} threads"
+    )
+    print(
+        f"batch {args.batch} x {args.seconds:g} s at 16 kHz, {args.warmup} warm-up, "
+        f"{args.blocks} alternating blocks of {args.iters} batches; "
+        f"STFT in the graph: {'ONNX DFT' if args.dft else 'conv1d'}"
+    )
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         if args.model_dir:
@@ -132,8 +139,10 @@ def main(argv=None):
             onnx_path = export_onnx(
                 model_dir, tmp / f"{label}.onnx", overwrite=True, conv_stft=not args.dft
             )
-            print(f"{label:>8}: exported in {time.perf_counter() - start:.1f} s "
-                  f"({onnx_path.stat().st_size / 1e6:.1f} MB)")
+            print(
+                f"{label:>8}: exported in {time.perf_counter() - start:.1f} s "
+                f"({onnx_path.stat().st_size / 1e6:.1f} MB)"
+            )
             bench(model_dir, onnx_path, args, label)
 
 

@@ -27,6 +27,7 @@ import speechbrain as sb
 import torch
 
 from maskproxy_losses.augment import build_augmenter
+from maskproxy_losses.batch_log import BatchLog
 from maskproxy_losses.hparams import load_recipe_hparams
 from maskproxy_losses.precision import autocast_for, resolve_precision
 from maskproxy_losses.recipe_setup import dataio_prep
@@ -41,15 +42,22 @@ import train_speaker_embeddings as recipe  # noqa: E402
 def measure(args, precision):
     """Alternating recipe / bare blocks at ``precision``; returns the recipe / bare ratio."""
     device = args.device
-    overrides = (f"speakers_per_batch: {args.speakers}\noutput_folder: {args.output_folder}\n"
-                 f"num_workers: {args.num_workers}")
+    overrides = (
+        f"speakers_per_batch: {args.speakers}\noutput_folder: {args.output_folder}\n"
+        f"num_workers: {args.num_workers}"
+    )
     hparams, _ = load_recipe_hparams(args.hparams, overrides)
     hparams["wav_augment"] = build_augmenter(hparams)  # as the recipe (None by default)
+    hparams["batch_log"] = BatchLog(hparams["batch_log"])  # off unless the yaml sets it
     manifests = recipe.prepare_data(hparams)
     train, _, _, sampler, n_speakers = dataio_prep(hparams, manifests)
     hparams["modules"]["loss_fn"] = hparams["loss_fn"](n_classes=n_speakers)
-    brain = recipe.SpeakerBrain(modules=hparams["modules"], opt_class=hparams["opt_class"],
-                                hparams=hparams, run_opts={"device": device, "precision": precision})
+    brain = recipe.SpeakerBrain(
+        modules=hparams["modules"],
+        opt_class=hparams["opt_class"],
+        hparams=hparams,
+        run_opts={"device": device, "precision": precision},
+    )
     brain.on_fit_start()
     brain.modules.train()
     model = brain.modules.embedding_model
@@ -78,9 +86,11 @@ def measure(args, precision):
         brain.fit_batch(batch)
         bare_step(len(batch.id))
     n_total = t_recipe_total = t_bare_total = 0
-    print(f"{hparams['loss_name']}: {args.speakers} speakers x {hparams['utts_per_speaker']} "
-          f"utterances, {hparams['crop_frames']}-frame crops, device={device}, precision={precision},"
-          f" threads={args.threads}, loader workers={args.num_workers}")
+    print(
+        f"{hparams['loss_name']}: {args.speakers} speakers x {hparams['utts_per_speaker']} "
+        f"utterances, {hparams['crop_frames']}-frame crops, device={device}, precision={precision},"
+        f" threads={args.threads}, loader workers={args.num_workers}"
+    )
     for r in range(1, args.rounds + 1):
         sizes = []
         sync()
@@ -97,8 +107,10 @@ def measure(args, precision):
         t_bare = time.perf_counter() - t0
         n_total += sum(sizes)
         t_recipe_total, t_bare_total = t_recipe_total + t_recipe, t_bare_total + t_bare
-        print(f"round {r}: batches of {min(sizes)}-{max(sizes)} utterances, "
-              f"recipe {sum(sizes) / t_recipe:7.1f} utt/s, bare {sum(sizes) / t_bare:7.1f} utt/s")
+        print(
+            f"round {r}: batches of {min(sizes)}-{max(sizes)} utterances, "
+            f"recipe {sum(sizes) / t_recipe:7.1f} utt/s, bare {sum(sizes) / t_bare:7.1f} utt/s"
+        )
     recipe_rate, bare_rate = n_total / t_recipe_total, n_total / t_bare_total
     print(f"bare encoder forward+backward : {bare_rate:7.1f} utt/s")
     print(f"recipe fit_batch (everything) : {recipe_rate:7.1f} utt/s")
@@ -107,8 +119,9 @@ def measure(args, precision):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--hparams", default=str(RECIPE / "hparams" / "mp_balance.yaml"))
     parser.add_argument("--speakers", type=int, default=20, help="speakers per batch")
     parser.add_argument("--steps", type=int, default=10, help="steps per timed block")

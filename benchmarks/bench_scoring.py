@@ -46,16 +46,25 @@ def bench_scoring(rng):
         return scoring.cosine_scores(emb, e, t), emb, e, t
 
     def metrics():
-        return (scoring.compute_eer(scores, labels), scoring.compute_min_dcf(scores, labels, 0.01),
-                scoring.compute_min_dcf(scores, labels, 0.05))
+        return (
+            scoring.compute_eer(scores, labels),
+            scoring.compute_min_dcf(scores, labels, 0.01),
+            scoring.compute_min_dcf(scores, labels, 0.05),
+        )
 
     cos_sec, (scores, emb, e, t) = timed(cosine)
     met_sec, _ = timed(metrics)
-    loop_sec, _ = timed(lambda: [float(table[x] @ table[y] / np.linalg.norm(table[x])
-                                       / np.linalg.norm(table[y])) for x, y in pairs])
-    print(f"{N_TRIALS} trials / {N_FILES} files: cosine scores {cos_sec:.3f} s (per-trial loop "
-          f"baseline {loop_sec:.3f} s, x{loop_sec / cos_sec:.1f}) + EER + 2 x minDCF "
-          f"{met_sec:.3f} s = {cos_sec + met_sec:.3f} s (target < 1 s)")
+    loop_sec, _ = timed(
+        lambda: [
+            float(table[x] @ table[y] / np.linalg.norm(table[x]) / np.linalg.norm(table[y]))
+            for x, y in pairs
+        ]
+    )
+    print(
+        f"{N_TRIALS} trials / {N_FILES} files: cosine scores {cos_sec:.3f} s (per-trial loop "
+        f"baseline {loop_sec:.3f} s, x{loop_sec / cos_sec:.1f}) + EER + 2 x minDCF "
+        f"{met_sec:.3f} s = {cos_sec + met_sec:.3f} s (target < 1 s)"
+    )
 
     cohort = rng.normal(size=(N_COHORT, DIM)).astype(np.float32)
     as_sec, _ = timed(lambda: scoring.score_norm(scores, emb, e, t, cohort, top_n=TOP_N))
@@ -70,9 +79,11 @@ def bench_scoring(rng):
 
     base_sec, _ = timed(lambda: per_trial(100))
     base_sec *= N_TRIALS / 100
-    print(f"AS-norm (top {TOP_N} of {N_COHORT} cohort speakers): {as_sec:.2f} s "
-          f"(target < 10 s); per-trial cohort scoring baseline {base_sec:.1f} s "
-          f"(x{base_sec / as_sec:.0f})")
+    print(
+        f"AS-norm (top {TOP_N} of {N_COHORT} cohort speakers): {as_sec:.2f} s "
+        f"(target < 10 s); per-trial cohort scoring baseline {base_sec:.1f} s "
+        f"(x{base_sec / as_sec:.0f})"
+    )
 
     crops = rng.normal(size=(N_FILES, 10, DIM)).astype(np.float32)
     tc_sec, _ = timed(lambda: scoring.ten_crop_scores(crops, e, t))
@@ -92,15 +103,19 @@ def bench_extraction(n_utts=16, seconds=8.0, batch=8, n_crop=3):
     wavs = torch.rand(n_utts, int(seconds * 16000)) * 0.2 - 0.1
     with torch.no_grad():
         enc.encode_batch(wavs[:2])  # warm-up
-        sec, _ = timed(lambda: [enc.encode_batch(wavs[i : i + batch])
-                                for i in range(0, n_utts, batch)])
+        sec, _ = timed(
+            lambda: [enc.encode_batch(wavs[i : i + batch]) for i in range(0, n_utts, batch)]
+        )
         full = n_utts / sec
-        sec, _ = timed(lambda: [enc.encode_batch(scoring.make_crops(wavs[i], 400, 10))
-                                for i in range(n_crop)])
+        sec, _ = timed(
+            lambda: [enc.encode_batch(scoring.make_crops(wavs[i], 400, 10)) for i in range(n_crop)]
+        )
         crop = n_crop / sec
-    print(f"extraction, ResNetSE34L on CPU ({torch.get_num_threads()} threads), {seconds:g} s "
-          f"utterances: full {full:.1f} utt/s ({full * seconds:.0f}x real time); "
-          f"10 crops x 4 s: {crop:.2f} utt/s")
+    print(
+        f"extraction, ResNetSE34L on CPU ({torch.get_num_threads()} threads), {seconds:g} s "
+        f"utterances: full {full:.1f} utt/s ({full * seconds:.0f}x real time); "
+        f"10 crops x 4 s: {crop:.2f} utt/s"
+    )
 
 
 def main():

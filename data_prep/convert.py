@@ -16,7 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from tqdm import tqdm
 
 from maskproxy_losses.audio import SAMPLE_RATE
-from maskproxy_losses.errors import InputError, MAX_LISTED
+from maskproxy_losses.errors import MAX_LISTED, InputError
 from maskproxy_losses.files import check_writable_dir, remove_stale_temps, temp_path
 
 __all__ = ["FfmpegNotFoundError", "CONVERT_EXTS", "convert_tree", "convert_main"]
@@ -36,8 +36,24 @@ class FfmpegNotFoundError(InputError):
 def _convert_one(ffmpeg, src, dst):
     """Convert one file; return None or an error message."""
     part = temp_path(dst)
-    cmd = [ffmpeg, "-nostdin", "-loglevel", "error", "-y", "-i", src,
-           "-ac", "1", "-ar", str(SAMPLE_RATE), "-acodec", "pcm_s16le", "-f", "wav", part]
+    cmd = [
+        ffmpeg,
+        "-nostdin",
+        "-loglevel",
+        "error",
+        "-y",
+        "-i",
+        src,
+        "-ac",
+        "1",
+        "-ar",
+        str(SAMPLE_RATE),
+        "-acodec",
+        "pcm_s16le",
+        "-f",
+        "wav",
+        part,
+    ]
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0 or not os.path.isfile(part):
         if os.path.exists(part):
@@ -79,9 +95,10 @@ def convert_tree(src_dir, dst_dir, num_workers=2, ffmpeg=None):
             else:
                 jobs.append((src, dst))
     failed = []
-    with ThreadPoolExecutor(max(1, num_workers)) as pool, tqdm(
-        total=len(jobs), desc="converting", unit="file", disable=None
-    ) as bar:
+    with (
+        ThreadPoolExecutor(max(1, num_workers)) as pool,
+        tqdm(total=len(jobs), desc="converting", unit="file", disable=None) as bar,
+    ):
         for err in pool.map(lambda job: _convert_one(exe, *job), jobs):
             if err:
                 failed.append(err)
@@ -108,8 +125,10 @@ def convert_main(argv):
     """The ``convert`` subcommand; returns the exit status (raises ``InputError``)."""
     a = _parser().parse_args(argv)
     result = convert_tree(a.src_dir, a.dst_dir, a.num_workers, a.ffmpeg)
-    print(f"converted {result['converted']}, skipped {result['skipped']} already done, "
-          f"failed {len(result['failed'])}")
+    print(
+        f"converted {result['converted']}, skipped {result['skipped']} already done, "
+        f"failed {len(result['failed'])}"
+    )
     for msg in result["failed"][:MAX_LISTED]:
         print(f"  {msg}", file=sys.stderr)
     return 1 if result["failed"] else 0

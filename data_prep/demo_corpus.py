@@ -66,16 +66,19 @@ IN_PROGRESS = ".corpus_in_progress.json"
 GENERATOR_VERSION = 1
 
 # F1-F4 (Hz) of a reference adult vocal tract.
-VOWELS = np.array([
-    [730, 1090, 2440, 3400],  # a
-    [270, 2290, 3010, 3600],  # i
-    [300, 870, 2240, 3300],   # u
-    [530, 1840, 2480, 3500],  # e
-    [570, 840, 2410, 3300],   # o
-    [660, 1720, 2410, 3400],  # ae
-    [500, 1500, 2500, 3500],  # schwa
-    [390, 1990, 2550, 3600],  # I
-], dtype=float)
+VOWELS = np.array(
+    [
+        [730, 1090, 2440, 3400],  # a
+        [270, 2290, 3010, 3600],  # i
+        [300, 870, 2240, 3300],  # u
+        [530, 1840, 2480, 3500],  # e
+        [570, 840, 2410, 3300],  # o
+        [660, 1720, 2410, 3400],  # ae
+        [500, 1500, 2500, 3500],  # schwa
+        [390, 1990, 2550, 3600],  # I
+    ],
+    dtype=float,
+)
 BANDWIDTHS = np.array([70.0, 90.0, 130.0, 170.0])
 NASAL = np.array([260.0, 1150.0, 2300.0, 3300.0])
 FRICATIVES = [(5800.0, 2600.0, 0.30), (3200.0, 1800.0, 0.30), (5000.0, 5500.0, 0.10)]  # s sh f
@@ -105,8 +108,9 @@ def speaker_traits(rng):
         "shimmer": rng.uniform(0.02, 0.15),
         "rate": rng.uniform(0.75, 1.3),
         "fricative_shift": rng.uniform(0.88, 1.12),
-        "colour": [(rng.uniform(400, 5000), rng.uniform(-12, 12), rng.uniform(0.8, 2.5))
-                   for _ in range(4)],
+        "colour": [
+            (rng.uniform(400, 5000), rng.uniform(-12, 12), rng.uniform(0.8, 2.5)) for _ in range(4)
+        ],
     }
 
 
@@ -115,8 +119,10 @@ def session_channel(rng):
     return {
         "highpass": rng.uniform(50.0, 150.0),
         "lowpass": rng.uniform(5000.0, 7600.0),
-        "eq": [(rng.uniform(250, 5000), rng.uniform(-3, 3), rng.uniform(0.7, 2.0))
-               for _ in range(rng.integers(0, 3))],
+        "eq": [
+            (rng.uniform(250, 5000), rng.uniform(-3, 3), rng.uniform(0.7, 2.0))
+            for _ in range(rng.integers(0, 3))
+        ],
         "rt60": rng.uniform(0.1, 0.35) if rng.random() < 0.25 else 0.0,
         "ir_seed": int(rng.integers(2**31)),
         "snr_db": 5.0 + 25.0 * np.sqrt(rng.random()),  # 5-30 dB, median ~23 dB
@@ -252,8 +258,9 @@ def synth_utterance(traits, rng, duration):
         a, b = max(start - ramp, 0), min(start + length + ramp, n)
         if b - a <= 2 * ramp:
             continue
-        seg, amp = _segment_audio(kind, param, src[a:b], noise[a:b], traits, vowel_sos,
-                                  fric_sos, burst_sos)
+        seg, amp = _segment_audio(
+            kind, param, src[a:b], noise[a:b], traits, vowel_sos, fric_sos, burst_sos
+        )
         window = np.ones(b - a)
         window[:ramp] = fade
         window[-ramp:] = fade[::-1]
@@ -295,11 +302,13 @@ def apply_channel(speech, channel, rng):
         speech /= np.sqrt(np.mean(speech**2)) + 1e-12
     snr = np.clip(channel["snr_db"] + rng.normal(0.0, 2.0), 5.0, 30.0)
     x = speech + _coloured_noise(rng, n, channel["noise_slope"]) * 10.0 ** (-snr / 20.0)
-    sos = np.vstack([
-        signal.butter(2, channel["highpass"], btype="highpass", fs=SR, output="sos"),
-        signal.butter(4, channel["lowpass"], btype="lowpass", fs=SR, output="sos"),
-        *[_peaking(*band) for band in channel["eq"]],
-    ])
+    sos = np.vstack(
+        [
+            signal.butter(2, channel["highpass"], btype="highpass", fs=SR, output="sos"),
+            signal.butter(4, channel["lowpass"], btype="lowpass", fs=SR, output="sos"),
+            *[_peaking(*band) for band in channel["eq"]],
+        ]
+    )
     x = signal.sosfilt(sos, x)
     gain = 10.0 ** ((channel["gain_db"] + rng.normal(0.0, 0.5)) / 20.0)
     x *= gain / (np.sqrt(np.mean(x**2)) + 1e-12)
@@ -350,8 +359,17 @@ def _read_json(path):
         return None
 
 
-def generate_corpus(output_dir, train_speakers=60, test_speakers=20, utterances=20, seed=0,
-                    num_workers=2, min_duration=2.0, max_duration=6.0, n_trials=4000):
+def generate_corpus(
+    output_dir,
+    train_speakers=60,
+    test_speakers=20,
+    utterances=20,
+    seed=0,
+    num_workers=2,
+    min_duration=2.0,
+    max_duration=6.0,
+    n_trials=4000,
+):
     """Write the corpus (see the module docstring); return its paths.
 
     Returns ``{"wav_root", "train_list", "trials"}``. Test speakers do not depend on
@@ -363,12 +381,21 @@ def generate_corpus(output_dir, train_speakers=60, test_speakers=20, utterances=
         raise InputError("need 0.25 <= min_duration <= max_duration (seconds)")
     check_writable_dir(output_dir)
     remove_stale_temps(output_dir)
-    args = {"version": GENERATOR_VERSION, "train_speakers": train_speakers,
-            "test_speakers": test_speakers, "utterances": utterances, "seed": seed,
-            "min_duration": min_duration, "max_duration": max_duration, "n_trials": n_trials}
-    paths = {"wav_root": os.path.join(output_dir, "wav"),
-             "train_list": os.path.join(output_dir, "train_list.txt"),
-             "trials": os.path.join(output_dir, "veri_list.txt")}
+    args = {
+        "version": GENERATOR_VERSION,
+        "train_speakers": train_speakers,
+        "test_speakers": test_speakers,
+        "utterances": utterances,
+        "seed": seed,
+        "min_duration": min_duration,
+        "max_duration": max_duration,
+        "n_trials": n_trials,
+    }
+    paths = {
+        "wav_root": os.path.join(output_dir, "wav"),
+        "train_list": os.path.join(output_dir, "train_list.txt"),
+        "trials": os.path.join(output_dir, "veri_list.txt"),
+    }
     marker, progress = os.path.join(output_dir, MARKER), os.path.join(output_dir, IN_PROGRESS)
     if _read_json(marker) == args:
         return paths
@@ -382,8 +409,10 @@ def generate_corpus(output_dir, train_speakers=60, test_speakers=20, utterances=
     atomic_write_text(progress, json.dumps(args))
 
     groups = [(0, i) for i in range(train_speakers)] + [(1, i) for i in range(test_speakers)]
-    jobs = [(paths["wav_root"], seed, g, i, utterances, min_duration, max_duration, resume)
-            for g, i in groups]
+    jobs = [
+        (paths["wav_root"], seed, g, i, utterances, min_duration, max_duration, resume)
+        for g, i in groups
+    ]
     with tqdm(total=len(jobs), desc="generating speakers", unit="spk", disable=None) as bar:
         if num_workers > 1:
             with multiprocessing.get_context().Pool(num_workers) as pool:
@@ -394,15 +423,24 @@ def generate_corpus(output_dir, train_speakers=60, test_speakers=20, utterances=
                 _generate_speaker(job)
                 bar.update()
 
-    plans = {g: [speaker_plan(seed, g, i, utterances, min_duration, max_duration)
-                 for i in range(count)] for g, count in ((0, train_speakers), (1, test_speakers))}
-    atomic_write_text(paths["train_list"], "".join(
-        f"{p['name']} {rel}\n" for p in plans[0] for rel, _, _ in sorted(p["utts"])))
-    test = [(p["name"], f"{p['name']}/sess{s}", rel)
-            for p in plans[1] for rel, s, _ in sorted(p["utts"])]
+    plans = {
+        g: [speaker_plan(seed, g, i, utterances, min_duration, max_duration) for i in range(count)]
+        for g, count in ((0, train_speakers), (1, test_speakers))
+    }
+    atomic_write_text(
+        paths["train_list"],
+        "".join(f"{p['name']} {rel}\n" for p in plans[0] for rel, _, _ in sorted(p["utts"])),
+    )
+    test = [
+        (p["name"], f"{p['name']}/sess{s}", rel)
+        for p in plans[1]
+        for rel, s, _ in sorted(p["utts"])
+    ]
     labels, i, j = make_trials([t[0] for t in test], [t[1] for t in test], n_trials, _rng(seed, 3))
-    atomic_write_text(paths["trials"], "".join(
-        f"{lab} {test[a][2]} {test[b][2]}\n" for lab, a, b in zip(labels, i, j)))
+    atomic_write_text(
+        paths["trials"],
+        "".join(f"{lab} {test[a][2]} {test[b][2]}\n" for lab, a, b in zip(labels, i, j)),
+    )
     atomic_write_text(marker, json.dumps(args, indent=2))
     os.remove(progress)
     return paths
@@ -424,13 +462,19 @@ def prepare_builtin(data_folder, manifest_folder=None, corpus_seed=0, prep_seed=
     (outputs reused when up to date). Returns ``prepare_voxceleb``'s paths.
     """
     root = os.path.join(data_folder, "wav")
-    lists = {"train_list": os.path.join(data_folder, "train_list.txt"),
-             "trials": os.path.join(data_folder, "veri_list.txt")}
+    lists = {
+        "train_list": os.path.join(data_folder, "train_list.txt"),
+        "trials": os.path.join(data_folder, "veri_list.txt"),
+    }
     if _read_json(os.path.join(data_folder, MARKER)) is None:
         generate_corpus(data_folder, seed=corpus_seed)
-    return prepare_voxceleb(manifest_folder or os.path.join(data_folder, "manifests"),
-                            train_root=root, dev_share=BUILTIN_DEV_PER_SPEAKER, seed=prep_seed,
-                            **lists)
+    return prepare_voxceleb(
+        manifest_folder or os.path.join(data_folder, "manifests"),
+        train_root=root,
+        dev_share=BUILTIN_DEV_PER_SPEAKER,
+        seed=prep_seed,
+        **lists,
+    )
 
 
 def _read_trial_list(trials, root):
@@ -443,8 +487,10 @@ def _read_trial_list(trials, root):
             raise InputError(problems)
         return [(label, a, b) for label, _, _, a, b, _ in rows]
     root = root or ""
-    return [(int(lab), *(os.path.abspath(os.path.join(root, p)) for p in (a, b)))
-            for lab, a, b in trials]
+    return [
+        (int(lab), *(os.path.abspath(os.path.join(root, p)) for p in (a, b)))
+        for lab, a, b in trials
+    ]
 
 
 @functools.lru_cache(maxsize=2)
@@ -513,12 +559,24 @@ def _main(argv):
     p.add_argument("--min-duration", type=float, default=2.0, help="seconds")
     p.add_argument("--max-duration", type=float, default=6.0, help="seconds")
     p.add_argument("--n-trials", type=int, default=4000)
-    p.add_argument("--baseline", action="store_true",
-                   help="print the EER of the mean-log-mel cosine baseline on veri_list.txt")
+    p.add_argument(
+        "--baseline",
+        action="store_true",
+        help="print the EER of the mean-log-mel cosine baseline on veri_list.txt",
+    )
     p.add_argument("--debug", action="store_true", help="show the traceback of an error")
     a = p.parse_args(argv)
-    paths = generate_corpus(a.output_dir, a.train_speakers, a.test_speakers, a.utterances, a.seed,
-                            a.num_workers, a.min_duration, a.max_duration, a.n_trials)
+    paths = generate_corpus(
+        a.output_dir,
+        a.train_speakers,
+        a.test_speakers,
+        a.utterances,
+        a.seed,
+        a.num_workers,
+        a.min_duration,
+        a.max_duration,
+        a.n_trials,
+    )
     print("\n".join(f"{key}: {path}" for key, path in paths.items()))
     if a.baseline:
         eer = baseline_eer(paths["trials"], paths["wav_root"])

@@ -153,9 +153,11 @@ def duplicate_trials(rows, problems):
         prev = first[key]
         pair = f"{a.rel} / {b.rel}"
         if prev[0] == label:
-            warnings.append(f"{a.where}: duplicate trial {pair} (first at {prev[1].where}); "
-                            "kept once")
+            warnings.append(
+                f"{a.where}: duplicate trial {pair} (first at {prev[1].where}); kept once"
+            )
         else:
-            problems.append(f"{a.where}: trial {pair} has label {label} but label {prev[0]} "
-                            f"at {prev[1].where}")
+            problems.append(
+                f"{a.where}: trial {pair} has label {label} but label {prev[0]} at {prev[1].where}"
+            )
     return kept, warnings

@@ -42,8 +42,9 @@ def split_dev(utts, dev_share, seed):
     for spk in sorted(by_spk):
         items = sorted(by_spk[spk], key=lambda u: u.rel)
         if len(items) < 2:
-            logger.warning("speaker %s has %d utterance(s); kept for training only", spk,
-                           len(items))
+            logger.warning(
+                "speaker %s has %d utterance(s); kept for training only", spk, len(items)
+            )
         held = set(rng.permutation(len(items))[: dev_count(len(items), dev_share)].tolist())
         for i, utt in enumerate(items):
             (dev if i in held else train).append(utt)

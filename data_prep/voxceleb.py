@@ -93,8 +93,10 @@ def _drop_spaced(utts, output_dir, problems):
     for u in utts:
         rel = os.path.relpath(u.path, output_dir)
         if manifests.has_whitespace(rel):
-            problems.append(f"{u.where}: {u.path} has whitespace in its path relative to the "
-                            f"output folder ({rel!r}); trial lists cannot hold it: rename it")
+            problems.append(
+                f"{u.where}: {u.path} has whitespace in its path relative to the "
+                f"output folder ({rel!r}); trial lists cannot hold it: rename it"
+            )
         else:
             kept.append(u)
     return kept
@@ -187,8 +189,9 @@ def prepare_voxceleb(
         logger.info("%s is up to date; skipping data preparation", output_dir)
         return outputs
 
-    _check_relative(output_dir, [("train root", train_root)]
-                    + ([("test root", test_root)] if trials else []))
+    _check_relative(
+        output_dir, [("train root", train_root)] + ([("test root", test_root)] if trials else [])
+    )
     trial_rows, warnings = [], []
     if trials:
         trial_rows = lists.read_trial_list(trials, test_root, problems)
@@ -197,12 +200,17 @@ def prepare_voxceleb(
     for warning in warnings:
         logger.warning(warning)
     train = _drop_spaced(lists.drop_duplicates(train, problems), output_dir, problems)
-    usable = {u.path for u in _drop_spaced(
-        list({u.path: u for t in trial_rows for u in t[1:]}.values()), output_dir, problems)}
+    usable = {
+        u.path
+        for u in _drop_spaced(
+            list({u.path: u for t in trial_rows for u in t[1:]}.values()), output_dir, problems
+        )
+    }
     trial_rows = [t for t in trial_rows if t[1].path in usable and t[2].path in usable]
     durations, train, trial_rows = check_audio(train, trial_rows, problems, num_workers)
     test = lists.drop_duplicates(
-        list({u.path: u for t in trial_rows for u in t[1:]}.values()), problems)
+        list({u.path: u for t in trial_rows for u in t[1:]}.values()), problems
+    )
     if len(test) < len({u.path for t in trial_rows for u in t[1:]}):
         kept = {u.path for u in test}
         trial_rows = [t for t in trial_rows if t[1].path in kept and t[2].path in kept]
@@ -237,8 +245,14 @@ def prepare_voxceleb(
         os.remove(done_marker)
     for key, text in texts.items():
         atomic_write_text(outputs[key], text)
-    summary = {"train": len(train), "dev": len(dev), "dev_trials": len(dev_trials),
-               "test": len(test), "trials": len(trial_rows), "skipped_problems": len(problems)}
+    summary = {
+        "train": len(train),
+        "dev": len(dev),
+        "dev_trials": len(dev_trials),
+        "test": len(test),
+        "trials": len(trial_rows),
+        "skipped_problems": len(problems),
+    }
     record = {"options": options, "summary": summary, "warnings": warnings}
     atomic_write_text(done_marker, json.dumps(record, indent=2))
     logger.info("data preparation done: %s", summary)
@@ -264,16 +278,23 @@ def _parser():
         "'error: ...' message (--debug or MASKPROXY_DEBUG=1 for a traceback).",
     )
     p.add_argument("--train-root", required=True, help="folder the training paths are relative to")
-    p.add_argument("--train-list",
-                   help="'spk_id relpath' lines; without it --train-root is scanned")
+    p.add_argument(
+        "--train-list", help="'spk_id relpath' lines; without it --train-root is scanned"
+    )
     p.add_argument("--trials", help="'label relpath1 relpath2' lines (e.g. veri_test2.txt)")
-    p.add_argument("--test-root",
-                   help="folder the trial paths are relative to (default: --train-root)")
+    p.add_argument(
+        "--test-root", help="folder the trial paths are relative to (default: --train-root)"
+    )
     p.add_argument("--output-dir", required=True, help="where the CSVs and lists are written")
-    p.add_argument("--dev-share", type=_share, default=0.05,
-                   help="share (0.05) or per-speaker count (3) of utterances held out as dev")
-    p.add_argument("--n-dev-trials", type=int, default=10000,
-                   help="balanced dev trials (default 10000)")
+    p.add_argument(
+        "--dev-share",
+        type=_share,
+        default=0.05,
+        help="share (0.05) or per-speaker count (3) of utterances held out as dev",
+    )
+    p.add_argument(
+        "--n-dev-trials", type=int, default=10000, help="balanced dev trials (default 10000)"
+    )
     p.add_argument("--seed", type=int, default=1234, help="seed of the dev split and dev trials")
     p.add_argument("--skip-bad", action="store_true", help="drop bad entries instead of failing")
     p.add_argument("--num-workers", type=int, default=2, help="processes reading audio headers")
@@ -288,8 +309,17 @@ def _main(argv):
         return convert_main(argv[1:])
     a = _parser().parse_args(argv)
     out = prepare_voxceleb(
-        a.output_dir, a.train_root, a.test_root, a.train_list, a.trials, a.dev_share,
-        a.n_dev_trials, a.seed, a.skip_bad, a.num_workers, skip_if_done=not a.force,
+        a.output_dir,
+        a.train_root,
+        a.test_root,
+        a.train_list,
+        a.trials,
+        a.dev_share,
+        a.n_dev_trials,
+        a.seed,
+        a.skip_bad,
+        a.num_workers,
+        skip_if_done=not a.force,
     )
     print("\n".join(f"{key}: {path}" for key, path in out.items()))
     return 0

@@ -70,8 +70,10 @@ def probe(path, min_samples=MIN_SAMPLES):
     if info.channels != 1:
         return None, f"{info.channels} channels, expected mono: {path}"
     if info.frames < min_samples:
-        return None, (f"too short to embed: {info.frames} samples, at least {min_samples} "
-                      f"({min_samples / SAMPLE_RATE * 1000:g} ms) needed: {path}")
+        return None, (
+            f"too short to embed: {info.frames} samples, at least {min_samples} "
+            f"({min_samples / SAMPLE_RATE * 1000:g} ms) needed: {path}"
+        )
     return info.frames / info.samplerate, None
 
 

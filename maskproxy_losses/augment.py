@@ -30,9 +30,13 @@ def check_augment_csv(path, key):
         header = next(reader, [])
         missing = [c for c in AUGMENT_CSV_COLUMNS if c not in header]
         if missing:  # SpeechBrain's augmentation CSV reader needs all five
-            raise InputError([f"{path}:1: {key} lacks the column(s) {', '.join(missing)} "
-                             f"(expected {','.join(AUGMENT_CSV_COLUMNS)}, as written by "
-                             "speechbrain.augment.preparation.prepare_csv)"])
+            raise InputError(
+                [
+                    f"{path}:1: {key} lacks the column(s) {', '.join(missing)} "
+                    f"(expected {','.join(AUGMENT_CSV_COLUMNS)}, as written by "
+                    "speechbrain.augment.preparation.prepare_csv)"
+                ]
+            )
         problems, n_rows, wav = [], 0, header.index("wav")
         for lineno, row in enumerate(reader, 2):
             if not row:
@@ -54,16 +58,26 @@ def build_augmenter(hparams):
     rate, augmentations = hparams["sample_rate"], []
     if hparams.get("noise_csv"):
         check_augment_csv(hparams["noise_csv"], "noise_csv")
-        augmentations.append(AddNoise(
-            csv_file=hparams["noise_csv"], snr_low=hparams["snr_low"], snr_high=hparams["snr_high"],
-            noise_sample_rate=rate, clean_sample_rate=rate,
-        ))
+        augmentations.append(
+            AddNoise(
+                csv_file=hparams["noise_csv"],
+                snr_low=hparams["snr_low"],
+                snr_high=hparams["snr_high"],
+                noise_sample_rate=rate,
+                clean_sample_rate=rate,
+            )
+        )
     if hparams.get("rir_csv"):
         check_augment_csv(hparams["rir_csv"], "rir_csv")
-        augmentations.append(AddReverb(csv_file=hparams["rir_csv"], reverb_sample_rate=rate, clean_sample_rate=rate))
+        augmentations.append(
+            AddReverb(csv_file=hparams["rir_csv"], reverb_sample_rate=rate, clean_sample_rate=rate)
+        )
     if not augmentations:
         return None
     return Augmenter(
-        augmentations=augmentations, min_augmentations=1, max_augmentations=len(augmentations),
-        shuffle_augmentations=True, augment_prob=hparams["augment_prob"],
+        augmentations=augmentations,
+        min_augmentations=1,
+        max_augmentations=len(augmentations),
+        shuffle_augmentations=True,
+        augment_prob=hparams["augment_prob"],
     )

@@ -29,8 +29,13 @@ import logging
 import torch
 from speechbrain.utils.checkpoints import ckpt_recency
 
-__all__ = ["AVERAGE_MODES", "average_checkpoints", "select_checkpoints", "keep_kwargs",
-           "load_average"]
+__all__ = [
+    "AVERAGE_MODES",
+    "average_checkpoints",
+    "select_checkpoints",
+    "keep_kwargs",
+    "load_average",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -69,8 +74,9 @@ def select_checkpoints(checkpointer, n, mode="best"):
         raise ValueError(f"average_mode must be one of {AVERAGE_MODES}, got {mode!r}")
     if mode == "best":
         return checkpointer.find_checkpoints(min_key="EER", max_num_checkpoints=n)
-    return checkpointer.find_checkpoints(importance_key=ckpt_recency, max_num_checkpoints=n,
-                                         ckpt_predicate=_end_of_epoch)
+    return checkpointer.find_checkpoints(
+        importance_key=ckpt_recency, max_num_checkpoints=n, ckpt_predicate=_end_of_epoch
+    )
 
 
 def keep_kwargs(hparams):
@@ -91,6 +97,10 @@ def load_average(checkpointer, hparams, key="embedding_model"):
         return None
     module = getattr(hparams, key)
     module.load_state_dict(average_checkpoints([c.paramfiles[key] for c in chosen]))
-    logger.info("%s: the average of %d checkpoint(s): %s", key, len(chosen),
-                ", ".join(c.path.name for c in chosen))
+    logger.info(
+        "%s: the average of %d checkpoint(s): %s",
+        key,
+        len(chosen),
+        ", ".join(c.path.name for c in chosen),
+    )
     return chosen

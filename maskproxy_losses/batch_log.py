@@ -64,6 +64,4 @@ class BatchLog:
     def save_state(self, modules):
         """Save ``{name: state_dict}`` of ``modules`` (DDP wrappers removed) to ``.pt``."""
         if self.path is not None:
-            torch.save({k: unwrap(m).state_dict() for k, m in modules.items()},
-                       self.path + ".pt")
-
+            torch.save({k: unwrap(m).state_dict() for k, m in modules.items()}, self.path + ".pt")

@@ -60,6 +60,7 @@ __all__ = [
     "calibration_metrics",
     "read_scores",
     "load_model_calibration",
+    "calibration_for",
     "main",
 ]
 
@@ -162,7 +163,7 @@ class Calibration:
             raise InputError(f"{path}:{err.lineno}: not valid JSON ({err.msg})") from None
         problems = []
         if not isinstance(data, dict) or data.get("format") != _FORMAT:
-            raise InputError(f"{path}: not a calibration file (no \"format\": \"{_FORMAT}\")")
+            raise InputError(f'{path}: not a calibration file (no "format": "{_FORMAT}")')
         if data.get("version") != _VERSION:
             problems.append(f"{path}: unsupported version {data.get('version')!r}")
         for key in ("scale", "offset", "prior"):
@@ -181,16 +182,34 @@ class Calibration:
             problems.append(f"{path}: 'meta' must be an object")
         if problems:
             raise InputError(problems)
-        return cls(scale=float(data["scale"]), offset=float(data["offset"]),
-                   prior=float(data["prior"]), n_target=data.get("n_target", 0),
-                   n_nontarget=data.get("n_nontarget", 0), source=data.get("source"),
-                   meta=data.get("meta", {}))
+        return cls(
+            scale=float(data["scale"]),
+            offset=float(data["offset"]),
+            prior=float(data["prior"]),
+            n_target=data.get("n_target", 0),
+            n_nontarget=data.get("n_nontarget", 0),
+            source=data.get("source"),
+            meta=data.get("meta", {}),
+        )
 
 
 def load_model_calibration(model_dir):
     """The :class:`Calibration` stored in ``model_dir/calibration.json``, or ``None``."""
     path = os.path.join(model_dir, CALIBRATION_FILE)
     return Calibration.load(path) if os.path.isfile(path) else None
+
+
+def calibration_for(model_dir, score_mode, norm, override=None):
+    """``(calibration, its file)`` for scores of ``score_mode`` / ``norm``: the file
+    ``override`` when given, else the model directory's ``calibration.json`` when the
+    scores are made as it was fitted (full-utterance cosine, no normalisation), else
+    ``(None, None)``."""
+    if override:
+        return Calibration.load(override), str(override)
+    path = os.path.join(model_dir, CALIBRATION_FILE)
+    if (score_mode, norm) != ("cosine", "none") or not os.path.isfile(path):
+        return None, None
+    return Calibration.load(path), path
 
 
 # ----------------------------------------------------------------- fitting
@@ -253,9 +272,14 @@ def fit_calibration(scores, labels, prior=0.5, l2=1e-10, source=None, max_iter=1
         if decrease < 1e-24:
             break
     a_z, b_z = theta
-    return Calibration(scale=float(a_z / std), offset=float(b_z - a_z * mean / std),
-                       prior=prior, n_target=n_tar, n_nontarget=n_non,
-                       source=None if source is None else str(source))
+    return Calibration(
+        scale=float(a_z / std),
+        offset=float(b_z - a_z * mean / std),
+        prior=prior,
+        n_target=n_tar,
+        n_nontarget=n_non,
+        source=None if source is None else str(source),
+    )
 
 
 # ----------------------------------------------------------------- metrics
@@ -388,8 +412,10 @@ def read_scores(path):
             continue
         where = f"{path}:{lineno}"
         if len(fields) not in (2, 4):
-            problems.append(f"{where}: expected 4 fields 'label score enrol test' "
-                            f"(or 2: 'label score'), got {len(fields)}")
+            problems.append(
+                f"{where}: expected 4 fields 'label score enrol test' "
+                f"(or 2: 'label score'), got {len(fields)}"
+            )
             continue
         if fields[0] not in ("0", "1"):
             problems.append(f"{where}: label must be 0 or 1, got {fields[0]!r}")
@@ -410,10 +436,13 @@ def read_scores(path):
     if not labels:
         raise InputError(f"{path}: no scored trials")
     if len(set(labels)) < 2:
-        raise InputError(f"{path}: all {len(labels)} trials have label {labels[0]}; "
-                         "calibration needs both target (1) and non-target (0) trials")
-    return ScoreList(np.asarray(scores, dtype=np.float64), np.asarray(labels, dtype=np.int64),
-                     pairs)
+        raise InputError(
+            f"{path}: all {len(labels)} trials have label {labels[0]}; "
+            "calibration needs both target (1) and non-target (0) trials"
+        )
+    return ScoreList(
+        np.asarray(scores, dtype=np.float64), np.asarray(labels, dtype=np.int64), pairs
+    )
 
 
 # --------------------------------------------------------------------- CLI
@@ -434,24 +463,39 @@ def _parser():
             "Fit a linear score calibration (llr = scale * score + offset, natural-log "
             "likelihood ratio) by prior-weighted logistic regression on a scored trial "
             "list, and store it as JSON. The scores must come from the same model and "
-            "scoring options (score_mode, norm) as the scores it will be applied to."),
+            "scoring options (score_mode, norm) as the scores it will be applied to."
+        ),
         epilog=(
             f"With --model-dir the result goes to DIR/{CALIBRATION_FILE}, the place a "
             "model directory keeps its calibration. Prints the fitted scale and offset, Cllr of "
             "the raw scores (read as LLRs) and of the calibrated ones, and minCllr (the "
-            "best any monotonic calibration reaches). Bad input exits with code 2."))
-    parser.add_argument("scores", metavar="SCORES.txt",
-                        help="lines 'label score enrol test' (or 'label score'); "
-                             "label 1 = target, 0 = non-target (the recipe's scores.txt)")
+            "best any monotonic calibration reaches). Bad input exits with code 2."
+        ),
+    )
+    parser.add_argument(
+        "scores",
+        metavar="SCORES.txt",
+        help="lines 'label score enrol test' (or 'label score'); "
+        "label 1 = target, 0 = non-target (the recipe's scores.txt)",
+    )
     out = parser.add_mutually_exclusive_group(required=True)
-    out.add_argument("--model-dir", metavar="DIR",
-                     help=f"an exported model directory: write DIR/{CALIBRATION_FILE}")
+    out.add_argument(
+        "--model-dir",
+        metavar="DIR",
+        help=f"an exported model directory: write DIR/{CALIBRATION_FILE}",
+    )
     out.add_argument("--output", metavar="FILE.json", help="write the calibration here")
-    parser.add_argument("--prior", type=_prior, default=0.5,
-                        help="target prior weighting the fit (default 0.5, equal weight "
-                             "to the two classes)")
-    parser.add_argument("--debug", action="store_true",
-                        help="show a traceback on bad input instead of one error line")
+    parser.add_argument(
+        "--prior",
+        type=_prior,
+        default=0.5,
+        help="target prior weighting the fit (default 0.5, equal weight to the two classes)",
+    )
+    parser.add_argument(
+        "--debug",
+        action="store_true",
+        help="show a traceback on bad input instead of one error line",
+    )
     return parser
 
 
@@ -468,17 +512,22 @@ def main(argv=None):
         if not os.path.isdir(folder):
             raise InputError(f"{folder}: the folder of --output does not exist")
     data = read_scores(args.scores)
-    cal = fit_calibration(data.scores, data.labels, prior=args.prior,
-                          source=os.path.abspath(args.scores))
+    cal = fit_calibration(
+        data.scores, data.labels, prior=args.prior, source=os.path.abspath(args.scores)
+    )
     cal.save(target)
     before = cllr(data.scores, data.labels)
     after = cllr(cal(data.scores), data.labels)
     print(f"trials: {data.labels.size} ({cal.n_target} target, {cal.n_nontarget} non-target)")
     sign = "-" if cal.offset < 0 else "+"
-    print(f"calibration: llr = {cal.scale:.6g} * score {sign} {abs(cal.offset):.6g} "
-          f"(prior {cal.prior:g})")
-    print(f"Cllr: {before:.4f} raw (scores read as LLRs) -> {after:.4f} calibrated; "
-          f"minCllr {min_cllr(data.scores, data.labels):.4f}")
+    print(
+        f"calibration: llr = {cal.scale:.6g} * score {sign} {abs(cal.offset):.6g} "
+        f"(prior {cal.prior:g})"
+    )
+    print(
+        f"Cllr: {before:.4f} raw (scores read as LLRs) -> {after:.4f} calibrated; "
+        f"minCllr {min_cllr(data.scores, data.labels):.4f}"
+    )
     print(f"written: {target}")
     return cal
 

@@ -36,9 +36,9 @@ PENDING = METAFNAME + ".pending"
 class AtomicCheckpointer(Checkpointer):
     """``speechbrain.utils.checkpoints.Checkpointer`` with an atomic save."""
 
-    def _save_checkpoint_metafile(self, fpath, meta={}, end_of_epoch=True):
+    def _save_checkpoint_metafile(self, fpath, meta=None, end_of_epoch=True):
         return super()._save_checkpoint_metafile(
-            pathlib.Path(fpath).with_name(PENDING), meta, end_of_epoch
+            pathlib.Path(fpath).with_name(PENDING), meta or {}, end_of_epoch
         )
 
     def save_checkpoint(self, *args, **kwargs):

@@ -64,7 +64,7 @@ def load_authors_state_dict(path):
             if key == FRONTEND_PREFIX + "mel_scale.fb" and value.dim() == 2:
                 n_mels = int(value.shape[1])
         elif key.startswith(MODEL_PREFIX):
-            model[key[len(MODEL_PREFIX):]] = value
+            model[key[len(MODEL_PREFIX) :]] = value
         elif not key.startswith(LOSS_PREFIX):
             others.append(key)
     if not model:

@@ -47,7 +47,6 @@ import io
 import os
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -57,15 +56,31 @@ from maskproxy_losses.calibration import bayes_threshold, load_model_calibration
 from maskproxy_losses.embedding import Embedder, EmbeddingCache, cache_folder, model_fingerprint
 from maskproxy_losses.errors import InputError, run_cli
 from maskproxy_losses.files import (
-    atomic_write_bytes, atomic_write_text, check_writable_dir, text_lines,
+    atomic_write_bytes,
+    atomic_write_text,
+    check_writable_dir,
+    text_lines,
 )
 from maskproxy_losses.model_dir import load_encoder
 from maskproxy_losses.scoring import cosine_scores, l2_normalize
 
 __all__ = [
-    "DEFAULT_CACHE_DIR", "SPEAKERS_FORMAT", "Model", "PairResult", "load_model", "cache_folder",
-    "embed_files", "verify_pair", "read_wav_list", "scan_dir", "read_speaker_list",
-    "enrol_speakers", "save_speakers", "load_speakers", "top_speakers", "main",
+    "DEFAULT_CACHE_DIR",
+    "SPEAKERS_FORMAT",
+    "Model",
+    "PairResult",
+    "load_model",
+    "cache_folder",
+    "embed_files",
+    "verify_pair",
+    "read_wav_list",
+    "scan_dir",
+    "read_speaker_list",
+    "enrol_speakers",
+    "save_speakers",
+    "load_speakers",
+    "top_speakers",
+    "main",
 ]
 
 DEFAULT_CACHE_DIR = "results/embedding_cache"  # the verification recipe's default cache_dir
@@ -119,8 +134,17 @@ class _MemoryCache:
         pass
 
 
-def embed_files(model_dir, paths, device="cpu", trust=False, cache_dir=None,
-                batch_seconds=200.0, max_seconds=300.0, wheres=None, stats=None):
+def embed_files(
+    model_dir,
+    paths,
+    device="cpu",
+    trust=False,
+    cache_dir=None,
+    batch_seconds=200.0,
+    max_seconds=300.0,
+    wheres=None,
+    stats=None,
+):
     """Embeddings ``[N, D]`` (float32) of the audio files ``paths``, in order.
 
     ``model_dir`` is a model directory or a :class:`Model` from :func:`load_model`. Every
@@ -158,8 +182,12 @@ def embed_files(model_dir, paths, device="cpu", trust=False, cache_dir=None,
     emb, (hits, computed) = embedder(unique, samples, where_of, desc="embedding")
     row = {p: i for i, p in enumerate(unique)}
     if stats is not None:
-        stats.update(hits=hits, computed=computed, fingerprint=model.fingerprint,
-                     cache=None if cache.folder is None else str(cache.folder))
+        stats.update(
+            hits=hits,
+            computed=computed,
+            fingerprint=model.fingerprint,
+            cache=None if cache.folder is None else str(cache.folder),
+        )
     return emb[[row[p] for p in paths]].astype(np.float32)
 
 
@@ -218,8 +246,10 @@ def read_wav_list(list_file):
     """``[(path as given, path to open, "list:line")]``: one path per line, relative to
     the list's folder; blank lines and ``#`` comments skipped."""
     base = os.path.dirname(str(list_file))
-    out = [(t, os.path.join(base, t), f"{list_file}:{i}")
-           for i, t in _read_lines(list_file, "wav list")]
+    out = [
+        (t, os.path.join(base, t), f"{list_file}:{i}")
+        for i, t in _read_lines(list_file, "wav list")
+    ]
     if not out:
         raise InputError(f"{list_file}: the wav list names no files")
     return out
@@ -281,9 +311,15 @@ def enrol_speakers(emb, speaker_ids):
 def save_speakers(path, ids, models, counts, fingerprint):
     """Write a speakers file (npz) atomically."""
     buf = io.BytesIO()
-    np.savez(buf, format=np.array(SPEAKERS_FORMAT), version=np.array(_SPEAKERS_VERSION),
-             speaker_ids=np.array(ids, dtype=str), models=np.asarray(models, np.float32),
-             counts=np.asarray(counts, np.int64), model_fingerprint=np.array(fingerprint))
+    np.savez(
+        buf,
+        format=np.array(SPEAKERS_FORMAT),
+        version=np.array(_SPEAKERS_VERSION),
+        speaker_ids=np.array(ids, dtype=str),
+        models=np.asarray(models, np.float32),
+        counts=np.asarray(counts, np.int64),
+        model_fingerprint=np.array(fingerprint),
+    )
     atomic_write_bytes(path, buf.getvalue())
 
 
@@ -307,9 +343,11 @@ def load_speakers(path, fingerprint=None):
     if models.ndim != 2 or len(ids) != models.shape[0] or len(ids) != counts.shape[0] or not ids:
         raise InputError(f"{path}: damaged speakers file (ids, models and counts disagree)")
     if fingerprint is not None and str(data["model_fingerprint"]) != fingerprint:
-        raise InputError(f"{path}: enrolled with another model (fingerprint "
-                         f"{str(data['model_fingerprint'])[:16]}, this model {fingerprint[:16]}); "
-                         "run enrol again with this model directory")
+        raise InputError(
+            f"{path}: enrolled with another model (fingerprint "
+            f"{str(data['model_fingerprint'])[:16]}, this model {fingerprint[:16]}); "
+            "run enrol again with this model directory"
+        )
     return ids, models.astype(np.float32), counts
 
 
@@ -347,32 +385,58 @@ def _probability(text):
 
 
 def _common(parser, inputs):
-    parser.add_argument("model_dir", metavar="MODEL_DIR",
-                        help="a model directory (hyperparams.yaml + embedding_model.ckpt) written "
-                             "by the export, the converter or the training recipe")
+    parser.add_argument(
+        "model_dir",
+        metavar="MODEL_DIR",
+        help="a model directory (hyperparams.yaml + embedding_model.ckpt) written "
+        "by the export, the converter or the training recipe",
+    )
     if inputs:
         group = parser.add_mutually_exclusive_group()
-        group.add_argument("--wav-list", metavar="FILE",
-                           help="one audio path per line, relative to the list's folder "
-                                "(blank lines and # comments skipped)")
-        group.add_argument("--dir", metavar="DIR",
-                           help="every .wav / .flac under DIR (recursive, sorted)")
-    parser.add_argument("--cache-dir", default=DEFAULT_CACHE_DIR, metavar="D",
-                        help="embedding cache, shared with the verification recipe "
-                             f"(default {DEFAULT_CACHE_DIR})")
+        group.add_argument(
+            "--wav-list",
+            metavar="FILE",
+            help="one audio path per line, relative to the list's folder "
+            "(blank lines and # comments skipped)",
+        )
+        group.add_argument(
+            "--dir", metavar="DIR", help="every .wav / .flac under DIR (recursive, sorted)"
+        )
+    parser.add_argument(
+        "--cache-dir",
+        default=DEFAULT_CACHE_DIR,
+        metavar="D",
+        help=f"embedding cache, shared with the verification recipe (default {DEFAULT_CACHE_DIR})",
+    )
     parser.add_argument("--no-cache", action="store_true", help="neither read nor write the cache")
-    parser.add_argument("--batch-seconds", type=_number, default=200.0, metavar="S",
-                        help="padded audio per batch, a memory bound (default 200; 0 = one "
-                             "file per batch, no padding)")
-    parser.add_argument("--max-seconds", type=_number, default=300.0, metavar="S",
-                        help="longer files are embedded as the mean of chunks of at most S "
-                             "seconds (bounded memory; default 300)")
+    parser.add_argument(
+        "--batch-seconds",
+        type=_number,
+        default=200.0,
+        metavar="S",
+        help="padded audio per batch, a memory bound (default 200; 0 = one "
+        "file per batch, no padding)",
+    )
+    parser.add_argument(
+        "--max-seconds",
+        type=_number,
+        default=300.0,
+        metavar="S",
+        help="longer files are embedded as the mean of chunks of at most S "
+        "seconds (bounded memory; default 300)",
+    )
     parser.add_argument("--device", default="cpu", help="torch device (default cpu)")
-    parser.add_argument("--trust-model-dir", action="store_true",
-                        help="load a hyperparams.yaml that names code the export never writes "
-                             "(only for a directory whose author you trust)")
-    parser.add_argument("--debug", action="store_true",
-                        help="show a traceback on bad input instead of one error line")
+    parser.add_argument(
+        "--trust-model-dir",
+        action="store_true",
+        help="load a hyperparams.yaml that names code the export never writes "
+        "(only for a directory whose author you trust)",
+    )
+    parser.add_argument(
+        "--debug",
+        action="store_true",
+        help="show a traceback on bad input instead of one error line",
+    )
 
 
 def _parser():
@@ -380,47 +444,69 @@ def _parser():
         prog="python -m maskproxy_losses.embed",
         description="Speaker embeddings, enrolment and identification with a model directory.",
         epilog="'embed' is the default: 'python -m maskproxy_losses.embed MODEL_DIR --wav-list "
-               "FILE --output OUT.npz' works as is. Bad input exits with code 2 and one "
-               "'error:' line naming the file (list:line for list entries).")
+        "FILE --output OUT.npz' works as is. Bad input exits with code 2 and one "
+        "'error:' line naming the file (list:line for list entries).",
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     subs = {}
     p = subs["embed"] = sub.add_parser(
-        "embed", help="embed audio files into an .npz (paths, embeddings)",
+        "embed",
+        help="embed audio files into an .npz (paths, embeddings)",
         description="Embed audio files (16 kHz mono) into OUT.npz holding 'paths' (as given) "
-                    "and 'embeddings' [N, D] float32. Every file is checked before anything "
-                    "is embedded; embeddings are cached like the verification recipe's.")
+        "and 'embeddings' [N, D] float32. Every file is checked before anything "
+        "is embedded; embeddings are cached like the verification recipe's.",
+    )
     _common(p, inputs=True)
     p.add_argument("--output", required=True, metavar="OUT.npz", help="the .npz to write")
     p = subs["enrol"] = subs["enroll"] = sub.add_parser(
-        "enrol", aliases=["enroll"], help="build speaker models from enrolment utterances",
+        "enrol",
+        aliases=["enroll"],
+        help="build speaker models from enrolment utterances",
         description="Read 'speaker_id wav_path' lines (several per speaker; paths relative to "
-                    "the file's folder) and store one model per speaker: the mean of its "
-                    "length-normalised utterance embeddings. SPEAKERS.npz holds speaker_ids, "
-                    "models [S, D], counts and the model's fingerprint (identify refuses a "
-                    "speakers file enrolled with another model).")
+        "the file's folder) and store one model per speaker: the mean of its "
+        "length-normalised utterance embeddings. SPEAKERS.npz holds speaker_ids, "
+        "models [S, D], counts and the model's fingerprint (identify refuses a "
+        "speakers file enrolled with another model).",
+    )
     _common(p, inputs=False)
-    p.add_argument("--speakers", required=True, metavar="FILE",
-                   help="lines 'speaker_id wav_path'")
+    p.add_argument("--speakers", required=True, metavar="FILE", help="lines 'speaker_id wav_path'")
     p.add_argument("--output", required=True, metavar="SPEAKERS.npz", help="the .npz to write")
     p = subs["identify"] = sub.add_parser(
-        "identify", help="rank enrolled speakers for each audio file",
+        "identify",
+        help="rank enrolled speakers for each audio file",
         description="Score each audio file against every enrolled speaker model (cosine) and "
-                    "report the top-k. When MODEL_DIR has calibration.json the calibrated LLR "
-                    "(llr = scale * score + offset) and the accept / reject decision at the "
-                    "Bayes threshold of --p-target are reported too. The calibration was fitted "
-                    "on single-utterance trials; scores against a model averaged over several "
-                    "utterances may be distributed differently, so read the LLRs as "
-                    "approximate.")
+        "report the top-k. When MODEL_DIR has calibration.json the calibrated LLR "
+        "(llr = scale * score + offset) and the accept / reject decision at the "
+        "Bayes threshold of --p-target are reported too. The calibration was fitted "
+        "on single-utterance trials; scores against a model averaged over several "
+        "utterances may be distributed differently, so read the LLRs as "
+        "approximate.",
+    )
     _common(p, inputs=True)
     p.add_argument("wavs", nargs="*", metavar="WAV", help="audio files (or --wav-list / --dir)")
-    p.add_argument("--speakers", required=True, metavar="SPEAKERS.npz",
-                   help="the output of 'enrol' with the same model")
-    p.add_argument("--top-k", type=_positive_int, default=5, metavar="K",
-                   help="speakers reported per file (default 5)")
-    p.add_argument("--p-target", type=_probability, default=0.01, metavar="P",
-                   help="target prior of the accept decision (default 0.01)")
-    p.add_argument("--output", metavar="OUT.tsv",
-                   help="write the table here (default: print it to stdout)")
+    p.add_argument(
+        "--speakers",
+        required=True,
+        metavar="SPEAKERS.npz",
+        help="the output of 'enrol' with the same model",
+    )
+    p.add_argument(
+        "--top-k",
+        type=_positive_int,
+        default=5,
+        metavar="K",
+        help="speakers reported per file (default 5)",
+    )
+    p.add_argument(
+        "--p-target",
+        type=_probability,
+        default=0.01,
+        metavar="P",
+        help="target prior of the accept decision (default 0.01)",
+    )
+    p.add_argument(
+        "--output", metavar="OUT.tsv", help="write the table here (default: print it to stdout)"
+    )
     return parser, subs
 
 
@@ -444,22 +530,32 @@ def _inputs(args):
         return scan_dir(args.dir)
     if wavs:
         return [(w, w, f"argument {i}") for i, w in enumerate(wavs, 1)]
-    raise InputError("no audio given: use --wav-list FILE or --dir DIR"
-                     + (" or WAV arguments" if args.command == "identify" else ""))
+    raise InputError(
+        "no audio given: use --wav-list FILE or --dir DIR"
+        + (" or WAV arguments" if args.command == "identify" else "")
+    )
 
 
 def _embed_entries(args, model, entries):
     stats = {}
-    emb = embed_files(model, [e[1] for e in entries], cache_dir=None if args.no_cache else
-                      args.cache_dir, batch_seconds=args.batch_seconds,
-                      max_seconds=args.max_seconds, wheres=[e[2] for e in entries], stats=stats)
+    emb = embed_files(
+        model,
+        [e[1] for e in entries],
+        cache_dir=None if args.no_cache else args.cache_dir,
+        batch_seconds=args.batch_seconds,
+        max_seconds=args.max_seconds,
+        wheres=[e[2] for e in entries],
+        stats=stats,
+    )
     return emb, stats
 
 
 def _summary(what, emb, stats, t0):
     where = f" ({stats['cache']})" if stats["cache"] else " (no cache)"
-    return (f"{what}: {emb.shape[0]} files, {emb.shape[1]} dims; embeddings {stats['hits']} "
-            f"from cache, {stats['computed']} computed{where}; {time.time() - t0:.1f} s")
+    return (
+        f"{what}: {emb.shape[0]} files, {emb.shape[1]} dims; embeddings {stats['hits']} "
+        f"from cache, {stats['computed']} computed{where}; {time.time() - t0:.1f} s"
+    )
 
 
 def _run_embed(args, t0):
@@ -468,8 +564,12 @@ def _run_embed(args, t0):
     model = load_model(args.model_dir, args.device, args.trust_model_dir)
     emb, stats = _embed_entries(args, model, entries)
     buf = io.BytesIO()
-    np.savez(buf, paths=np.array([e[0] for e in entries], dtype=str), embeddings=emb,
-             model_fingerprint=np.array(model.fingerprint))
+    np.savez(
+        buf,
+        paths=np.array([e[0] for e in entries], dtype=str),
+        embeddings=emb,
+        model_fingerprint=np.array(model.fingerprint),
+    )
     atomic_write_bytes(args.output, buf.getvalue())
     print(_summary("embedded", emb, stats, t0))
     print(f"written: {args.output}")
@@ -484,8 +584,10 @@ def _run_enrol(args, t0):
     ids, models, counts = enrol_speakers(emb, [r[0] for r in rows])
     save_speakers(args.output, ids, models, counts, model.fingerprint)
     print(_summary("enrolment utterances", emb, stats, t0))
-    print(f"enrolled {len(ids)} speakers ({int(counts.min())} to {int(counts.max())} "
-          f"utterances each); written: {args.output}")
+    print(
+        f"enrolled {len(ids)} speakers ({int(counts.min())} to {int(counts.max())} "
+        f"utterances each); written: {args.output}"
+    )
     return ids, models, counts
 
 
@@ -514,8 +616,10 @@ def _run_identify(args, t0):
     table = "\n".join(lines) + "\n"
     notes = [_summary("identified", emb, stats, t0) + f"; {len(ids)} enrolled speakers, top {k}"]
     if calibration is not None:
-        notes.append(f"calibrated with {os.path.join(args.model_dir, 'calibration.json')}: "
-                     f"accept when llr >= {threshold:.4f} (p_target {args.p_target:g})")
+        notes.append(
+            f"calibrated with {os.path.join(args.model_dir, 'calibration.json')}: "
+            f"accept when llr >= {threshold:.4f} (p_target {args.p_target:g})"
+        )
     if args.output:
         atomic_write_text(args.output, table)
         print("\n".join(notes + [f"written: {args.output}"]))
@@ -546,8 +650,11 @@ def _warn_calibration(calibration, model_dir):
         return
     mode, norm = calibration.meta.get("score_mode"), calibration.meta.get("norm")
     if mode not in (None, "cosine") or norm not in (None, "none"):
-        print(f"warning: {model_dir}/calibration.json was fitted on score_mode={mode}, "
-              f"norm={norm}; these are full-utterance cosine scores", file=sys.stderr)
+        print(
+            f"warning: {model_dir}/calibration.json was fitted on score_mode={mode}, "
+            f"norm={norm}; these are full-utterance cosine scores",
+            file=sys.stderr,
+        )
 
 
 COMMANDS = ("embed", "enrol", "enroll", "identify")

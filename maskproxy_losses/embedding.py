@@ -44,7 +44,8 @@ def model_fingerprint(model_dir):
     """sha256 over the names and contents of the model dir's yaml and checkpoint files."""
     h = hashlib.sha256()
     files = sorted(
-        p for p in Path(model_dir).iterdir()
+        p
+        for p in Path(model_dir).iterdir()
         if p.is_file() and p.suffix in (".yaml", ".ckpt", ".pt", ".pth", ".txt")
     )
     for p in files:
@@ -128,8 +129,10 @@ class Embedder:
         n_chunks = math.ceil(wav.shape[0] / self.max_len)
         chunks = list(torch.tensor_split(wav, n_chunks))
         per_batch = max(1, self.budget // chunks[0].shape[0])
-        embs = [self._encode(*pad_batch(chunks[i : i + per_batch]))
-                for i in range(0, n_chunks, per_batch)]
+        embs = [
+            self._encode(*pad_batch(chunks[i : i + per_batch]))
+            for i in range(0, n_chunks, per_batch)
+        ]
         return np.concatenate(embs).mean(axis=0)
 
     def _batches(self, paths, lengths):
@@ -183,8 +186,13 @@ class Embedder:
         keys = [file_key(p) for p in paths]
         todo = [i for i, k in enumerate(keys) if self.cache.get(k) is None]
         hits = len(paths) - len(todo)
-        logger.info("%s: %d of %d files from the embedding cache, %d to compute",
-                    desc, hits, len(paths), len(todo))
+        logger.info(
+            "%s: %d of %d files from the embedding cache, %d to compute",
+            desc,
+            hits,
+            len(paths),
+            len(todo),
+        )
         todo_paths = [paths[i] for i in todo]
         key_of = {paths[i]: keys[i] for i in todo}
         done = 0

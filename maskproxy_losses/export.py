@@ -44,34 +44,36 @@ def render_hparams(embedding_model, frontend="fbank", n_mels=40):
     model = unwrap(embedding_model)
     kwargs = getattr(model, "init_kwargs", None)
     if not isinstance(kwargs, dict):
-        raise TypeError(
-            f"{type(model).__name__} has no `init_kwargs` dict to rebuild it from"
-        )
+        raise TypeError(f"{type(model).__name__} has no `init_kwargs` dict to rebuild it from")
     if kwargs.get("n_mels", n_mels) != n_mels:
         raise ValueError(f"model expects {kwargs['n_mels']} mels, the front end gives {n_mels}")
     (feat_path, feat_kwargs), (norm_path, norm_kwargs) = frontend_spec(frontend, n_mels)
     cls = type(model)
-    return "\n\n".join(
-        [
-            "# SpeechBrain inference hyperparameters, written by "
-            f"maskproxy_losses.export (front end: {frontend})",
-            f"sample_rate: 16000\nn_mels: {int(n_mels)}",
-            _new("compute_features", feat_path, feat_kwargs),
-            _new("mean_var_norm", norm_path, norm_kwargs),
-            _new("embedding_model", f"{cls.__module__}.{cls.__qualname__}", kwargs),
-            "modules:\n"
-            "    compute_features: !ref <compute_features>\n"
-            "    mean_var_norm: !ref <mean_var_norm>\n"
-            "    embedding_model: !ref <embedding_model>",
-            "pretrainer: !new:speechbrain.utils.parameter_transfer.Pretrainer\n"
-            "    loadables:\n"
-            "        embedding_model: !ref <embedding_model>",
-        ]
-    ) + "\n"
+    return (
+        "\n\n".join(
+            [
+                "# SpeechBrain inference hyperparameters, written by "
+                f"maskproxy_losses.export (front end: {frontend})",
+                f"sample_rate: 16000\nn_mels: {int(n_mels)}",
+                _new("compute_features", feat_path, feat_kwargs),
+                _new("mean_var_norm", norm_path, norm_kwargs),
+                _new("embedding_model", f"{cls.__module__}.{cls.__qualname__}", kwargs),
+                "modules:\n"
+                "    compute_features: !ref <compute_features>\n"
+                "    mean_var_norm: !ref <mean_var_norm>\n"
+                "    embedding_model: !ref <embedding_model>",
+                "pretrainer: !new:speechbrain.utils.parameter_transfer.Pretrainer\n"
+                "    loadables:\n"
+                "        embedding_model: !ref <embedding_model>",
+            ]
+        )
+        + "\n"
+    )
 
 
-def export_model(output_dir, embedding_model, frontend="fbank", n_mels=40, overwrite=False,
-                 extra_files=None):
+def export_model(
+    output_dir, embedding_model, frontend="fbank", n_mels=40, overwrite=False, extra_files=None
+):
     """Write ``embedding_model`` (+ front end preset) as a SpeechBrain inference dir.
 
     Arguments

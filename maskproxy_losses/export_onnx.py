@@ -47,8 +47,8 @@ from torch import nn
 
 from maskproxy_losses.audio import MIN_SAMPLES, SAMPLE_RATE
 from maskproxy_losses.errors import InputError, run_cli
-from maskproxy_losses.model_dir import MODULE_KEYS, load_modules
 from maskproxy_losses.files import remove_stale_temps, temp_path
+from maskproxy_losses.model_dir import MODULE_KEYS, load_modules
 
 __all__ = [
     "export_onnx",
@@ -202,7 +202,7 @@ class ConvSTFT(nn.Module):
         self.pad_mode, self.power = pad_mode, power
         win = torch.zeros(self.n_fft, dtype=torch.float64)
         left = (self.n_fft - len(window)) // 2  # torch.stft centres a shorter window
-        win[left:left + len(window)] = window.detach().to(torch.float64).cpu()
+        win[left : left + len(window)] = window.detach().to(torch.float64).cpu()
         k = torch.arange(self.n_fft // 2 + 1, dtype=torch.float64)[:, None]
         angle = 2 * torch.pi * k * torch.arange(self.n_fft, dtype=torch.float64)[None] / self.n_fft
         basis = torch.cat([torch.cos(angle) * win, -torch.sin(angle) * win])
@@ -233,12 +233,24 @@ def _swap_stft(compute_features):
     swaps = {}
     for name, module in features.named_modules():
         if isinstance(module, STFT) and module.onesided and not module.normalized_stft:
-            swaps[name] = ConvSTFT(module.n_fft, module.hop_length, module.window,
-                                   module.center, module.pad_mode)
-        elif (isinstance(module, torchaudio.transforms.Spectrogram) and module.power == 2
-              and module.onesided and not module.normalized and module.pad == 0):
-            swaps[name] = ConvSTFT(module.n_fft, module.hop_length, module.window,
-                                   module.center, module.pad_mode, power=True)
+            swaps[name] = ConvSTFT(
+                module.n_fft, module.hop_length, module.window, module.center, module.pad_mode
+            )
+        elif (
+            isinstance(module, torchaudio.transforms.Spectrogram)
+            and module.power == 2
+            and module.onesided
+            and not module.normalized
+            and module.pad == 0
+        ):
+            swaps[name] = ConvSTFT(
+                module.n_fft,
+                module.hop_length,
+                module.window,
+                module.center,
+                module.pad_mode,
+                power=True,
+            )
     for name, new in swaps.items():
         if not name:
             return new
@@ -279,7 +291,13 @@ def _check_output_path(out, overwrite):
 
 
 def export_onnx(
-    model_dir, out_path, opset=None, overwrite=False, tolerance=1e-4, seed=0, conv_stft=True,
+    model_dir,
+    out_path,
+    opset=None,
+    overwrite=False,
+    tolerance=1e-4,
+    seed=0,
+    conv_stft=True,
     trust=False,
 ):
     """Export model directory ``model_dir`` to the ONNX file ``out_path``.
@@ -352,9 +370,10 @@ def export_onnx(
                 )
         except Exception as err:  # unsupported operator, bad opset, ...
             detail = str(err).strip().splitlines()[0] if str(err).strip() else ""
-            raise InputError(f"{model_dir}: the ONNX exporter failed ({type(err).__name__}: "
-                             f"{detail}); try another --opset, or --debug for the traceback"
-                             ) from err
+            raise InputError(
+                f"{model_dir}: the ONNX exporter failed ({type(err).__name__}: "
+                f"{detail}); try another --opset, or --debug for the traceback"
+            ) from err
         onnx.checker.check_model(str(tmp))
         got = OnnxEmbedder(tmp)(check.numpy())
         _, err = relative_error(got, embedder.reference(check).numpy())
@@ -389,19 +408,23 @@ def main(argv=None):
     )
     parser.add_argument("model_dir", metavar="MODEL_DIR", help="the model directory")
     parser.add_argument("output", metavar="OUT.onnx", help="the ONNX file to write")
-    parser.add_argument(
-        "--overwrite", action="store_true", help="replace OUT.onnx if it exists"
-    )
+    parser.add_argument("--overwrite", action="store_true", help="replace OUT.onnx if it exists")
     parser.add_argument(
         "--opset", type=int, default=None, help="ONNX opset version (default: the exporter's)"
     )
     parser.add_argument(
-        "--trust-model-dir", action="store_true",
+        "--trust-model-dir",
+        action="store_true",
         help="load a hyperparams.yaml that names code the project's export never writes",
     )
     args = parser.parse_args(argv)
-    out = export_onnx(args.model_dir, args.output, opset=args.opset, overwrite=args.overwrite,
-                      trust=args.trust_model_dir)
+    out = export_onnx(
+        args.model_dir,
+        args.output,
+        opset=args.opset,
+        overwrite=args.overwrite,
+        trust=args.trust_model_dir,
+    )
     print(f"wrote {out}")
     return 0
 

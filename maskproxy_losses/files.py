@@ -119,8 +119,9 @@ def check_writable_dir(folder, what="output folder"):
         base = os.path.dirname(base)
     if not os.path.isdir(base):
         if base == folder:
-            raise InputError(f"{folder}: the {what} is an existing file, not a folder; "
-                             "pass the path of a folder")
+            raise InputError(
+                f"{folder}: the {what} is an existing file, not a folder; pass the path of a folder"
+            )
         raise InputError(f"{folder}: cannot create the {what}: {base} is a file, not a folder")
     if base != folder:
         if not os.access(base, os.W_OK | os.X_OK):
@@ -131,8 +132,10 @@ def check_writable_dir(folder, what="output folder"):
         os.close(os.open(test, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
         os.remove(test)
     except OSError as err:
-        raise InputError(f"{folder}: the {what} is not writable ({err.strerror}); "
-                         "choose another folder or fix its permissions") from err
+        raise InputError(
+            f"{folder}: the {what} is not writable ({err.strerror}); "
+            "choose another folder or fix its permissions"
+        ) from err
 
 
 def text_lines(path):
@@ -155,7 +158,13 @@ def text_lines(path):
                 text = raw.decode("utf-8")
             except UnicodeDecodeError as err:
                 byte = f"0x{raw[err.start]:02x}"
-                yield lineno, None, (f"{path}:{lineno}: not UTF-8 text (byte {byte} at column "
-                                     f"{err.start + 1}); save the list as UTF-8")
+                yield (
+                    lineno,
+                    None,
+                    (
+                        f"{path}:{lineno}: not UTF-8 text (byte {byte} at column "
+                        f"{err.start + 1}); save the list as UTF-8"
+                    ),
+                )
                 continue
             yield lineno, text.lstrip("\ufeff") if lineno == 1 else text, None

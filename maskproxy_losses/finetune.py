@@ -51,8 +51,10 @@ def resolve_pretrained(path):
         return root / "model" / CKPT_FILE, loss_file
     if best is not None and "embedding_model" in best.paramfiles:
         return best.paramfiles["embedding_model"], loss_file
-    raise InputError(f"{path}: pretrained is neither a model directory ({CKPT_FILE}) nor a "
-                     "training output folder (model/ or save/CKPT+* with a dev EER)")
+    raise InputError(
+        f"{path}: pretrained is neither a model directory ({CKPT_FILE}) nor a "
+        "training output folder (model/ or save/CKPT+* with a dev EER)"
+    )
 
 
 def _compatible(module, state):
@@ -69,8 +71,10 @@ def load_pretrained(path, embedding_model, loss_fn=None):
     try:
         embedding_model.load_state_dict(state, strict=True)
     except RuntimeError as err:
-        raise InputError(f"{encoder_file}: does not fit this recipe's embedding model "
-                         f"({str(err).splitlines()[0]})") from None
+        raise InputError(
+            f"{encoder_file}: does not fit this recipe's embedding model "
+            f"({str(err).splitlines()[0]})"
+        ) from None
     logger.info("pretrained: encoder weights from %s", encoder_file)
     if loss_fn is None:
         return encoder_file, None
@@ -79,8 +83,11 @@ def load_pretrained(path, embedding_model, loss_fn=None):
         return encoder_file, None
     loss_state = torch.load(loss_file, map_location="cpu", weights_only=True)
     if not _compatible(loss_fn, loss_state):
-        logger.warning("pretrained: %s does not match this loss (another loss or number of "
-                       "classes); the loss starts fresh", loss_file)
+        logger.warning(
+            "pretrained: %s does not match this loss (another loss or number of "
+            "classes); the loss starts fresh",
+            loss_file,
+        )
         return encoder_file, None
     loss_fn.load_state_dict(loss_state)
     logger.info("pretrained: loss parameters from %s", loss_file)

@@ -89,7 +89,7 @@ class InstanceNorm(nn.Module):
             else:
                 valid = torch.round(lengths.to(feats.device, torch.float32) * n_frames)
                 valid = valid.clamp(1, n_frames)
-            mask = (torch.arange(n_frames, device=feats.device)[None, :] < valid[:, None])
+            mask = torch.arange(n_frames, device=feats.device)[None, :] < valid[:, None]
             mask = mask.unsqueeze(-1)
             count = valid.view(-1, 1, 1).to(feats.dtype)
             mean = feats.masked_fill(~mask, 0.0).sum(dim=1, keepdim=True) / count

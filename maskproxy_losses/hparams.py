@@ -59,10 +59,11 @@ def check_override_keys(keys, valid, source):
     """Raise ``InputError`` naming each key of ``keys`` that is not in ``valid``, with the
     closest valid keys.
 
-    >>> check_override_keys(["speakers_per_bach"], ["speakers_per_batch", "seed"], "mp.yaml")
-    Traceback (most recent call last):
-    ...
-    maskproxy_losses.errors.InputError: mp.yaml: no key speakers_per_bach (overridden with --speakers_per_bach); did you mean --speakers_per_batch?
+    >>> try:
+    ...     check_override_keys(["sed"], ["speakers_per_batch", "seed"], "m.yaml")
+    ... except InputError as err:
+    ...     print(err)
+    m.yaml: no key sed (overridden with --sed); did you mean --seed?
     """
     problems = []
     for key in keys:
@@ -96,18 +97,26 @@ def load_recipe_hparams(hparams_file, overrides="", losses=None):
     check_override_keys(given, raw, hparams_file)
     loss_name = given.get("loss_name", raw.get("loss_name"))
     if loss_name is not None and loss_name not in losses:
-        raise InputError(f"{hparams_file}: unknown loss_name {loss_name!r}; choose one of "
-                         f"{', '.join(sorted(losses))}")
+        raise InputError(
+            f"{hparams_file}: unknown loss_name {loss_name!r}; choose one of "
+            f"{', '.join(sorted(losses))}"
+        )
     scale = {}
     if given.get("builtin_corpus", raw.get("builtin_corpus")):
         for key, value in (raw.get("builtin") or {}).items():
             if key not in given:
-                logger.info("built-in corpus: %s = %s (VoxCeleb setting: %s)", key, value, raw.get(key))
+                logger.info(
+                    "built-in corpus: %s = %s (VoxCeleb setting: %s)", key, value, raw.get(key)
+                )
                 scale[key] = value
     # The command line's own text stays as HyperPyYAML reads it (YAML 1.2: 1e30 is a float).
-    merged = "\n".join(part for part in (overrides or "", yaml.safe_dump(scale) if scale else "") if part)
+    merged = "\n".join(
+        part for part in (overrides or "", yaml.safe_dump(scale) if scale else "") if part
+    )
     try:
         return load_hyperpyyaml(text, merged), merged
     except (NotADirectoryError, FileExistsError, PermissionError) as err:  # folders made on load
-        raise InputError(f"{err.filename}: cannot create this folder ({err.strerror}); "
-                         "check output_folder and the other paths") from None
+        raise InputError(
+            f"{err.filename}: cannot create this folder ({err.strerror}); "
+            "check output_folder and the other paths"
+        ) from None

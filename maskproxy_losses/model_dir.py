@@ -34,22 +34,30 @@ import yaml
 from maskproxy_losses.errors import InputError
 
 __all__ = [
-    "ALLOWED_CONSTRUCTORS", "HPARAMS_FILE", "CKPT_FILE", "MODULE_KEYS", "check_hparams",
-    "read_model_hparams", "load_modules", "load_encoder",
+    "ALLOWED_CONSTRUCTORS",
+    "HPARAMS_FILE",
+    "CKPT_FILE",
+    "MODULE_KEYS",
+    "check_hparams",
+    "read_model_hparams",
+    "load_modules",
+    "load_encoder",
 ]
 
 HPARAMS_FILE = "hyperparams.yaml"
 CKPT_FILE = "embedding_model.ckpt"
 
 # Every class the project's export (maskproxy_losses.export) and converter may name.
-ALLOWED_CONSTRUCTORS = frozenset({
-    "speechbrain.lobes.features.Fbank",
-    "speechbrain.processing.features.InputNormalization",
-    "speechbrain.utils.parameter_transfer.Pretrainer",
-    "maskproxy_losses.encoder.ResNetSE34L",
-    "maskproxy_losses.frontend.AuthorsFbank",
-    "maskproxy_losses.frontend.InstanceNorm",
-})
+ALLOWED_CONSTRUCTORS = frozenset(
+    {
+        "speechbrain.lobes.features.Fbank",
+        "speechbrain.processing.features.InputNormalization",
+        "speechbrain.utils.parameter_transfer.Pretrainer",
+        "maskproxy_losses.encoder.ResNetSE34L",
+        "maskproxy_losses.frontend.AuthorsFbank",
+        "maskproxy_losses.frontend.InstanceNorm",
+    }
+)
 _WHOLE_REF = re.compile(r"<(\w+)>")
 
 
@@ -106,9 +114,11 @@ _ModelYamlLoader.add_multi_constructor("!", _construct_other)
 
 def _refuse(path, problems):
     raise InputError(
-        [f"{path}: names code this project's export never writes; refusing to load it "
-         "(a hyperparams.yaml runs what it names). If you trust its author, pass "
-         "--trust_model_dir True (recipe) / --trust-model-dir (tools) / trust=True:"]
+        [
+            f"{path}: names code this project's export never writes; refusing to load it "
+            "(a hyperparams.yaml runs what it names). If you trust its author, pass "
+            "--trust_model_dir True (recipe) / --trust-model-dir (tools) / trust=True:"
+        ]
         + [f"{path}:{line}: {what}" for line, what in sorted(problems)]
     )
 
@@ -166,8 +176,9 @@ def read_model_hparams(model_dir):
             try:
                 return cls(**kwargs)
             except Exception as err:  # a bad argument for an allowed class
-                raise InputError(f"{path}:{value.line}: cannot build {value.path} "
-                                 f"({type(err).__name__}: {err})") from None
+                raise InputError(
+                    f"{path}:{value.line}: cannot build {value.path} ({type(err).__name__}: {err})"
+                ) from None
         if isinstance(value, dict):
             return {k: build(v) for k, v in value.items()}
         if isinstance(value, list):
@@ -206,11 +217,15 @@ def load_modules(model_dir, trust=False):
             hparams = read_model_hparams(model_dir)
         modules = {key: hparams["modules"][key] for key in MODULE_KEYS}
     except (KeyError, TypeError) as err:
-        raise InputError(f"{hparams_path}: needs modules {', '.join(MODULE_KEYS)} ({err})") from None
+        raise InputError(
+            f"{hparams_path}: needs modules {', '.join(MODULE_KEYS)} ({err})"
+        ) from None
     except InputError:
         raise
     except Exception as err:  # a bad constructor argument, an unknown class, ...
-        raise InputError(f"{hparams_path}: cannot build the model ({type(err).__name__}: {err})") from None
+        raise InputError(
+            f"{hparams_path}: cannot build the model ({type(err).__name__}: {err})"
+        ) from None
     if not all(isinstance(m, torch.nn.Module) for m in modules.values()):
         raise InputError(f"{hparams_path}: {', '.join(MODULE_KEYS)} must be torch modules")
     if not ckpt.is_file():
@@ -226,7 +241,9 @@ def load_modules(model_dir, trust=False):
         modules["embedding_model"].load_state_dict(state, strict=True)
     except RuntimeError as err:
         lines = [line.strip() for line in str(err).splitlines()[1:] if line.strip()]
-        raise InputError([f"{ckpt}: does not fit the model in {HPARAMS_FILE}:"] + lines[:20]) from None
+        raise InputError(
+            [f"{ckpt}: does not fit the model in {HPARAMS_FILE}:"] + lines[:20]
+        ) from None
     for module in modules.values():
         module.eval()
     return hparams, modules

@@ -5,7 +5,8 @@ Example
 >>> import tempfile, os
 >>> path = os.path.join(tempfile.mkdtemp(), "det.png")
 >>> rng = np.random.default_rng(0)
->>> scores, labels = np.r_[rng.normal(1, 1, 200), rng.normal(-1, 1, 200)], np.r_[[1] * 200, [0] * 200]
+>>> scores = np.r_[rng.normal(1, 1, 200), rng.normal(-1, 1, 200)]
+>>> labels = np.r_[[1] * 200, [0] * 200]
 >>> plot_det_and_scores(scores, labels, path)
 >>> open(path, "rb").read(4)
 b'\\x89PNG'
@@ -40,14 +41,17 @@ def plot_det_and_scores(scores, labels, path):
     ax1.plot(ppf(fpr), ppf(fnr))
     ticks = np.array([0.01, 0.1, 0.5, 1, 2, 5, 10, 20, 40, 60, 80, 95, 99]) / 100
     ticks = ticks[(ticks >= lo) & (ticks <= hi)]
-    for set_ticks, set_labels in ((ax1.set_xticks, ax1.set_xticklabels),
-                                  (ax1.set_yticks, ax1.set_yticklabels)):
+    for set_ticks, set_labels in (
+        (ax1.set_xticks, ax1.set_xticklabels),
+        (ax1.set_yticks, ax1.set_yticklabels),
+    ):
         set_ticks(norm.ppf(ticks))
         set_labels([f"{100 * t:g}" for t in ticks])
     ax1.plot(ppf(eer), ppf(eer), "o", label=f"EER {100 * eer:.2f}%")
     lim = norm.ppf([lo, hi])
-    ax1.set(xlim=lim, ylim=lim, xlabel="false alarm rate (%)", ylabel="miss rate (%)",
-            title="DET curve")
+    ax1.set(
+        xlim=lim, ylim=lim, xlabel="false alarm rate (%)", ylabel="miss rate (%)", title="DET curve"
+    )
     ax1.grid(True, alpha=0.3)
     ax1.legend()
     bins = np.linspace(scores.min(), scores.max(), 60)
@@ -77,8 +81,13 @@ def plot_embedding_map(embeddings, speakers, path, seed=0):
     emb = l2_normalize(np.asarray(embeddings, dtype=np.float64))
     if len(emb) < 3:
         raise ValueError(f"an embedding map needs at least 3 embeddings, got {len(emb)}")
-    xy = TSNE(n_components=2, perplexity=min(30.0, (len(emb) - 1) / 3), metric="cosine",
-              init="pca", random_state=seed).fit_transform(emb)
+    xy = TSNE(
+        n_components=2,
+        perplexity=min(30.0, (len(emb) - 1) / 3),
+        metric="cosine",
+        init="pca",
+        random_state=seed,
+    ).fit_transform(emb)
     names = sorted(set(speakers))
     cmap = plt.get_cmap("tab20" if len(names) <= 20 else "gist_ncar", len(names))
     fig, ax = plt.subplots(figsize=(7, 6))

@@ -27,8 +27,13 @@ import sys
 import torch
 
 __all__ = [
-    "PRECISIONS", "CPU_BF16_FLAGS", "read_cpu_flags", "native_bf16", "resolve_precision",
-    "autocast_for", "resolve_run_precision",
+    "PRECISIONS",
+    "CPU_BF16_FLAGS",
+    "read_cpu_flags",
+    "native_bf16",
+    "resolve_precision",
+    "autocast_for",
+    "resolve_run_precision",
 ]
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
@@ -76,8 +81,9 @@ def _bf16_support(device):
         found = [f for f in CPU_BF16_FLAGS if f in flags]
         if found:
             return True, f"CPU has {'/'.join(found)} (native bfloat16)"
-        return False, (f"CPU lacks native bfloat16 (no {'/'.join(CPU_BF16_FLAGS)} "
-                       "in /proc/cpuinfo)")
+        return False, (
+            f"CPU lacks native bfloat16 (no {'/'.join(CPU_BF16_FLAGS)} in /proc/cpuinfo)"
+        )
     return False, f"no bfloat16 detection for {device.type} devices"
 
 

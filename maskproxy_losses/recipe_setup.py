@@ -10,18 +10,21 @@
   (:mod:`maskproxy_losses.finetune`).
 """
 
+import dataclasses
 import logging
 import os
 
 import speechbrain as sb
+import torch
 
 from .errors import InputError
 from .finetune import load_pretrained
+from .precision import resolve_run_precision
 from .sampler import SpeakerBatchSampler
 from .speed_perturb import SPEEDS, SpeedPerturbedCrops
 from .training_data import SeededCrops, full_file_item
 
-__all__ = ["dataio_prep", "setup_training"]
+__all__ = ["dataio_prep", "resolve_run_options", "setup_training"]
 
 logger = logging.getLogger(__name__)
 
@@ -32,10 +35,14 @@ def dataio_prep(hparams, manifests):
     label_encoder = sb.dataio.encoder.CategoricalEncoder()
     train = sb.dataio.dataset.DynamicItemDataset.from_csv(manifests["train_csv"])
     speed = bool(hparams.get("speed_perturb", False))
-    label_encoder.load_or_create(os.path.join(hparams["save_folder"], "label_encoder.txt"),
-                                 from_didatasets=[train], output_key="spk_id")
-    train.add_dynamic_item(label_encoder.encode_label_torch, takes="spk_id",
-                           provides="spk_id_encoded")
+    label_encoder.load_or_create(
+        os.path.join(hparams["save_folder"], "label_encoder.txt"),
+        from_didatasets=[train],
+        output_key="spk_id",
+    )
+    train.add_dynamic_item(
+        label_encoder.encode_label_torch, takes="spk_id", provides="spk_id_encoded"
+    )
     train.set_output_keys(["id", "wav", "spk_id_encoded"])  # wav -> seeded crop below
 
     def verification_set(csv):
@@ -48,29 +55,57 @@ def dataio_prep(hparams, manifests):
     speakers = [train.data[i]["spk_id"] for i in train.data_ids]
     try:
         sampler = SpeakerBatchSampler(
-            speakers, speakers_per_batch=hparams["speakers_per_batch"],
+            speakers,
+            speakers_per_batch=hparams["speakers_per_batch"],
             utts_per_speaker=hparams["utts_per_speaker"],
-            max_per_speaker=hparams["max_per_speaker"], seed=hparams["seed"],
-            n_speeds=len(SPEEDS) if speed else 1)
+            max_per_speaker=hparams["max_per_speaker"],
+            seed=hparams["seed"],
+            n_speeds=len(SPEEDS) if speed else 1,
+        )
     except ValueError as err:  # too few usable speakers for the batch, bad group sizes
-        raise InputError(f"{manifests['train_csv']}: {err}; change it with --speakers_per_batch "
-                         "N / --utts_per_speaker / --max_per_speaker") from None
+        raise InputError(
+            f"{manifests['train_csv']}: {err}; change it with --speakers_per_batch "
+            "N / --utts_per_speaker / --max_per_speaker"
+        ) from None
     n_classes = len(label_encoder)
     if not speed:
         train = SeededCrops(train, hparams["crop_frames"])
     else:
-        train = SpeedPerturbedCrops(train, hparams["crop_frames"], n_classes, SPEEDS,
-                                    as_new_speaker=hparams.get("speed_as_new_speaker", True))
+        train = SpeedPerturbedCrops(
+            train,
+            hparams["crop_frames"],
+            n_classes,
+            SPEEDS,
+            as_new_speaker=hparams.get("speed_as_new_speaker", True),
+        )
         n_classes = train.n_classes
-        logger.info("speed perturbation %s per speaker group: %d classes",
-                    "/".join(map(str, SPEEDS)), n_classes)
+        logger.info(
+            "speed perturbation %s per speaker group: %d classes",
+            "/".join(map(str, SPEEDS)),
+            n_classes,
+        )
     dev, test = verification_set(manifests["dev_csv"]), verification_set(manifests["test_csv"])
     return train, dev, test, sampler, n_classes
 
 
-def setup_training(hparams, sampler, n_classes):
+def resolve_run_options(hparams, run_opts):
+    """SpeechBrain run options with DDP on CPU (gloo: nccl needs GPUs) and the precision
+    made concrete (``precision: auto``, see :mod:`maskproxy_losses.precision`), logged."""
+    if run_opts.distributed_backend == "nccl" and not torch.cuda.is_available():
+        run_opts = dataclasses.replace(
+            run_opts,
+            distributed_backend="gloo",
+            overridden_args=run_opts.overridden_args | {"distributed_backend"},
+        )
+    run_opts, why = resolve_run_precision(hparams, run_opts)
+    logger.info("training precision: %s (%s)", run_opts.precision, why)
+    return run_opts
+
+
+def setup_training(hparams, train, sampler, n_classes):
     """Build the loss for ``n_classes`` (``hparams["modules"]["loss_fn"]``, checkpointed),
-    tell a per-step lr schedule the epoch length, load ``pretrained`` weights."""
+    tell a per-step lr schedule the epoch length, load ``pretrained`` weights, and log
+    what the run will do."""
     loss_fn = hparams["loss_fn"](n_classes=n_classes)
     hparams["modules"]["loss_fn"] = loss_fn
     hparams["checkpointer"].add_recoverable("loss_fn", loss_fn)
@@ -79,4 +114,12 @@ def setup_training(hparams, sampler, n_classes):
         schedule.set_epoch_length(len(sampler))
     if hparams.get("pretrained"):
         load_pretrained(hparams["pretrained"], hparams["embedding_model"], loss_fn)
+    augment = [k[:-4] for k in ("noise_csv", "rir_csv") if hparams.get(k)]
+    logger.info(
+        "%s: %d classes, %d utterances, %d batches/epoch (per process) of %d speakers x %s "
+        "utterances, %d-frame crops; augmentation: %s; encoder %.2f M parameters",
+        hparams["loss_name"], n_classes, len(train), len(sampler), hparams["speakers_per_batch"],
+        hparams["utts_per_speaker"], hparams["crop_frames"], " + ".join(augment) or "none",
+        sum(p.numel() for p in hparams["embedding_model"].parameters()) / 1e6,
+    )  # fmt: skip
     return loss_fn

@@ -52,8 +52,9 @@ class SpeakerBatchSampler(Sampler):
         With ``n_speeds > 1`` (speed perturbation), each speaker group gets a speed index
         ``j`` drawn uniformly from ``0 .. n_speeds - 1`` and its items are yielded as
         ``j * len(speakers) + i`` (read by
-        :class:`~maskproxy_losses.speed_perturb.SpeedPerturbedCrops`): all utterances of a group share the speed. 1 (default): plain indices, and the
-        batches are those of a sampler without the option.
+        :class:`~maskproxy_losses.speed_perturb.SpeedPerturbedCrops`): all utterances of
+        a group share the speed. 1 (default): plain indices, and the batches are those of
+        a sampler without the option.
     """
 
     def __init__(
@@ -67,13 +68,19 @@ class SpeakerBatchSampler(Sampler):
         rank=None,
         n_speeds=1,
     ):
-        sizes = (utts_per_speaker,) if isinstance(utts_per_speaker, int) else tuple(utts_per_speaker)
+        sizes = (
+            (utts_per_speaker,) if isinstance(utts_per_speaker, int) else tuple(utts_per_speaker)
+        )
         if not sizes or min(sizes) < 2:
-            raise ValueError(f"utts_per_speaker must be >= 2 (a query and an anchor), got {utts_per_speaker}")
+            raise ValueError(
+                f"utts_per_speaker must be >= 2 (a query and an anchor), got {utts_per_speaker}"
+            )
         if speakers_per_batch < 1:
             raise ValueError(f"speakers_per_batch must be >= 1, got {speakers_per_batch}")
         if max_per_speaker is not None and max_per_speaker < min(sizes):
-            raise ValueError(f"max_per_speaker={max_per_speaker} is below the group size {min(sizes)}")
+            raise ValueError(
+                f"max_per_speaker={max_per_speaker} is below the group size {min(sizes)}"
+            )
         self.sizes = np.asarray(sorted(set(int(s) for s in sizes)))
         self.speakers_per_batch = int(speakers_per_batch)
         self.max_per_speaker = max_per_speaker
@@ -87,7 +94,9 @@ class SpeakerBatchSampler(Sampler):
 
         speakers = list(speakers)
         self.n_items = len(speakers)
-        _, inverse = np.unique(np.asarray(list(speakers), dtype=object).astype(str), return_inverse=True)
+        _, inverse = np.unique(
+            np.asarray(list(speakers), dtype=object).astype(str), return_inverse=True
+        )
         order = np.argsort(inverse, kind="stable")
         bounds = np.flatnonzero(np.diff(inverse[order])) + 1
         groups = np.split(order, bounds) if len(order) else []
@@ -96,7 +105,8 @@ class SpeakerBatchSampler(Sampler):
         if skipped:
             logger.warning(
                 "SpeakerBatchSampler: skipping %d speaker(s) with fewer than %d utterances",
-                skipped, self.sizes.min(),
+                skipped,
+                self.sizes.min(),
             )
         if len(self.utts) < self.speakers_per_batch:
             raise ValueError(

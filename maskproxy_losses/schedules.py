@@ -87,9 +87,18 @@ class WarmupExponentialLR:
     fractional; the margin is None when ``final_margin`` is None.
     """
 
-    def __init__(self, lr, final_lr, n_epochs, warmup_epochs=0.0, lr_scale=1.0,
-                 final_margin=None, initial_margin=0.0, margin_start_epoch=0.0,
-                 margin_end_epoch=0.0):
+    def __init__(
+        self,
+        lr,
+        final_lr,
+        n_epochs,
+        warmup_epochs=0.0,
+        lr_scale=1.0,
+        final_margin=None,
+        initial_margin=0.0,
+        margin_start_epoch=0.0,
+        margin_end_epoch=0.0,
+    ):
         if lr <= 0 or final_lr <= 0 or n_epochs <= 0:
             raise ValueError("lr, final_lr and n_epochs must be positive")
         if margin_end_epoch < margin_start_epoch:

@@ -42,7 +42,6 @@ __all__ = [
 ]
 
 
-
 # --------------------------------------------------------------------- metrics
 def check_labels(labels, n, what="scores"):
     """``labels`` as int64 0/1 of length ``n`` holding both classes, or a ``ValueError``
@@ -141,8 +140,11 @@ def verification_metrics(scores, labels, p_targets=(0.01, 0.05)):
         dcf, thr = compute_min_dcf(scores, labels, p_target=p)
         out[f"minDCF_{p:g}"], out[f"minDCF_{p:g}_threshold"] = dcf, thr
     labels = np.asarray(labels)
-    out.update(n_trials=int(labels.size), n_target=int(labels.sum()),
-               n_nontarget=int(labels.size - labels.sum()))
+    out.update(
+        n_trials=int(labels.size),
+        n_target=int(labels.sum()),
+        n_nontarget=int(labels.size - labels.sum()),
+    )
     return out
 
 
@@ -318,8 +320,9 @@ def cohort_stats(emb, cohort, top_n=None, chunk=512):
             sc = xb @ coh.T
         else:
             # Gram-matrix distances: a crop is never near-identical to a speaker mean
-            d = torch.cdist(xb + 1e-6, coh.expand(xb.shape[0], -1, -1),
-                            compute_mode="use_mm_for_euclid_dist")
+            d = torch.cdist(
+                xb + 1e-6, coh.expand(xb.shape[0], -1, -1), compute_mode="use_mm_for_euclid_dist"
+            )
             sc = -d.mean(dim=1)
         if k < n_coh:
             sc = torch.topk(sc, k, dim=1).values

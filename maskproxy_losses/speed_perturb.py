@@ -94,5 +94,8 @@ class SpeedPerturbedCrops(torch.utils.data.Dataset):
         label = item["spk_id_encoded"]
         if self.as_new_speaker:
             label = label + j * self.n_speakers
-        return {"id": item["id"], "sig": self.crop(item["wav"], self.speeds[j], seed),
-                "spk_id_encoded": label}
+        return {
+            "id": item["id"],
+            "sig": self.crop(item["wav"], self.speeds[j], seed),
+            "spk_id_encoded": label,
+        }

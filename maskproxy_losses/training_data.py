@@ -51,8 +51,16 @@ from speechbrain.utils.data_utils import batch_pad_right
 from .audio import SAMPLE_RATE, crop_samples
 
 __all__ = [
-    "RandomCrop", "FullFile", "random_crop_item", "full_file_item", "wrap_around",
-    "stack_or_pad", "CropCollate", "crop_seed", "SeededCrops", "SeededBatches",
+    "RandomCrop",
+    "FullFile",
+    "random_crop_item",
+    "full_file_item",
+    "wrap_around",
+    "stack_or_pad",
+    "CropCollate",
+    "crop_seed",
+    "SeededCrops",
+    "SeededBatches",
     "train_loader_options",
 ]
 
@@ -241,5 +249,9 @@ def train_loader_options(sampler, num_workers, seed):
     """Training DataLoader options for a :class:`SeededCrops` dataset: the batches of
     ``sampler`` with their crop seeds, the fast collate, and loader workers kept alive
     across epochs (new ones every epoch cost seconds on a small CPU)."""
-    return {"batch_sampler": SeededBatches(sampler, seed), "num_workers": num_workers,
-            "persistent_workers": num_workers > 0, "collate_fn": CropCollate()}
+    return {
+        "batch_sampler": SeededBatches(sampler, seed),
+        "num_workers": num_workers,
+        "persistent_workers": num_workers > 0,
+        "collate_fn": CropCollate(),
+    }

@@ -14,7 +14,13 @@ from maskproxy_losses.errors import InputError
 from maskproxy_losses.files import text_lines
 
 __all__ = [
-    "read_trials", "read_manifest_wavs", "read_speaker_wavs", "read_prepared_trials", "index_trials", "check_classes",
+    "read_trials",
+    "read_manifest_wavs",
+    "read_speaker_wavs",
+    "usable_speaker_wavs",
+    "read_prepared_trials",
+    "index_trials",
+    "check_classes",
 ]
 
 
@@ -128,7 +134,9 @@ def read_prepared_trials(trials_path, csv_path):
         raise InputError(problems)
     check_classes(trials, trials_path)
     known = {os.path.abspath(w) for w in read_manifest_wavs(csv_path).values()}
-    missing = [f"{t[5]}: {p} is not in {csv_path}" for t in trials for p in t[3:5] if p not in known]
+    missing = [
+        f"{t[5]}: {p} is not in {csv_path}" for t in trials for p in t[3:5] if p not in known
+    ]
     if missing:
         raise InputError(missing)
     return trials
@@ -156,3 +164,19 @@ def read_speaker_wavs(csv_path, per_speaker=0, what="cohort_csv"):
     if not out:
         raise InputError(f"{csv_path}: no utterances in {what}")
     return out
+
+
+def usable_speaker_wavs(csv_path, per_speaker=0, skip_bad=False, what="cohort_csv"):
+    """``(rows, samples by path, problems)``: the :func:`read_speaker_wavs` rows whose audio
+    is usable (probed once each). Bad files stop with every problem named, or are dropped
+    and returned as problems with ``skip_bad``."""
+    from maskproxy_losses.audio import probe_entries
+
+    rows = read_speaker_wavs(csv_path, per_speaker, what)
+    lengths, problems, bad = probe_entries([(w, [p]) for p, _, w in rows])
+    if problems and not skip_bad:
+        raise InputError(problems)
+    rows = [r for r in rows if r[2] not in bad]
+    if not rows:
+        raise InputError(f"{csv_path}: no usable utterances in {what}")
+    return rows, lengths, problems

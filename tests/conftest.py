@@ -22,6 +22,24 @@ def corpus(tmp_path_factory):
     from data_prep.demo_corpus import generate_corpus
 
     root = tmp_path_factory.mktemp("corpus")
-    generate_corpus(root, train_speakers=6, test_speakers=3, utterances=6, seed=3,
-                    min_duration=1.0, max_duration=1.6, n_trials=30)
+    generate_corpus(
+        root,
+        train_speakers=6,
+        test_speakers=3,
+        utterances=6,
+        seed=3,
+        min_duration=1.0,
+        max_duration=1.6,
+        n_trials=30,
+    )
     return root
+
+
+@pytest.fixture(scope="session")
+def default_corpus(tmp_path_factory):
+    """The full built-in corpus (60 training, 20 test speakers; about 10 s to generate),
+    shared by the slow tests that need its size."""
+    from data_prep.demo_corpus import generate_corpus
+
+    root = tmp_path_factory.mktemp("default_corpus")
+    return root, generate_corpus(str(root))

@@ -18,7 +18,7 @@ def _groups(emb, labels):
             order.append(lab)
     queries, anchors = [], []
     for lab in order:
-        rows = [i for i, l in enumerate(labels.tolist()) if l == lab]
+        rows = [i for i, y in enumerate(labels.tolist()) if y == lab]
         queries.append(x[rows[0]])
         anchors.append(torch.stack([x[i] for i in rows[1:]]).mean(0))
     return order, torch.stack(queries), torch.stack(anchors)
@@ -51,7 +51,9 @@ def mmp_loss(emb, labels, proxies, w, b, lam=0.5):
     for s in range(n):
         if absent:
             l_proxy = l_proxy + torch.log(1 + sum(torch.exp(w * (q[s] @ p[c]) - b) for c in absent))
-        l_pair = l_pair + torch.log(1 + sum(torch.exp(w * (q[s] @ ah[t]) - b) for t in range(n) if t != s))
+        l_pair = l_pair + torch.log(
+            1 + sum(torch.exp(w * (q[s] @ ah[t]) - b) for t in range(n) if t != s)
+        )
     pp = torch.stack([p[c] for c in order])
     l_reg = sum(_ce(w * (pp @ a[s]) - b, s) for s in range(n)) / n
     return l_pos + l_proxy / n + l_pair / n + lam * l_reg

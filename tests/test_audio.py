@@ -45,7 +45,10 @@ def test_why_min_samples_is_above_256(encoder):
 def test_probe_refuses_short_audio(tmp_path):
     path = tmp_path / "a.wav"
     sf.write(path, np.zeros(MIN_SAMPLES - 1), SAMPLE_RATE, subtype="PCM_16")
-    assert probe(str(path)) == (None, f"too short to embed: {MIN_SAMPLES - 1} samples, at least "
-                                      f"{MIN_SAMPLES} (25 ms) needed: {path}")
+    assert probe(str(path)) == (
+        None,
+        f"too short to embed: {MIN_SAMPLES - 1} samples, at least "
+        f"{MIN_SAMPLES} (25 ms) needed: {path}",
+    )
     sf.write(path, np.zeros(MIN_SAMPLES), SAMPLE_RATE, subtype="PCM_16")
     assert probe(str(path)) == (MIN_SAMPLES / SAMPLE_RATE, None)

@@ -30,13 +30,22 @@ def _csv(tmp_path, name, signal):
 
 
 def _hparams(**changes):
-    return {"sample_rate": SR, "noise_csv": None, "rir_csv": None, "augment_prob": 1.0,
-            "snr_low": 0, "snr_high": 0, **changes}
+    return {
+        "sample_rate": SR,
+        "noise_csv": None,
+        "rir_csv": None,
+        "augment_prob": 1.0,
+        "snr_low": 0,
+        "snr_high": 0,
+        **changes,
+    }
 
 
 def _speech(n=2, length=8000):
     t = torch.arange(length) / SR
-    return torch.stack([torch.sin(2 * np.pi * 220 * (i + 1) * t) * (0.3 + 0.2 * i) for i in range(n)])
+    return torch.stack(
+        [torch.sin(2 * np.pi * 220 * (i + 1) * t) * (0.3 + 0.2 * i) for i in range(n)]
+    )
 
 
 def test_no_csv_means_no_augmentation():
@@ -66,30 +75,45 @@ def test_delta_impulse_response_leaves_speech_unchanged(tmp_path):
 
 
 def test_missing_or_malformed_csv_is_named(tmp_path):
-    with pytest.raises(InputError, match=re.escape(f"{tmp_path / 'none.csv'}: noise_csv not found")):
+    with pytest.raises(
+        InputError, match=re.escape(f"{tmp_path / 'none.csv'}: noise_csv not found")
+    ):
         build_augmenter(_hparams(noise_csv=str(tmp_path / "none.csv")))
     bad = tmp_path / "bad.csv"
     bad.write_text("ID,duration,wav\nx,1.0,x.wav\n")  # SpeechBrain's reader also needs the last two
-    with pytest.raises(InputError, match=re.escape(f"{bad}:1: rir_csv lacks the column(s) wav_format, wav_opts")):
+    with pytest.raises(
+        InputError, match=re.escape(f"{bad}:1: rir_csv lacks the column(s) wav_format, wav_opts")
+    ):
         build_augmenter(_hparams(rir_csv=str(bad)))
     rows = tmp_path / "rows.csv"
-    rows.write_text("ID,duration,wav,wav_format,wav_opts\n"
-                    f"a,1.0,{tmp_path / 'gone.wav'},wav,\n"
-                    "b,1.0\n")
+    rows.write_text(
+        f"ID,duration,wav,wav_format,wav_opts\na,1.0,{tmp_path / 'gone.wav'},wav,\nb,1.0\n"
+    )
     with pytest.raises(InputError) as err:
         build_augmenter(_hparams(noise_csv=str(rows)))
-    assert err.value.problems == [f"{rows}:2: audio file not found: {tmp_path / 'gone.wav'}",
-                                  f"{rows}:3: expected 5 fields, got 2"]
+    assert err.value.problems == [
+        f"{rows}:2: audio file not found: {tmp_path / 'gone.wav'}",
+        f"{rows}:3: expected 5 fields, got 2",
+    ]
 
 
 def test_training_with_noise_and_reverberation(corpus, tmp_path, capsys):
     rng = np.random.default_rng(0)
     noise = _csv(tmp_path, "noise", (0.1 * rng.standard_normal(2 * SR)).astype(np.float32))
-    rir = _csv(tmp_path, "rir", (np.exp(-np.arange(1600) / 200.0) * rng.standard_normal(1600)).astype(np.float32))
-    brain = recipe.main(_args(corpus, tmp_path / "run", noise_csv=noise, rir_csv=rir, augment_prob=1.0))
+    rir = _csv(
+        tmp_path,
+        "rir",
+        (np.exp(-np.arange(1600) / 200.0) * rng.standard_normal(1600)).astype(np.float32),
+    )
+    brain = recipe.main(
+        _args(corpus, tmp_path / "run", noise_csv=noise, rir_csv=rir, augment_prob=1.0)
+    )
     eer, _ = _final_line(capsys.readouterr().out)
     assert 0 <= eer <= 100
     augment = brain.hparams.wav_augment
-    assert sorted(type(a).__name__ for a in augment.augmentations.values()) == ["AddNoise", "AddReverb"]
+    assert sorted(type(a).__name__ for a in augment.augmentations.values()) == [
+        "AddNoise",
+        "AddReverb",
+    ]
     assert augment.do_augment  # the last training batch went through it
     assert (tmp_path / "run" / "model" / "hyperparams.yaml").is_file()

@@ -25,9 +25,17 @@ from test_recipe import _args  # noqa: E402
 
 # ------------------------------------------------------------------ schedules
 def test_warmup_exponential_lr_per_step_and_resume(tmp_path):
-    sched = WarmupExponentialLR(lr=0.1, final_lr=0.001, n_epochs=3, warmup_epochs=0.5,
-                                lr_scale=2.0, final_margin=0.2, initial_margin=0.0,
-                                margin_start_epoch=1, margin_end_epoch=2)
+    sched = WarmupExponentialLR(
+        lr=0.1,
+        final_lr=0.001,
+        n_epochs=3,
+        warmup_epochs=0.5,
+        lr_scale=2.0,
+        final_margin=0.2,
+        initial_margin=0.0,
+        margin_start_epoch=1,
+        margin_end_epoch=2,
+    )
     sched.set_epoch_length(4)  # 12 steps in all, warm-up over the first 2
     param = torch.nn.Parameter(torch.zeros(1))
     opt = scheduled_optimizer([param], lambda p: torch.optim.SGD(p, lr=123.0), sched)
@@ -142,10 +150,13 @@ def test_finetuning_starts_from_the_pretrained_weights(corpus, tmp_path):
     recipe.main(_args(corpus, stage1))
     # 0 epochs: the exported model is the one the run started from, untouched.
     stage2 = tmp_path / "stage2"
-    brain = recipe.main(_args(corpus, stage2, pretrained=stage1, number_of_epochs=0,
-                              crop_frames=80, lr=0.02))
-    got, want = _load(stage2 / "model" / "embedding_model.ckpt"), _load(
-        stage1 / "model" / "embedding_model.ckpt")
+    brain = recipe.main(
+        _args(corpus, stage2, pretrained=stage1, number_of_epochs=0, crop_frames=80, lr=0.02)
+    )
+    got, want = (
+        _load(stage2 / "model" / "embedding_model.ckpt"),
+        _load(stage1 / "model" / "embedding_model.ckpt"),
+    )
     assert list(got) == list(want) and all(torch.equal(got[k], want[k]) for k in want)
     # The loss (proxies, w, b) comes from stage 1's best checkpoint.
     best = next((stage1 / "save").glob("CKPT+*/loss_fn.ckpt"))
@@ -178,7 +189,7 @@ def test_speed_crop_is_speechbrains_speed_perturbation(corpus, speed):
     wav, rate = sf.read(path, dtype="float32")
     torch.manual_seed(7)  # the same start draw as RandomCrop
     start = int(torch.randint(0, len(wav) - n_src + 1, ()).item())
-    want = _resample_reference(torch.from_numpy(wav[start:start + n_src].copy()), speed)
+    want = _resample_reference(torch.from_numpy(wav[start : start + n_src].copy()), speed)
     assert got.shape == (length,) and want.shape[0] >= length
     torch.testing.assert_close(got, want[:length], rtol=0, atol=1e-6)
 
@@ -235,8 +246,10 @@ def test_recipe_runs_aam_with_speed_perturbation(corpus, tmp_path, capsys):
 def test_summarize_puts_variant_rows_after_their_file(tmp_path):
     import summarize_results
 
-    line = ("epoch: 1, lr: 1.00e-01, epoch_s: 10.0 - train loss: 3.0, train utt_per_s: 50.0 - "
-            "valid EER: 30.0\nEpoch loaded: 1 - test EER: {}, test minDCF_0.01: 5.00e-01\n")
+    line = (
+        "epoch: 1, lr: 1.00e-01, epoch_s: 10.0 - train loss: 3.0, train utt_per_s: 50.0 - "
+        "valid EER: 30.0\nEpoch loaded: 1 - test EER: {}, test minDCF_0.01: 5.00e-01\n"
+    )
     for i, row in enumerate(["aam+sp", "mp_balance+ft", "aam", "mp_balance", "mp_balance+avg5"]):
         (tmp_path / row / "1").mkdir(parents=True)
         (tmp_path / row / "1" / "train_log.txt").write_text(line.format(10.0 + i))

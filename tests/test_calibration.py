@@ -112,9 +112,13 @@ def test_fit_separable_data_stays_finite():
 
 @pytest.mark.parametrize(
     "scores, labels, what",
-    [([0.1, 0.2], [1, 1], "only one class"), ([0.1, np.nan], [0, 1], "NaN"),
-     ([0.1, 0.2, 0.3], [0, 1], "differ in length"), ([0.1, 0.2], [0, 2], "0 or 1"),
-     ([], [], "no trials")],
+    [
+        ([0.1, 0.2], [1, 1], "only one class"),
+        ([0.1, np.nan], [0, 1], "NaN"),
+        ([0.1, 0.2, 0.3], [0, 1], "differ in length"),
+        ([0.1, 0.2], [0, 2], "0 or 1"),
+        ([], [], "no trials"),
+    ],
 )
 def test_input_errors(scores, labels, what):
     for fn in (fit_calibration, min_cllr, cllr, actual_dcf, calibration_metrics):
@@ -191,13 +195,16 @@ def test_actual_dcf_is_the_direct_count(p, c_miss, c_fa):
     scores, labels = _gauss(rng, 500, 5000)
     llr = fit_calibration(scores, labels)(scores)
     thr = math.log(c_fa * (1 - p) / (c_miss * p))
-    misses = sum(1 for l, y in zip(llr, labels) if y == 1 and l < thr)
-    false_alarms = sum(1 for l, y in zip(llr, labels) if y == 0 and l >= thr)
+    misses = sum(1 for v, y in zip(llr, labels) if y == 1 and v < thr)
+    false_alarms = sum(1 for v, y in zip(llr, labels) if y == 0 and v >= thr)
     expected = (c_miss * p * misses / 500 + c_fa * (1 - p) * false_alarms / 5000) / min(
-        c_miss * p, c_fa * (1 - p))
+        c_miss * p, c_fa * (1 - p)
+    )
     assert actual_dcf(llr, labels, p, c_miss, c_fa) == pytest.approx(expected, rel=1e-12)
-    assert actual_dcf(llr, labels, p, c_miss, c_fa) >= compute_min_dcf(
-        scores, labels, p, c_miss, c_fa)[0] - 1e-12
+    assert (
+        actual_dcf(llr, labels, p, c_miss, c_fa)
+        >= compute_min_dcf(scores, labels, p, c_miss, c_fa)[0] - 1e-12
+    )
 
 
 def test_decide_at_the_bayes_threshold():
@@ -224,8 +231,15 @@ def test_calibration_metrics_keys_and_values():
 
 # ------------------------------------------------------------------- the file
 def test_save_load_round_trip(tmp_path):
-    cal = Calibration(scale=3.25, offset=-0.1 + 1e-17, prior=0.01, n_target=7,
-                      n_nontarget=90, source="dev/scores.txt", meta={"score_mode": "cosine"})
+    cal = Calibration(
+        scale=3.25,
+        offset=-0.1 + 1e-17,
+        prior=0.01,
+        n_target=7,
+        n_nontarget=90,
+        source="dev/scores.txt",
+        meta={"score_mode": "cosine"},
+    )
     cal.save(tmp_path / "c.json")
     assert Calibration.load(tmp_path / "c.json") == cal
     assert os.listdir(tmp_path) == ["c.json"]  # no temporary left behind
@@ -246,8 +260,10 @@ def test_load_malformed_names_the_file(tmp_path):
     path.write_text(json.dumps({**good, "scale": "big", "prior": 1.5, "n_target": -1}))
     with pytest.raises(InputError) as err:
         Calibration.load(path)
-    assert err.value.problems == [f"{path}: 'scale' must be a finite number, got 'big'",
-                                  f"{path}: 'n_target' must be a count >= 0, got -1"]
+    assert err.value.problems == [
+        f"{path}: 'scale' must be a finite number, got 'big'",
+        f"{path}: 'n_target' must be a count >= 0, got -1",
+    ]
     path.write_text(json.dumps({**good, "prior": 1.5}))
     with pytest.raises(InputError, match=r"'prior' must be in \(0, 1\)"):
         Calibration.load(path)
@@ -269,7 +285,11 @@ def test_read_scores_reports_every_bad_line(tmp_path):
     with pytest.raises(InputError) as err:
         read_scores(path)
     assert [p.split(": ", 1)[0] for p in err.value.problems] == [
-        f"{path}:2", f"{path}:3", f"{path}:4", f"{path}:5"]
+        f"{path}:2",
+        f"{path}:3",
+        f"{path}:4",
+        f"{path}:5",
+    ]
     assert "label must be 0 or 1" in err.value.problems[0]
     assert "not a number: 'x'" in err.value.problems[1]
     assert "expected 4 fields" in err.value.problems[2]
@@ -284,8 +304,12 @@ def test_read_scores_reports_every_bad_line(tmp_path):
 
 # --------------------------------------------------------------------- the CLI
 def _write_scores(path, scores, labels):
-    path.write_text("".join(f"{y} {s!r} e{i} t{i}\n" for i, (s, y) in
-                            enumerate(zip(scores.tolist(), labels.tolist()))))
+    path.write_text(
+        "".join(
+            f"{y} {s!r} e{i} t{i}\n"
+            for i, (s, y) in enumerate(zip(scores.tolist(), labels.tolist()))
+        )
+    )
 
 
 def test_cli_fits_and_writes(tmp_path, capsys):
@@ -306,11 +330,14 @@ def test_cli_fits_and_writes(tmp_path, capsys):
     assert Calibration.load(tmp_path / "c.json").scale == fit_calibration(scores, labels).scale
 
 
-@pytest.mark.parametrize("content, args, message", [
-    ("1 0.5 a b\n0 oops a b\n", ["--output", "{d}/c.json"], "scores.txt:2: score is not"),
-    ("1 0.5 a b\n0 0.1 a b\n", ["--model-dir", "{d}/missing"], "is not a directory"),
-    ("1 0.5 a b\n0 0.1 a b\n", ["--output", "{d}/no/c.json"], "does not exist"),
-])
+@pytest.mark.parametrize(
+    "content, args, message",
+    [
+        ("1 0.5 a b\n0 oops a b\n", ["--output", "{d}/c.json"], "scores.txt:2: score is not"),
+        ("1 0.5 a b\n0 0.1 a b\n", ["--model-dir", "{d}/missing"], "is not a directory"),
+        ("1 0.5 a b\n0 0.1 a b\n", ["--output", "{d}/no/c.json"], "does not exist"),
+    ],
+)
 def test_cli_bad_input_exits_2(tmp_path, capsys, content, args, message):
     (tmp_path / "scores.txt").write_text(content)
     argv = [str(tmp_path / "scores.txt")] + [a.format(d=tmp_path) for a in args]
@@ -327,13 +354,19 @@ def test_cli_as_a_module(tmp_path):
     cmd = [sys.executable, "-m", "maskproxy_losses.calibration"]
     bad = tmp_path / "scores.txt"
     bad.write_text("1 0.5 a b\n")
-    proc = subprocess.run(cmd + [str(bad), "--output", str(tmp_path / "c.json")],
-                          capture_output=True, text=True, env=env, cwd=tmp_path)
+    proc = subprocess.run(
+        cmd + [str(bad), "--output", str(tmp_path / "c.json")],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+    )
     assert proc.returncode == 2
     assert proc.stderr.startswith("error: ") and "all 1 trials have label 1" in proc.stderr
     assert not (tmp_path / "c.json").exists()
-    help_text = subprocess.run(cmd + ["--help"], capture_output=True, text=True, env=env,
-                               cwd=tmp_path).stdout
+    help_text = subprocess.run(
+        cmd + ["--help"], capture_output=True, text=True, env=env, cwd=tmp_path
+    ).stdout
     assert "--model-dir" in help_text and "logistic regression" in help_text
 
 

@@ -8,7 +8,9 @@ from maskproxy_losses.checkpointing import AtomicCheckpointer
 
 def test_interrupted_save_is_ignored_by_recovery(tmp_path):
     model = torch.nn.Linear(3, 3)
-    ckpt = AtomicCheckpointer(tmp_path, recoverables={"model": model, "other": torch.nn.Linear(1, 1)})
+    ckpt = AtomicCheckpointer(
+        tmp_path, recoverables={"model": model, "other": torch.nn.Linear(1, 1)}
+    )
     with torch.no_grad():
         model.weight.fill_(1.0)
     good = ckpt.save_checkpoint(meta={"n": 1})

@@ -11,15 +11,15 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
+from conftest import FIXTURES  # noqa: E402  (copies of the shared authors' fixtures)
 
 from maskproxy_losses import frontend
 from maskproxy_losses.convert import convert_checkpoint, main
-from maskproxy_losses.errors import InputError
 from maskproxy_losses.encoder import ResNetSE34L
+from maskproxy_losses.errors import InputError
 from maskproxy_losses.export import export_model
 from maskproxy_losses.frontend import InstanceNorm, build_frontend
 
-from conftest import FIXTURES  # noqa: E402  (copies of the shared authors' fixtures)
 CKPT = FIXTURES / "resnetse34l_original_layout.model"
 EXPECTED = FIXTURES / "resnetse34l_original_layout_expected.npz"
 REPO = Path(__file__).resolve().parents[1]
@@ -88,8 +88,12 @@ def test_authors_frontend_scale_and_shape():
     # Scaling by 32768 shifts log-power by log(32768**2).
     unscaled = (compute.melspec(wav) + 1e-6).log().transpose(1, 2)
     loud = feats[unscaled > 0]
-    torch.testing.assert_close(loud - unscaled[unscaled > 0],
-                               torch.full_like(loud, 2 * np.log(32768.0)), rtol=1e-4, atol=1e-3)
+    torch.testing.assert_close(
+        loud - unscaled[unscaled > 0],
+        torch.full_like(loud, 2 * np.log(32768.0)),
+        rtol=1e-4,
+        atol=1e-3,
+    )
     with pytest.raises(ValueError, match="front end"):
         build_frontend("nope")
 
@@ -98,7 +102,10 @@ def test_authors_frontend_scale_and_shape():
 
 
 def test_fixture_embeddings_through_encoder_classifier(converted, expected, tmp_path, monkeypatch):
-    assert sorted(p.name for p in converted.iterdir()) == ["embedding_model.ckpt", "hyperparams.yaml"]
+    assert sorted(p.name for p in converted.iterdir()) == [
+        "embedding_model.ckpt",
+        "hyperparams.yaml",
+    ]
     monkeypatch.chdir(tmp_path)  # load through a relative source from another cwd
     enc = _load_sb("EncoderClassifier", os.path.relpath(converted, tmp_path), "save")
     worst_abs = worst_rel = 0.0
@@ -140,10 +147,18 @@ def test_module_prefix_is_stripped(authors_state, converted, tmp_path):
 @pytest.mark.parametrize(
     "edit, message",
     [
-        (lambda s: s.pop("__S__.layer3.2.bn1.running_var"), "missing keys (1): layer3.2.bn1.running_var"),
-        (lambda s: s.update({"__S__.extra.weight": torch.zeros(3)}), "unexpected keys (1): extra.weight"),
-        (lambda s: s.update({"__S__.layer1.0.conv1.weight": torch.zeros(16, 16, 5, 5)}),
-         "mis-shaped keys (1): layer1.0.conv1.weight [16, 16, 5, 5] (model: [16, 16, 3, 3])"),
+        (
+            lambda s: s.pop("__S__.layer3.2.bn1.running_var"),
+            "missing keys (1): layer3.2.bn1.running_var",
+        ),
+        (
+            lambda s: s.update({"__S__.extra.weight": torch.zeros(3)}),
+            "unexpected keys (1): extra.weight",
+        ),
+        (
+            lambda s: s.update({"__S__.layer1.0.conv1.weight": torch.zeros(16, 16, 5, 5)}),
+            "mis-shaped keys (1): layer1.0.conv1.weight [16, 16, 5, 5] (model: [16, 16, 3, 3])",
+        ),
         (lambda s: s.update({"stray": torch.zeros(1)}), "unexpected keys (1): stray"),
     ],
     ids=["missing", "unexpected", "shape", "unprefixed"],
@@ -223,7 +238,10 @@ def test_cli(authors_state, tmp_path, capsys):
     env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     proc = subprocess.run(
         [sys.executable, "-m", "maskproxy_losses.convert", str(bad), str(tmp_path / "out")],
-        capture_output=True, text=True, env=env, timeout=120,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
     )
     assert proc.returncode == 2
     assert "missing keys (1): fc.bias" in proc.stderr and "Traceback" not in proc.stderr
@@ -233,7 +251,10 @@ def test_cli(authors_state, tmp_path, capsys):
 def test_cli_help():
     proc = subprocess.run(
         [sys.executable, "-m", "maskproxy_losses.convert", "--help"],
-        capture_output=True, text=True, cwd=REPO, timeout=120,
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=120,
     )
     assert proc.returncode == 0
     assert "CHECKPOINT" in proc.stdout and "--overwrite" in proc.stdout

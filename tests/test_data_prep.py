@@ -49,17 +49,26 @@ def vox(tmp_path):
     test_files = [f"id1000{s}/v0/0000{u}.wav" for s in (1, 2) for u in (1, 2, 3)]
     for rel in test_files:
         write_wav(str(test / rel))
-    trials = [(1, test_files[0], test_files[1]), (0, test_files[0], test_files[3]),
-              (1, test_files[4], test_files[5]), (0, test_files[2], test_files[5])]
+    trials = [
+        (1, test_files[0], test_files[1]),
+        (0, test_files[0], test_files[3]),
+        (1, test_files[4], test_files[5]),
+        (0, test_files[2], test_files[5]),
+    ]
     (tmp_path / "train_list.txt").write_text("".join(lines))
     (tmp_path / "trials.txt").write_text("".join(f"{a} {b} {c}\n" for a, b, c in trials))
     return tmp_path
 
 
 def prep(vox, **kw):
-    args = dict(output_dir=str(vox / "out"), train_root=str(vox / "train"),
-                test_root=str(vox / "test"), train_list=str(vox / "train_list.txt"),
-                trials=str(vox / "trials.txt"), num_workers=1)
+    args = dict(
+        output_dir=str(vox / "out"),
+        train_root=str(vox / "train"),
+        test_root=str(vox / "test"),
+        train_list=str(vox / "train_list.txt"),
+        trials=str(vox / "trials.txt"),
+        num_workers=1,
+    )
     args.update(kw)
     return prepare_voxceleb(**args)
 
@@ -90,12 +99,14 @@ def expect_error(vox, *fragments, **kw):
 def test_outputs_layout(vox):
     out = prep(vox, dev_share=2)
     assert sorted(os.listdir(vox / "out")) == sorted(
-        ["train.csv", "dev.csv", "dev_trials.txt", "test.csv", "trials.txt", "prep_options.json"])
+        ["train.csv", "dev.csv", "dev_trials.txt", "test.csv", "trials.txt", "prep_options.json"]
+    )
     train, dev = read_csv(out["train_csv"]), read_csv(out["dev_csv"])
     assert list(train[0]) == ["ID", "duration", "wav", "spk_id"]
     assert {r["ID"] for r in train + dev} >= {"id00001--s0--00001", "id00003--s1--00002"}
-    assert all(os.path.isabs(r["wav"]) and abs(float(r["duration"]) - 0.2) < 1e-6
-               for r in train + dev)
+    assert all(
+        os.path.isabs(r["wav"]) and abs(float(r["duration"]) - 0.2) < 1e-6 for r in train + dev
+    )
     for spk in ("id00001", "id00002", "id00003"):
         assert sum(r["spk_id"] == spk for r in train) == 2
         assert sum(r["spk_id"] == spk for r in dev) == 2
@@ -144,11 +155,24 @@ def test_round_trip_through_speechbrain(tmp_path):
     from speechbrain.dataio.dataio import read_audio
     from speechbrain.dataio.dataset import DynamicItemDataset
 
-    corpus = generate_corpus(str(tmp_path / "c"), train_speakers=6, test_speakers=3, utterances=4,
-                             min_duration=0.5, max_duration=1.5, num_workers=1, n_trials=40)
-    out = prepare_voxceleb(str(tmp_path / "out"), corpus["wav_root"],
-                           train_list=corpus["train_list"],
-                           trials=corpus["trials"], dev_share=0.1, num_workers=1)
+    corpus = generate_corpus(
+        str(tmp_path / "c"),
+        train_speakers=6,
+        test_speakers=3,
+        utterances=4,
+        min_duration=0.5,
+        max_duration=1.5,
+        num_workers=1,
+        n_trials=40,
+    )
+    out = prepare_voxceleb(
+        str(tmp_path / "out"),
+        corpus["wav_root"],
+        train_list=corpus["train_list"],
+        trials=corpus["trials"],
+        dev_share=0.1,
+        num_workers=1,
+    )
     for key in ("train_csv", "dev_csv", "test_csv"):
         data = DynamicItemDataset.from_csv(out[key])
 
@@ -198,8 +222,9 @@ def test_wrong_field_count_in_train_list(vox):
 
 def test_missing_file(vox):
     append(vox / "train_list.txt", "id00001 id00001/s0/00009.wav\n")
-    expect_error(vox, f"{vox / 'train_list.txt'}:13: missing file "
-                      f"{vox / 'train'}/id00001/s0/00009.wav")
+    expect_error(
+        vox, f"{vox / 'train_list.txt'}:13: missing file {vox / 'train'}/id00001/s0/00009.wav"
+    )
 
 
 def test_unreadable_empty_wrong_rate_stereo_and_short_audio(vox):
@@ -219,16 +244,18 @@ def test_unreadable_empty_wrong_rate_stereo_and_short_audio(vox):
         f"{lst}:14: empty audio {base}/empty.wav",
         f"{lst}:15: sample rate 8000 Hz, expected 16000: {base}/narrow.wav",
         f"{lst}:16: 2 channels, expected mono: {base}/stereo.wav",
-        f"{lst}:17: too short to embed: 399 samples, at least 400 (25 ms) needed: "
-        f"{base}/short.wav",
+        f"{lst}:17: too short to embed: 399 samples, at least 400 (25 ms) needed: {base}/short.wav",
     )
     assert len(err.problems) == 5 and str(err).startswith("5 problem(s) in the input:")
 
 
 def test_duplicate_ids(vox):
     append(vox / "train_list.txt", "id00001 id00001/s0/00001.wav\n")
-    expect_error(vox, f"{vox / 'train_list.txt'}:13: duplicate ID id00001--s0--00001 "
-                      f"(first at {vox / 'train_list.txt'}:1)")
+    expect_error(
+        vox,
+        f"{vox / 'train_list.txt'}:13: duplicate ID id00001--s0--00001 "
+        f"(first at {vox / 'train_list.txt'}:1)",
+    )
 
 
 def test_trials_outside_root_bad_label_and_fields(vox):
@@ -263,8 +290,10 @@ def test_report_lists_first_20_then_a_count(vox):
 
 def test_missing_list_file_and_roots(vox):
     err = expect_error(vox, trials=str(vox / "nope.txt"), test_root=str(vox / "none"))
-    assert err.problems == [f"{vox / 'nope.txt'}: list file not found",
-                            f"{vox / 'none'}: test root is not a folder"]
+    assert err.problems == [
+        f"{vox / 'nope.txt'}: list file not found",
+        f"{vox / 'none'}: test root is not a folder",
+    ]
     err = expect_error(vox, train_list=str(vox / "train"))
     assert err.problems == [f"{vox / 'train'}: is a folder, not a list file"]
 
@@ -358,8 +387,12 @@ def spaced_vox(vox, base):
     base.mkdir(parents=True)
     for name in ("train", "test", "train_list.txt", "trials.txt"):
         os.rename(vox / name, base / name)
-    return dict(train_root=str(base / "train"), test_root=str(base / "test"),
-                train_list=str(base / "train_list.txt"), trials=str(base / "trials.txt"))
+    return dict(
+        train_root=str(base / "train"),
+        test_root=str(base / "test"),
+        train_list=str(base / "train_list.txt"),
+        trials=str(base / "trials.txt"),
+    )
 
 
 def test_spaces_and_non_ascii_round_trip(vox):
@@ -367,11 +400,14 @@ def test_spaces_and_non_ascii_round_trip(vox):
     args = spaced_vox(vox, base)
     out = prep(vox, output_dir=str(vox / "my data ü" / "out"), dev_share=2, **args)
     out_dir = vox / "my data ü" / "out"
-    csv_wavs = {k: [r["wav"] for r in read_csv(out[k])]
-                for k in ("train_csv", "dev_csv", "test_csv")}
+    csv_wavs = {
+        k: [r["wav"] for r in read_csv(out[k])] for k in ("train_csv", "dev_csv", "test_csv")
+    }
     assert all(" " in w and "ü" in w for ws in csv_wavs.values() for w in ws)
-    expected_test = {str(base / "test" / rel) for rel in
-                     (line.split()[i] for line in open(args["trials"]) for i in (1, 2))}
+    expected_test = {
+        str(base / "test" / rel)
+        for rel in (line.split()[i] for line in open(args["trials"]) for i in (1, 2))
+    }
     assert set(csv_wavs["test_csv"]) == expected_test
     for key, csv_key in (("dev_trials", "dev_csv"), ("trials", "test_csv")):
         lines = open(out[key], encoding="utf-8").read().splitlines()
@@ -383,7 +419,8 @@ def test_spaces_and_non_ascii_round_trip(vox):
                 assert full == os.path.abspath(os.path.join(out_dir, rel))
                 assert full in csv_wavs[csv_key]
     assert open(out["trials"], encoding="utf-8").readline() == (
-        "1 ../corpüs/test/id10001/v0/00001.wav ../corpüs/test/id10001/v0/00002.wav\n")
+        "1 ../corpüs/test/id10001/v0/00001.wav ../corpüs/test/id10001/v0/00002.wav\n"
+    )
 
 
 def test_spaced_root_outside_the_output_folder_is_refused(vox):
@@ -395,7 +432,8 @@ def test_spaced_root_outside_the_output_folder_is_refused(vox):
         f"{root}: the path from the output folder {vox / 'out'} to the train root is "
         "'../my data/train', with whitespace; trial lists store paths relative to the output "
         f"folder and split lines at whitespace. Put the output folder inside {vox / 'my data'}, "
-        "or reach the data through a path without whitespace (e.g. a symlink).")
+        "or reach the data through a path without whitespace (e.g. a symlink)."
+    )
     assert not (vox / "out").exists()
 
 
@@ -405,8 +443,10 @@ def test_file_name_with_whitespace_is_refused_by_file(vox):
     write_wav(str(bad))
     rel = "../train/id00001/s0/a b.wav"
     err = expect_error(vox, train_list=None)
-    assert err.problems == [f"{bad}: {bad} has whitespace in its path relative to the output "
-                            f"folder ({rel!r}); trial lists cannot hold it: rename it"]
+    assert err.problems == [
+        f"{bad}: {bad} has whitespace in its path relative to the output "
+        f"folder ({rel!r}); trial lists cannot hold it: rename it"
+    ]
     out = prep(vox, train_list=None, skip_bad=True)
     assert str(bad) not in {r["wav"] for r in read_csv(out["train_csv"]) + read_csv(out["dev_csv"])}
 
@@ -419,8 +459,10 @@ def test_one_class_trial_list_is_refused(vox):
     lines = t.read_text().splitlines(keepends=True)
     t.write_text("".join(line for line in lines if line.startswith("1")))
     err = expect_error(vox)
-    assert err.problems == [f"{t}: all 2 trials have label 1; EER and minDCF need both target "
-                            "(1) and non-target (0) trials"]
+    assert err.problems == [
+        f"{t}: all 2 trials have label 1; EER and minDCF need both target "
+        "(1) and non-target (0) trials"
+    ]
     t.write_text("".join(line for line in lines if line.startswith("0")))
     assert expect_error(vox).problems[0].startswith(f"{t}: all 2 trials have label 0;")
     t.write_text(lines[0] + "0 id10001/v0/00009.wav id10002/v0/00001.wav\n")
@@ -437,8 +479,10 @@ def test_duplicate_trials_warned_with_file_line_and_conflicts_refused(vox, caplo
     append(t, "1 id10001/v0/00002.wav id10001/v0/00001.wav\n")  # line 1, reversed
     with caplog.at_level(logging.WARNING, logger="data_prep"):
         out = prep(vox)
-    warning = (f"{t}:5: duplicate trial id10001/v0/00002.wav / id10001/v0/00001.wav "
-               f"(first at {t}:1); kept once")
+    warning = (
+        f"{t}:5: duplicate trial id10001/v0/00002.wav / id10001/v0/00001.wav "
+        f"(first at {t}:1); kept once"
+    )
     assert [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING] == [warning]
     assert len(open(out["trials"]).readlines()) == 4
     record = json.loads((vox / "out" / "prep_options.json").read_text())
@@ -450,8 +494,9 @@ def test_duplicate_trials_warned_with_file_line_and_conflicts_refused(vox, caplo
     append(t, "0 id10001/v0/00001.wav id10001/v0/00002.wav\n")
     with pytest.raises(InputError) as info:
         prep(vox)
-    assert info.value.problems == [f"{t}:6: trial id10001/v0/00001.wav / id10001/v0/00002.wav "
-                                   f"has label 0 but label 1 at {t}:1"]
+    assert info.value.problems == [
+        f"{t}:6: trial id10001/v0/00001.wav / id10001/v0/00002.wav has label 0 but label 1 at {t}:1"
+    ]
 
 
 def test_non_utf8_lists_are_named_by_line(vox):
@@ -497,18 +542,24 @@ def test_output_folder_checked_before_reading_audio(vox):
     (vox / "out").mkdir()
     with read_only(vox / "out") as ro, pytest.raises(InputError) as info:
         prep(vox)
-    assert str(info.value) == (f"{vox / 'out'}: the output folder is not writable "
-                               f"({ro.reason}); choose another folder or fix its permissions")
+    assert str(info.value) == (
+        f"{vox / 'out'}: the output folder is not writable "
+        f"({ro.reason}); choose another folder or fix its permissions"
+    )
     assert os.listdir(vox / "out") == []
     (vox / "file").write_text("x")
     with pytest.raises(InputError) as info:
         prep(vox, output_dir=str(vox / "file"))
-    assert str(info.value) == (f"{vox / 'file'}: the output folder is an existing file, not a "
-                               "folder; pass the path of a folder")
+    assert str(info.value) == (
+        f"{vox / 'file'}: the output folder is an existing file, not a "
+        "folder; pass the path of a folder"
+    )
     with pytest.raises(InputError) as info:
         prep(vox, output_dir=str(vox / "file" / "sub"))
-    assert str(info.value) == (f"{vox / 'file' / 'sub'}: cannot create the output folder: "
-                               f"{vox / 'file'} is a file, not a folder")
+    assert str(info.value) == (
+        f"{vox / 'file' / 'sub'}: cannot create the output folder: "
+        f"{vox / 'file'} is a file, not a folder"
+    )
 
 
 def test_outputs_follow_the_umask(vox):
@@ -517,8 +568,10 @@ def test_outputs_follow_the_umask(vox):
         out = prep(vox)
     finally:
         os.umask(old)
-    modes = {os.path.basename(p): stat.S_IMODE(os.stat(p).st_mode)
-             for p in list(out.values()) + [str(vox / "out" / "prep_options.json")]}
+    modes = {
+        os.path.basename(p): stat.S_IMODE(os.stat(p).st_mode)
+        for p in list(out.values()) + [str(vox / "out" / "prep_options.json")]
+    }
     assert set(modes.values()) == {0o640}, modes
 
 
@@ -526,8 +579,15 @@ def cli(*args, cwd=REPO, env=None, **kw):
     """Start ``python -m <args>`` with this checkout on PYTHONPATH."""
     env = dict(os.environ, PYTHONPATH=str(REPO), **(env or {}))
     env.pop("MASKPROXY_DEBUG", None)
-    return subprocess.Popen([sys.executable, "-m", *args], cwd=cwd, env=env, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, **kw)
+    return subprocess.Popen(
+        [sys.executable, "-m", *args],
+        cwd=cwd,
+        env=env,
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        **kw,
+    )
 
 
 def run_main(main, argv, capsys):
@@ -541,9 +601,19 @@ def run_main(main, argv, capsys):
 
 def test_cli_failures_one_error_line_exit_2(vox, tmp_path, capsys, monkeypatch):
     monkeypatch.delenv("MASKPROXY_DEBUG", raising=False)
-    base = ["--train-list", str(vox / "train_list.txt"), "--train-root", str(vox / "train"),
-            "--trials", str(vox / "trials.txt"), "--test-root", str(vox / "test"),
-            "--num-workers", "1", "--output-dir"]
+    base = [
+        "--train-list",
+        str(vox / "train_list.txt"),
+        "--train-root",
+        str(vox / "train"),
+        "--trials",
+        str(vox / "trials.txt"),
+        "--test-root",
+        str(vox / "test"),
+        "--num-workers",
+        "1",
+        "--output-dir",
+    ]
     bad_list = tmp_path / "bad_list.txt"
     bad_list.write_text((vox / "train_list.txt").read_text() + "id00001 a b\n")
     latin = tmp_path / "latin1.txt"
@@ -554,14 +624,24 @@ def test_cli_failures_one_error_line_exit_2(vox, tmp_path, capsys, monkeypatch):
     bad_line = f"{bad_list}:13: expected 2 fields 'spk_id path', got 3"
     cases = [
         (base + [str(tmp_path / "o1"), "--train-list", str(bad_list)], bad_line),
-        (base + [str(tmp_path / "o2"), "--train-list", str(latin)],
-         f"{latin}:1: not UTF-8 text (byte 0xe9 at column 20); save the list as UTF-8"),
-        (base + [str(tmp_path / "o3"), "--trials", str(tmp_path / "none.txt")],
-         f"{tmp_path / 'none.txt'}: list file not found"),
-        (base + [str(tmp_path / "a_file")], f"{tmp_path / 'a_file'}: the output folder is an "
-         "existing file, not a folder; pass the path of a folder"),
-        (base + [str(ro)], f"{ro}: the output folder is not writable ({read_only(ro).reason}); "
-         "choose another folder or fix its permissions"),
+        (
+            base + [str(tmp_path / "o2"), "--train-list", str(latin)],
+            f"{latin}:1: not UTF-8 text (byte 0xe9 at column 20); save the list as UTF-8",
+        ),
+        (
+            base + [str(tmp_path / "o3"), "--trials", str(tmp_path / "none.txt")],
+            f"{tmp_path / 'none.txt'}: list file not found",
+        ),
+        (
+            base + [str(tmp_path / "a_file")],
+            f"{tmp_path / 'a_file'}: the output folder is an "
+            "existing file, not a folder; pass the path of a folder",
+        ),
+        (
+            base + [str(ro)],
+            f"{ro}: the output folder is not writable ({read_only(ro).reason}); "
+            "choose another folder or fix its permissions",
+        ),
     ]
     with read_only(ro):
         for argv, message in cases:
@@ -578,9 +658,13 @@ def test_cli_failures_one_error_line_exit_2(vox, tmp_path, capsys, monkeypatch):
     assert info.value.code == 0 and "--train-list" in capsys.readouterr().out
 
     # The same through a real process: exit status 2, one line on stderr, no traceback.
-    proc = subprocess.run([sys.executable, "-m", "data_prep.voxceleb", *cases[0][0]],
-                          env=dict(os.environ, PYTHONPATH=str(REPO)), capture_output=True,
-                          text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "data_prep.voxceleb", *cases[0][0]],
+        env=dict(os.environ, PYTHONPATH=str(REPO)),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert (proc.returncode, proc.stderr, proc.stdout) == (2, f"error: {bad_line}\n", "")
 
 
@@ -611,8 +695,19 @@ def write_tiny_wavs(root, n_spk, per_spk):
 def test_kill_9_mid_run_then_rerun_cleans_up(tmp_path):
     root, out = tmp_path / "wav", tmp_path / "out"
     (tmp_path / "list.txt").write_text("".join(write_tiny_wavs(root, 60, 50)))  # 3000 files
-    args = ["data_prep.voxceleb", "--train-list", str(tmp_path / "list.txt"), "--train-root",
-            str(root), "--output-dir", str(out), "--dev-share", "10", "--num-workers", "2"]
+    args = [
+        "data_prep.voxceleb",
+        "--train-list",
+        str(tmp_path / "list.txt"),
+        "--train-root",
+        str(root),
+        "--output-dir",
+        str(out),
+        "--dev-share",
+        "10",
+        "--num-workers",
+        "2",
+    ]
     proc = cli(*args, start_new_session=True)
     while proc.poll() is None and not children(proc.pid):  # header-reading workers started
         time.sleep(0.002)

@@ -18,8 +18,15 @@ from maskproxy_losses.errors import InputError
 
 REPO = Path(__file__).resolve().parents[1]
 
-SMALL = dict(train_speakers=6, test_speakers=4, utterances=4, min_duration=1.0, max_duration=1.0,
-             n_trials=40, num_workers=1)
+SMALL = dict(
+    train_speakers=6,
+    test_speakers=4,
+    utterances=4,
+    min_duration=1.0,
+    max_duration=1.0,
+    n_trials=40,
+    num_workers=1,
+)
 
 
 @pytest.fixture(scope="module")
@@ -28,8 +35,9 @@ def corpus(tmp_path_factory):
 
 
 def wav_files(root):
-    return sorted(os.path.relpath(os.path.join(d, n), root)
-                  for d, _, files in os.walk(root) for n in files)
+    return sorted(
+        os.path.relpath(os.path.join(d, n), root) for d, _, files in os.walk(root) for n in files
+    )
 
 
 def test_layout_and_train_list(corpus):
@@ -41,8 +49,12 @@ def test_layout_and_train_list(corpus):
     for spk, rel in lines:
         assert rel.startswith(spk + "/sess") and rel.endswith(".wav")
         info = sf.info(os.path.join(corpus["wav_root"], rel))
-        assert (info.samplerate, info.channels, info.subtype, info.frames) == \
-            (16000, 1, "PCM_16", 16000)
+        assert (info.samplerate, info.channels, info.subtype, info.frames) == (
+            16000,
+            1,
+            "PCM_16",
+            16000,
+        )
     for spk in speakers:  # every speaker has 2+ sessions
         assert len({rel.split("/")[1] for s, rel in lines if s == spk}) >= 2
     assert len(wav_files(corpus["wav_root"])) == (6 + 4) * 4  # no temporary files left
@@ -75,13 +87,21 @@ def test_same_seed_same_bytes_any_workers_other_seed_differs(tmp_path):
     for key in ("train_list", "trials"):
         assert open(a[key]).read() == open(b[key]).read()
     first = files[0]
-    assert open(os.path.join(a["wav_root"], first), "rb").read() != \
-        open(os.path.join(c["wav_root"], first), "rb").read()
+    assert (
+        open(os.path.join(a["wav_root"], first), "rb").read()
+        != open(os.path.join(c["wav_root"], first), "rb").read()
+    )
 
 
 def test_rerun_is_a_no_op_and_an_interrupted_run_is_finished(tmp_path):
-    tiny = dict(train_speakers=2, test_speakers=2, utterances=2, min_duration=0.5,
-                max_duration=0.5, num_workers=1)
+    tiny = dict(
+        train_speakers=2,
+        test_speakers=2,
+        utterances=2,
+        min_duration=0.5,
+        max_duration=0.5,
+        num_workers=1,
+    )
     paths = generate_corpus(str(tmp_path), **tiny)
     files = wav_files(paths["wav_root"])
     stamp = {f: os.stat(os.path.join(paths["wav_root"], f)).st_mtime_ns for f in files}
@@ -112,9 +132,25 @@ def test_baseline_small_corpus_is_not_trivial(corpus):
 
 
 def test_cli(tmp_path, capsys):
-    args = ["--output-dir", str(tmp_path), "--train-speakers", "1", "--test-speakers", "2",
-            "--utterances", "2", "--min-duration", "0.5", "--max-duration", "0.5",
-            "--num-workers", "1", "--n-trials", "4", "--baseline"]
+    args = [
+        "--output-dir",
+        str(tmp_path),
+        "--train-speakers",
+        "1",
+        "--test-speakers",
+        "2",
+        "--utterances",
+        "2",
+        "--min-duration",
+        "0.5",
+        "--max-duration",
+        "0.5",
+        "--num-workers",
+        "1",
+        "--n-trials",
+        "4",
+        "--baseline",
+    ]
     assert demo_corpus.main(args) == 0
     out = capsys.readouterr().out
     assert "train_list:" in out and "baseline EER (mean log-mel cosine):" in out
@@ -124,14 +160,24 @@ def test_cli_bad_input_and_output_one_error_line_exit_2(tmp_path, capsys, monkey
     monkeypatch.delenv("MASKPROXY_DEBUG", raising=False)
     (tmp_path / "a_file").write_text("x")
     cases = [
-        (["--output-dir", str(tmp_path / "a_file")], f"{tmp_path / 'a_file'}: the output folder "
-         "is an existing file, not a folder; pass the path of a folder"),
-        (["--output-dir", str(tmp_path / "a_file" / "d")], f"{tmp_path / 'a_file' / 'd'}: cannot "
-         f"create the output folder: {tmp_path / 'a_file'} is a file, not a folder"),
-        (["--output-dir", str(tmp_path / "d"), "--utterances", "1"],
-         "need utterances >= 2, 1-9999 train and 2-9999 test speakers"),
-        (["--output-dir", str(tmp_path / "d"), "--min-duration", "0.1"],
-         "need 0.25 <= min_duration <= max_duration (seconds)"),
+        (
+            ["--output-dir", str(tmp_path / "a_file")],
+            f"{tmp_path / 'a_file'}: the output folder "
+            "is an existing file, not a folder; pass the path of a folder",
+        ),
+        (
+            ["--output-dir", str(tmp_path / "a_file" / "d")],
+            f"{tmp_path / 'a_file' / 'd'}: cannot "
+            f"create the output folder: {tmp_path / 'a_file'} is a file, not a folder",
+        ),
+        (
+            ["--output-dir", str(tmp_path / "d"), "--utterances", "1"],
+            "need utterances >= 2, 1-9999 train and 2-9999 test speakers",
+        ),
+        (
+            ["--output-dir", str(tmp_path / "d"), "--min-duration", "0.1"],
+            "need 0.25 <= min_duration <= max_duration (seconds)",
+        ),
     ]
     for argv, message in cases:
         with pytest.raises(SystemExit) as info:
@@ -143,12 +189,22 @@ def test_cli_bad_input_and_output_one_error_line_exit_2(tmp_path, capsys, monkey
 
 
 def test_kill_9_leaves_no_partial_wav_and_a_rerun_finishes(tmp_path):
-    args = dict(train_speakers=3, test_speakers=2, utterances=6, min_duration=1.0,
-                max_duration=1.5, num_workers=1, n_trials=10)
+    args = dict(
+        train_speakers=3,
+        test_speakers=2,
+        utterances=6,
+        min_duration=1.0,
+        max_duration=1.5,
+        num_workers=1,
+        n_trials=10,
+    )
     argv = [f"--{k.replace('_', '-')}={v}" for k, v in args.items()]
-    proc = subprocess.Popen([sys.executable, "-m", "data_prep.demo_corpus", "--output-dir",
-                             str(tmp_path), *argv], env=dict(os.environ, PYTHONPATH=str(REPO)),
-                            start_new_session=True, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "data_prep.demo_corpus", "--output-dir", str(tmp_path), *argv],
+        env=dict(os.environ, PYTHONPATH=str(REPO)),
+        start_new_session=True,
+        stderr=subprocess.DEVNULL,
+    )
     first = tmp_path / "wav" / "id00001"
 
     def visible():
@@ -178,12 +234,10 @@ def test_kill_9_leaves_no_partial_wav_and_a_rerun_finishes(tmp_path):
 
 
 @pytest.mark.slow
-def test_default_corpus_baseline_eer_in_range(tmp_path):
-    start = time.time()
-    paths = generate_corpus(str(tmp_path))
-    elapsed = time.time() - start
+def test_default_corpus_baseline_eer_in_range(default_corpus):
+    _, paths = default_corpus
     eer = baseline_eer(paths["trials"], paths["wav_root"])
-    print(f"default corpus: generated in {elapsed:.1f} s, baseline EER {100 * eer:.2f}%")
+    print(f"default corpus: baseline EER {100 * eer:.2f}%")
     assert 0.15 <= eer <= 0.35
     assert len(open(paths["train_list"]).readlines()) == 60 * 20
     assert len(open(paths["trials"]).readlines()) == 4000

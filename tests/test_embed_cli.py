@@ -36,7 +36,7 @@ def env(tmp_path_factory):
     model_dir = _tiny_model(base / "model", 0)
     rng = np.random.default_rng(1)
     (base / "wavs" / "sub").mkdir(parents=True)
-    for i, (spk, names) in enumerate(SPEAKERS.items()):
+    for i, names in enumerate(SPEAKERS.values()):
         for j, name in enumerate(names):  # a tone per speaker plus noise, 0.6 to 1.1 s
             t = np.arange(int(16000 * (0.6 + 0.25 * i + 0.25 * j))) / 16000
             x = 0.3 * np.sin(2 * np.pi * (200 + 900 * i) * t) + 0.05 * rng.standard_normal(t.size)
@@ -78,8 +78,17 @@ def test_embed_list_matches_the_encoder_and_hits_the_cache(env, tmp_path, capsys
     # file in each batch: no zero padding, so the result must equal the one-file encoder call
     # up to float rounding (padding in shared batches only moves the front end's edge frames,
     # see tests/test_embedding.py).
-    argv = [env["model"], "--wav-list", base / "list.txt", "--output", "out/emb.npz",
-            "--cache-dir", cache, "--batch-seconds", "0"]
+    argv = [
+        env["model"],
+        "--wav-list",
+        base / "list.txt",
+        "--output",
+        "out/emb.npz",
+        "--cache-dir",
+        cache,
+        "--batch-seconds",
+        "0",
+    ]
     code, out, _ = _run(argv, capsys)
     assert code == 0 and "4 files, 16 dims; embeddings 0 from cache, 3 computed" in out
     with np.load(tmp_path / "out" / "emb.npz") as z:
@@ -91,8 +100,9 @@ def test_embed_list_matches_the_encoder_and_hits_the_cache(env, tmp_path, capsys
     fingerprint = model_fingerprint(env["model"])
     assert list((cache / fingerprint[:16] / "full_max300s").glob("shard-*.npz"))
     stats = {}
-    again = embed_files(env["model"], [base / "wavs" / n for n in names], cache_dir=cache,
-                        stats=stats)
+    again = embed_files(
+        env["model"], [base / "wavs" / n for n in names], cache_dir=cache, stats=stats
+    )
     assert (stats["hits"], stats["computed"]) == (3, 0)
     np.testing.assert_allclose(again, want, rtol=1e-5, atol=1e-5)
     code, out, _ = _run(argv, capsys)
@@ -101,14 +111,27 @@ def test_embed_list_matches_the_encoder_and_hits_the_cache(env, tmp_path, capsys
 
 def test_dir_takes_every_audio_file_sorted(env, tmp_path, capsys):
     out = tmp_path / "dir.npz"
-    code, _, _ = _run(["embed", env["model"], "--dir", env["base"] / "wavs", "--output", out,
-                       "--no-cache", "--batch-seconds", "0"], capsys)
+    code, _, _ = _run(
+        [
+            "embed",
+            env["model"],
+            "--dir",
+            env["base"] / "wavs",
+            "--output",
+            out,
+            "--no-cache",
+            "--batch-seconds",
+            "0",
+        ],
+        capsys,
+    )
     assert code == 0
     with np.load(out) as z:
         rel = [os.path.relpath(p, env["base"] / "wavs") for p in z["paths"].tolist()]
         assert rel == sorted(["ann0.wav", "ann1.wav", "bo0.wav", "cy0.wav", "sub/bo1.wav"])
-        np.testing.assert_allclose(z["embeddings"], np.stack([env["direct"][n] for n in rel]),
-                                   rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(
+            z["embeddings"], np.stack([env["direct"][n] for n in rel]), rtol=1e-5, atol=1e-5
+        )
 
 
 @pytest.fixture(scope="module")
@@ -117,8 +140,22 @@ def enrolled(env):
     lines = [f"{spk} wavs/{n}" for spk, names in SPEAKERS.items() for n in names]
     (base / "enrol.txt").write_text("\n".join(lines) + "\n")
     out = base / "speakers.npz"
-    assert main(["enrol", env["model"], "--speakers", base / "enrol.txt", "--output", out,
-                 "--no-cache", "--batch-seconds", "0"]) is not None
+    assert (
+        main(
+            [
+                "enrol",
+                env["model"],
+                "--speakers",
+                base / "enrol.txt",
+                "--output",
+                out,
+                "--no-cache",
+                "--batch-seconds",
+                "0",
+            ]
+        )
+        is not None
+    )
     return out
 
 
@@ -138,8 +175,9 @@ def _read_tsv(path):
 
 
 def _expected_scores(env, test_names):
-    models = np.stack([np.mean([_unit(env["direct"][n]) for n in SPEAKERS[s]], 0)
-                       for s in SPEAKERS])
+    models = np.stack(
+        [np.mean([_unit(env["direct"][n]) for n in SPEAKERS[s]], 0) for s in SPEAKERS]
+    )
     test = np.stack([env["direct"][n] for n in test_names])
     return _unit(test) @ _unit(models).T
 
@@ -154,9 +192,23 @@ def test_identify_ranks_speakers_by_cosine_with_calibrated_llrs(env, enrolled, t
     wavs = [env["base"] / "wavs" / n for n in tests]
     for model_dir, calibrated in ((env["model"], False), (model, True)):
         out = tmp_path / f"id-{calibrated}.tsv"
-        code, stdout, _ = _run(["identify", model_dir, "--speakers", enrolled, *wavs, "--top-k",
-                                "2", "--output", out, "--no-cache", "--batch-seconds", "0"],
-                               capsys)
+        code, stdout, _ = _run(
+            [
+                "identify",
+                model_dir,
+                "--speakers",
+                enrolled,
+                *wavs,
+                "--top-k",
+                "2",
+                "--output",
+                out,
+                "--no-cache",
+                "--batch-seconds",
+                "0",
+            ],
+            capsys,
+        )
         assert code == 0 and "3 enrolled speakers, top 2" in stdout
         header, rows = _read_tsv(out)
         assert header == ["path", "rank", "speaker", "score"] + ["llr", "decision"] * calibrated
@@ -171,7 +223,7 @@ def test_identify_ranks_speakers_by_cosine_with_calibrated_llrs(env, enrolled, t
                 assert abs(s - expected[i, ids.index(r[2])]) < 1e-5
             assert scores[0] >= scores[1] and abs(scores[0] - expected[i].max()) < 1e-5
             if calibrated:
-                for r, s in zip(mine, scores):
+                for r in mine:
                     llr = 12.0 * expected[i, ids.index(r[2])] - 9.0
                     assert abs(float(r[4]) - llr) < 1e-3
                     assert r[5] == ("accept" if llr >= bayes_threshold(0.01) else "reject")
@@ -179,8 +231,10 @@ def test_identify_ranks_speakers_by_cosine_with_calibrated_llrs(env, enrolled, t
 
 def test_identify_refuses_speakers_enrolled_with_another_model(env, enrolled, tmp_path, capsys):
     other = _tiny_model(tmp_path / "other", 1)
-    code, _, err = _run(["identify", other, "--speakers", enrolled,
-                         env["base"] / "wavs" / "cy0.wav", "--no-cache"], capsys)
+    code, _, err = _run(
+        ["identify", other, "--speakers", enrolled, env["base"] / "wavs" / "cy0.wav", "--no-cache"],
+        capsys,
+    )
     assert code == 2 and f"error: {enrolled}: enrolled with another model" in err
 
 
@@ -213,21 +267,31 @@ def _bad_inputs(env, tmp):
     wav, model = base / "wavs" / "ann0.wav", env["model"]
     out = ["--output", tmp / "o.npz", "--no-cache"]
     return [
-        ([tmp / "nomodel", "--wav-list", base / "bad.txt", *out], f"{tmp / 'nomodel'}: model "
-         "directory not found"),
+        (
+            [tmp / "nomodel", "--wav-list", base / "bad.txt", *out],
+            f"{tmp / 'nomodel'}: model directory not found",
+        ),
         ([untrusted, "--dir", base / "wavs", *out], "refusing to load it"),
         ([model, "--wav-list", base / "bad.txt", *out], f"{base / 'bad.txt'}:2: missing file"),
         ([model, "--wav-list", base / "bad.txt", *out], f"{base / 'bad.txt'}:4: too short"),
         ([model, "--wav-list", tmp / "empty.txt", *out], "the wav list names no files"),
         ([model, "--dir", tmp / "emptydir", *out], f"{tmp / 'emptydir'}: no .wav or .flac"),
-        ([model, "--wav-list", base / "bad.txt", "--output", tmp / "empty.txt" / "o.npz"],
-         f"{tmp / 'empty.txt'}: the output folder is an existing file"),
-        (["enrol", model, "--speakers", base / "enrol_bad.txt", *out],
-         f"{base / 'enrol_bad.txt'}:2: expected 'speaker_id wav_path'"),
-        (["identify", model, "--speakers", tmp / "notnpz.npz", wav],
-         f"{tmp / 'notnpz.npz'}: not a speakers file"),
-        (["identify", model, "--speakers", tmp / "notnpz.npz", wav, "--top-k", "0"],
-         "argument --top-k: must be at least 1, got 0"),
+        (
+            [model, "--wav-list", base / "bad.txt", "--output", tmp / "empty.txt" / "o.npz"],
+            f"{tmp / 'empty.txt'}: the output folder is an existing file",
+        ),
+        (
+            ["enrol", model, "--speakers", base / "enrol_bad.txt", *out],
+            f"{base / 'enrol_bad.txt'}:2: expected 'speaker_id wav_path'",
+        ),
+        (
+            ["identify", model, "--speakers", tmp / "notnpz.npz", wav],
+            f"{tmp / 'notnpz.npz'}: not a speakers file",
+        ),
+        (
+            ["identify", model, "--speakers", tmp / "notnpz.npz", wav, "--top-k", "0"],
+            "argument --top-k: must be at least 1, got 0",
+        ),
     ]
 
 
@@ -239,18 +303,40 @@ def test_bad_input_gives_one_error_line_and_exit_2(env, tmp_path, capsys, monkey
         assert "Traceback" not in err
     assert not (tmp_path / "o.npz").exists()
     # the untrusted directory loads when the user says they trust it
-    code, out, _ = _run([tmp_path / "untrusted", "--dir", env["base"] / "wavs", "--output",
-                         tmp_path / "t.npz", "--no-cache", "--trust-model-dir"], capsys)
+    code, out, _ = _run(
+        [
+            tmp_path / "untrusted",
+            "--dir",
+            env["base"] / "wavs",
+            "--output",
+            tmp_path / "t.npz",
+            "--no-cache",
+            "--trust-model-dir",
+        ],
+        capsys,
+    )
     assert code == 0 and (tmp_path / "t.npz").is_file()
 
 
 def test_command_line_module_exits_2_without_traceback(env, tmp_path):
     (tmp_path / "list.txt").write_text(f"{env['base'] / 'wavs' / 'ann0.wav'}\nnope.wav\n")
     proc = subprocess.run(
-        [sys.executable, "-m", "maskproxy_losses.embed", env["model"], "--wav-list",
-         "list.txt", "--output", "o.npz", "--no-cache"],
-        capture_output=True, text=True, cwd=tmp_path,
-        env={**os.environ, "PYTHONPATH": str(ROOT), "MASKPROXY_DEBUG": ""})
+        [
+            sys.executable,
+            "-m",
+            "maskproxy_losses.embed",
+            env["model"],
+            "--wav-list",
+            "list.txt",
+            "--output",
+            "o.npz",
+            "--no-cache",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(ROOT), "MASKPROXY_DEBUG": ""},
+    )
     assert proc.returncode == 2, proc.stderr
     assert proc.stderr.startswith("error: list.txt:2: missing file nope.wav"), proc.stderr
     assert "Traceback" not in proc.stderr and not (tmp_path / "o.npz").exists()
@@ -261,5 +347,7 @@ def test_wav_list_with_a_bom(tmp_path):
 
     path = tmp_path / "list.txt"
     path.write_bytes("\ufeffa.wav\n# comment\n\nsub/b.wav\n".encode("utf-8"))
-    assert read_wav_list(path) == [("a.wav", str(tmp_path / "a.wav"), f"{path}:1"),
-                                   ("sub/b.wav", str(tmp_path / "sub/b.wav"), f"{path}:4")]
+    assert read_wav_list(path) == [
+        ("a.wav", str(tmp_path / "a.wav"), f"{path}:1"),
+        ("sub/b.wav", str(tmp_path / "sub/b.wav"), f"{path}:4"),
+    ]

@@ -30,17 +30,26 @@ def setup(tmp_path_factory):
 def _embed(setup, batch_seconds, max_seconds, folder):
     cache = EmbeddingCache(setup["base"] / folder)
     lengths = {p: read_wav(p).shape[0] for p in setup["wavs"]}
-    return Embedder(setup["encoder"], cache, None, batch_seconds, max_seconds)(setup["wavs"], lengths)
+    return Embedder(setup["encoder"], cache, None, batch_seconds, max_seconds)(
+        setup["wavs"], lengths
+    )
 
 
 def test_batched_matches_one_by_one(setup):
     one_by_one, _ = _embed(setup, 0.001, 300, "c1")  # a batch per file
-    direct = np.stack([setup["encoder"].encode_batch(read_wav(p)[None]).reshape(-1).numpy()
-                       for p in setup["wavs"]])
+    direct = np.stack(
+        [
+            setup["encoder"].encode_batch(read_wav(p)[None]).reshape(-1).numpy()
+            for p in setup["wavs"]
+        ]
+    )
     np.testing.assert_allclose(one_by_one, direct, rtol=1e-5, atol=1e-6)
     batched, _ = _embed(setup, 100, 300, "c2")
-    cos = (one_by_one * batched).sum(1) / np.linalg.norm(one_by_one, axis=1) / np.linalg.norm(
-        batched, axis=1)
+    cos = (
+        (one_by_one * batched).sum(1)
+        / np.linalg.norm(one_by_one, axis=1)
+        / np.linalg.norm(batched, axis=1)
+    )
     assert cos.min() > 0.99  # padding only touches the feature front end's edge frames
 
 

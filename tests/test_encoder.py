@@ -10,7 +10,9 @@ import torch.nn.functional as F
 from maskproxy_losses import encoder
 from maskproxy_losses.encoder import ResNetSE34L
 
-SPEC_KEYS = Path(__file__).resolve().parents[2] / "shared" / "spec" / "resnetse34l_state_dict_keys.txt"
+SPEC_KEYS = (
+    Path(__file__).resolve().parents[2] / "shared" / "spec" / "resnetse34l_state_dict_keys.txt"
+)
 
 
 def _randomise_bn(model, seed=0):
@@ -53,7 +55,7 @@ def test_keys_match_authors_layout(model):
     for line in SPEC_KEYS.read_text().splitlines():
         if line.startswith("__S__.") and not line.startswith("__S__.torchfb."):
             key, shape = line.split(" ", 1)
-            spec[key[len("__S__."):]] = [int(s) for s in shape.strip("[]").split(",") if s.strip()]
+            spec[key[len("__S__.") :]] = [int(s) for s in shape.strip("[]").split(",") if s.strip()]
     ours = {k: list(v.shape) for k, v in model.state_dict().items()}
     assert ours == spec
 
@@ -81,8 +83,9 @@ def test_se_block_order_relu_before_bn(model):
         expected = torch.relu(h * gate[:, :, None, None] + block.downsample(x))
         # The conventional order (BN before ReLU) gives a different result.
         h2 = block.bn2(block.conv2(torch.relu(block.bn1(block.conv1(x)))))
-        conventional = torch.relu(h2 * block.se.fc(h2.mean(dim=(2, 3)))[:, :, None, None]
-                                  + block.downsample(x))
+        conventional = torch.relu(
+            h2 * block.se.fc(h2.mean(dim=(2, 3)))[:, :, None, None] + block.downsample(x)
+        )
     assert out.shape == (2, 32, 10, 16)
     torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
     assert not torch.allclose(out, conventional, atol=1e-3)

@@ -20,11 +20,11 @@ pytest.importorskip("onnx")
 pytest.importorskip("onnxscript")
 pytest.importorskip("onnxruntime")
 
+from maskproxy_losses import export_onnx as eo  # noqa: E402
 from maskproxy_losses.convert import convert_checkpoint  # noqa: E402
 from maskproxy_losses.encoder import ResNetSE34L  # noqa: E402
 from maskproxy_losses.errors import InputError, run_cli  # noqa: E402
 from maskproxy_losses.export import export_model  # noqa: E402
-from maskproxy_losses import export_onnx as eo  # noqa: E402
 from maskproxy_losses.export_onnx import (  # noqa: E402
     OnnxEmbedder,
     export_onnx,
@@ -200,12 +200,18 @@ def test_bad_model_dirs(fbank_export, tmp_path, capsys):
     other = tmp_path / "other.ckpt"
     torch.save(ResNetSE34L(emb_dim=32).state_dict(), other)
     cases = {
-        "no_yaml": (_copy_model(model_dir, tmp_path / "no_yaml", with_yaml=False),
-                    "not a model directory (no hyperparams.yaml)"),
-        "corrupt": (_copy_model(model_dir, tmp_path / "corrupt", good[: len(good) // 2]),
-                    "not a readable weights-only checkpoint"),
-        "mismatch": (_copy_model(model_dir, tmp_path / "mismatch", other.read_bytes()),
-                     "does not fit the model"),
+        "no_yaml": (
+            _copy_model(model_dir, tmp_path / "no_yaml", with_yaml=False),
+            "not a model directory (no hyperparams.yaml)",
+        ),
+        "corrupt": (
+            _copy_model(model_dir, tmp_path / "corrupt", good[: len(good) // 2]),
+            "not a readable weights-only checkpoint",
+        ),
+        "mismatch": (
+            _copy_model(model_dir, tmp_path / "mismatch", other.read_bytes()),
+            "does not fit the model",
+        ),
     }
     outs = tmp_path / "outs"
     outs.mkdir()
@@ -238,7 +244,9 @@ def test_failed_export_leaves_nothing(fbank_export, tmp_path, monkeypatch):
         raise RuntimeError("exporter crashed")
 
     monkeypatch.setattr(eo.torch.onnx, "export", half_written)
-    with pytest.raises(InputError, match="the ONNX exporter failed .RuntimeError: exporter crashed"):
+    with pytest.raises(
+        InputError, match="the ONNX exporter failed .RuntimeError: exporter crashed"
+    ):
         export_onnx(fbank_export[0], tmp_path / "model.onnx")
     assert list(tmp_path.iterdir()) == []
 

@@ -54,9 +54,11 @@ def test_check_writable_dir(tmp_path):
         try:
             with pytest.raises(InputError) as info:
                 check_writable_dir(tmp_path, "cache folder")
-            assert str(info.value) == (f"{tmp_path}: the cache folder is not writable "
-                                       f"({os.strerror(errno.EACCES)}); choose another folder "
-                                       "or fix its permissions")
+            assert str(info.value) == (
+                f"{tmp_path}: the cache folder is not writable "
+                f"({os.strerror(errno.EACCES)}); choose another folder "
+                "or fix its permissions"
+            )
         finally:
             os.chmod(tmp_path, 0o755)
 
@@ -65,6 +67,8 @@ def test_text_lines_names_each_undecodable_line(tmp_path):
     path = tmp_path / "l.txt"
     path.write_bytes("\ufeffa b\n".encode() + b"ok\n\x80x\n" + "é\n".encode())
     assert list(text_lines(path)) == [
-        (1, "a b\n", None), (2, "ok\n", None),
+        (1, "a b\n", None),
+        (2, "ok\n", None),
         (3, None, f"{path}:3: not UTF-8 text (byte 0x80 at column 1); save the list as UTF-8"),
-        (4, "é\n", None)]
+        (4, "é\n", None),
+    ]

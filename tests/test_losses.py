@@ -3,9 +3,9 @@
 import math
 
 import pytest
+import reference_losses as ref
 import torch
 
-import reference_losses as ref
 from maskproxy_losses import (
     AngularPrototypicalLoss,
     MaskedProxyLoss,
@@ -119,8 +119,10 @@ def test_matches_naive_reference(name, sizes):
     # Gradients agree too (the package uses a hand-written backward for the proxies).
     params = [emb.requires_grad_()] + list(loss_fn.parameters())
     g_got = torch.autograd.grad(loss_fn(emb, labels), params, allow_unused=True)
-    want = ref.ap_loss(emb, labels, loss_fn.w, loss_fn.b) if name == "ap" else fn(
-        emb, labels, loss_fn.proxies, loss_fn.w, loss_fn.b
+    want = (
+        ref.ap_loss(emb, labels, loss_fn.w, loss_fn.b)
+        if name == "ap"
+        else fn(emb, labels, loss_fn.proxies, loss_fn.w, loss_fn.b)
     )
     g_want = torch.autograd.grad(want, params, allow_unused=True)
     for a, b in zip(g_got, g_want):
@@ -152,7 +154,7 @@ def test_invariant_to_speaker_order(name):
     base = loss_fn(emb, labels)
     # Reorder whole speakers, keeping each speaker's utterance order (query first).
     spk_order = list(dict.fromkeys(labels.tolist()))[::-1]
-    idx = [i for s in spk_order for i, l in enumerate(labels.tolist()) if l == s]
+    idx = [i for s in spk_order for i, y in enumerate(labels.tolist()) if y == s]
     assert loss_fn(emb[idx], labels[idx]).item() == pytest.approx(base.item(), rel=1e-12)
 
 

@@ -8,13 +8,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import FIXTURES  # noqa: E402
 
 from maskproxy_losses.encoder import ResNetSE34L
 from maskproxy_losses.errors import InputError
 from maskproxy_losses.export import export_model
 from maskproxy_losses.model_dir import check_hparams, load_encoder
 
-from conftest import FIXTURES  # noqa: E402
 OLD_DIR = FIXTURES / "model_dir_v0_1"  # written by the export of release 0.1, before the re-layout
 
 
@@ -53,8 +53,10 @@ def test_code_in_hyperparams_is_refused_unless_trusted(model_dir, tmp_path):
     assert marker.exists()
 
 
-@pytest.mark.parametrize("tag", ["!name:builtins.eval", "!new:collections.OrderedDict",
-                                 "!module:os", "!include:other.yaml"])
+@pytest.mark.parametrize(
+    "tag",
+    ["!name:builtins.eval", "!new:collections.OrderedDict", "!module:os", "!include:other.yaml"],
+)
 def test_every_other_tag_is_refused(model_dir, tag):
     path, _ = model_dir
     (path / "hyperparams.yaml").write_text(f"x: {tag}\n")
@@ -93,25 +95,42 @@ def test_verification_cli_refuses_an_untrusted_directory(model_dir, tmp_path):
     path, _ = model_dir
     yaml_path = path / "hyperparams.yaml"
     yaml_path.write_text(yaml_path.read_text() + "\nboom: !apply:print ['hello']\n")
-    script = Path(__file__).resolve().parents[1] / "recipes/VoxCeleb/MaskProxy/speaker_verification_cosine.py"
+    script = (
+        Path(__file__).resolve().parents[1]
+        / "recipes/VoxCeleb/MaskProxy/speaker_verification_cosine.py"
+    )
     proc = subprocess.run(
-        [sys.executable, str(script), str(script.parent / "hparams/verification.yaml"),
-         "--pretrained_path", str(path), "--output_folder", str(tmp_path / "out")],
-        capture_output=True, text=True, cwd=tmp_path, timeout=300)
+        [
+            sys.executable,
+            str(script),
+            str(script.parent / "hparams/verification.yaml"),
+            "--pretrained_path",
+            str(path),
+            "--output_folder",
+            str(tmp_path / "out"),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=300,
+    )
     assert proc.returncode == 2, proc.stderr
     assert proc.stderr.startswith(f"error: 2 problem(s) in the input:\n  {yaml_path}: names code")
     assert "Traceback" not in proc.stderr and "hello" not in proc.stdout
 
 
-@pytest.mark.parametrize("extra", [
-    # HyperPyYAML re-parses a value in parentheses as a tuple with PyYAML's unsafe loader
-    'x: (!!python/object/apply:os.system ["touch {marker}"])',
-    "x: \"(!!python/object/apply:os.system ['touch {marker}'])\"",
-    # ... also when the value is assembled by a !ref interpolation
-    'a: "(!!python/object/apply:os.system"\nb: \'["touch {marker}"])\'\nc: !ref <a> <b>',
-    "c: !ref <embedding_model.__class__>",  # attribute access
-    "b: !ref <n_mels> ** <n_mels> ** <n_mels>",  # arithmetic that never ends
-])
+@pytest.mark.parametrize(
+    "extra",
+    [
+        # HyperPyYAML re-parses a value in parentheses as a tuple with PyYAML's unsafe loader
+        'x: (!!python/object/apply:os.system ["touch {marker}"])',
+        "x: \"(!!python/object/apply:os.system ['touch {marker}'])\"",
+        # ... also when the value is assembled by a !ref interpolation
+        'a: "(!!python/object/apply:os.system"\nb: \'["touch {marker}"])\'\nc: !ref <a> <b>',
+        "c: !ref <embedding_model.__class__>",  # attribute access
+        "b: !ref <n_mels> ** <n_mels> ** <n_mels>",  # arithmetic that never ends
+    ],
+)
 def test_plain_values_and_refs_never_run_code(model_dir, tmp_path, extra):
     path, model = model_dir
     marker = tmp_path / "ran"

@@ -19,6 +19,9 @@ def test_embedding_map_keeps_speakers_apart(tmp_path):
 
 
 def test_det_plot_is_written_atomically(tmp_path):
-    scores, labels = np.r_[np.linspace(0, 1, 50), np.linspace(-1, 0.5, 50)], np.r_[[1] * 50, [0] * 50]
+    scores, labels = (
+        np.r_[np.linspace(0, 1, 50), np.linspace(-1, 0.5, 50)],
+        np.r_[[1] * 50, [0] * 50],
+    )
     plot_det_and_scores(scores, labels, tmp_path / "det.png")
     assert [p.name for p in tmp_path.iterdir()] == ["det.png"]

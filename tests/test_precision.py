@@ -29,8 +29,9 @@ def test_auto_picks_fp32_on_cpu_without_native_bf16(monkeypatch):
     assert P.native_bf16("cpu") is False
     precision, reason = P.resolve_precision("auto", torch.device("cpu"))
     assert precision == "fp32"
-    assert reason == ("auto: CPU lacks native bfloat16 (no avx512_bf16/amx_bf16 in "
-                      "/proc/cpuinfo): float32")
+    assert reason == (
+        "auto: CPU lacks native bfloat16 (no avx512_bf16/amx_bf16 in /proc/cpuinfo): float32"
+    )
 
 
 def test_auto_is_fp32_when_cpu_flags_are_unknown(monkeypatch):
@@ -41,8 +42,10 @@ def test_auto_is_fp32_when_cpu_flags_are_unknown(monkeypatch):
 
 def test_read_cpu_flags_parses_the_flags_line(tmp_path):
     info = tmp_path / "cpuinfo"
-    info.write_text("processor\t: 0\nmodel name\t: Test CPU\nflags\t\t: fpu avx2 avx512_bf16\n\n"
-                    "processor\t: 1\nflags\t\t: fpu avx2 avx512_bf16\n")
+    info.write_text(
+        "processor\t: 0\nmodel name\t: Test CPU\nflags\t\t: fpu avx2 avx512_bf16\n\n"
+        "processor\t: 1\nflags\t\t: fpu avx2 avx512_bf16\n"
+    )
     flags = P.read_cpu_flags(str(info))
     if flags is None:  # not Linux: the reader reports nothing by design
         pytest.skip("read_cpu_flags reads /proc/cpuinfo on Linux only")
@@ -75,7 +78,7 @@ def test_autocast_for_bf16_on_cpu_really_casts():
         out = a @ b
         lin = torch.nn.functional.linear(a, b.t())
     assert out.dtype == torch.bfloat16 and lin.dtype == torch.bfloat16
-    expected = (a.bfloat16().float() @ b.bfloat16().float())
+    expected = a.bfloat16().float() @ b.bfloat16().float()
     assert torch.allclose(out.float(), expected, rtol=1e-2, atol=1e-2)
     assert (a @ b).dtype == torch.float32  # autocast ends with the block
 
@@ -120,8 +123,9 @@ def test_resolve_run_precision_command_line_wins(monkeypatch):
 
 def test_resolve_run_precision_eval_key_and_device_from_run_opts(monkeypatch):
     _cpu(monkeypatch, ZEN4_FLAGS)
-    opts, _ = P.resolve_run_precision({"eval_precision": "auto"}, {"device": "cpu"},
-                                      key="eval_precision")
+    opts, _ = P.resolve_run_precision(
+        {"eval_precision": "auto"}, {"device": "cpu"}, key="eval_precision"
+    )
     assert opts.eval_precision == "bf16" and opts.precision == "fp32"
 
 

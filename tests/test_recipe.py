@@ -59,7 +59,10 @@ def test_tiny_run_per_loss(corpus, tmp_path, name, capsys):
     else:
         assert lr == {"ap": 0.001}.get(name, 0.2)
     assert "valid EER" in log
-    assert re.search(r"train loss: [\d.]+, train acc: [\d.e+-]+, train w: [\d.a-z]+, train utt_per_s: [\d.e+]+", log)
+    assert re.search(
+        r"train loss: [\d.]+, train acc: [\d.e+-]+, train w: [\d.a-z]+, train utt_per_s: [\d.e+]+",
+        log,
+    )
     loss_fn = brain.modules.loss_fn
     if name in ("mp", "mmp", "mp_balance", "mmp_balance"):
         assert loss_fn.proxies.shape == (6, 64)  # one proxy per training speaker
@@ -68,7 +71,9 @@ def test_tiny_run_per_loss(corpus, tmp_path, name, capsys):
 
 
 def test_nan_stops_with_the_step_named(corpus, tmp_path):
-    with pytest.raises(FloatingPointError, match=r"became NaN/Inf at epoch 1, step \d+; lower the learning"):
+    with pytest.raises(
+        FloatingPointError, match=r"became NaN/Inf at epoch 1, step \d+; lower the learning"
+    ):
         recipe.main(_args(corpus, tmp_path / "nan", lr=1e30))
     assert not (tmp_path / "nan" / "model").exists()
 
@@ -79,8 +84,9 @@ def test_export_matches_trained_model(corpus, tmp_path, capsys):
 
     brain = recipe.main(_args(corpus, tmp_path / "run"))
     test_eer, _ = _final_line(capsys.readouterr().out)
-    model = EncoderClassifier.from_hparams(source=str(tmp_path / "run" / "model"),
-                                           savedir=str(tmp_path / "loaded"))
+    model = EncoderClassifier.from_hparams(
+        source=str(tmp_path / "run" / "model"), savedir=str(tmp_path / "loaded")
+    )
     wav = sorted((corpus / "wav").rglob("*.wav"))[0]
     sig = read_audio(str(wav)).unsqueeze(0)
     brain.modules.eval()
@@ -115,15 +121,19 @@ def test_best_checkpoint_not_the_last_is_exported_and_tested(corpus, tmp_path, c
     def scripted(scores, labels):  # the 3 epochs' dev EERs; calibration and test stay real
         metrics = real(scores, labels)
         calls.append(metrics["EER"])
-        return {**metrics, "EER": (40.0, 10.0, 30.0)[len(calls) - 1]} if len(calls) <= 3 else metrics
+        return (
+            {**metrics, "EER": (40.0, 10.0, 30.0)[len(calls) - 1]} if len(calls) <= 3 else metrics
+        )
 
     monkeypatch.setattr(recipe, "verification_metrics", scripted)
     out = tmp_path / "run"
     recipe.main(_args(corpus, out, number_of_epochs=3))
     test_eer, _ = _final_line(capsys.readouterr().out)
     assert len(calls) == 5 and "Epoch loaded: 2 - test EER" in (out / "train_log.txt").read_text()
-    kept = {int((p / "counter.ckpt").read_text()): torch.load(p / "embedding_model.ckpt")
-            for p in (out / "save").glob("CKPT+*")}
+    kept = {
+        int((p / "counter.ckpt").read_text()): torch.load(p / "embedding_model.ckpt")
+        for p in (out / "save").glob("CKPT+*")
+    }
     assert sorted(kept) == [2, 3]  # the best and the most recent checkpoint
     exported = torch.load(out / "model" / "embedding_model.ckpt")
     _assert_same_state({"m": exported}, {"m": kept[2]})
@@ -134,8 +144,9 @@ def test_best_checkpoint_not_the_last_is_exported_and_tested(corpus, tmp_path, c
 
 def _run(args, **kw):
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
-    return subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, **kw)
+    return subprocess.Popen(
+        args, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kw
+    )
 
 
 def _read_log(path):
@@ -162,10 +173,21 @@ def _assert_same_state(a, b):
 def test_resume_after_kill_mid_epoch_is_exact(corpus, tmp_path):
     """kill -9 in epoch 2 of 2, resume: the same batches and bit-identical parameters as an
     uninterrupted run (default loader: one persistent worker; crops seeded per utterance)."""
+
     def cmd(name):
-        return [sys.executable, str(RECIPE / "train_speaker_embeddings.py"), *_args(
-            corpus, tmp_path / name, number_of_epochs=2, ckpt_interval_steps=1, num_workers=1,
-            speakers_per_batch=2, batch_log=tmp_path / f"{name}.log")]
+        return [
+            sys.executable,
+            str(RECIPE / "train_speaker_embeddings.py"),
+            *_args(
+                corpus,
+                tmp_path / name,
+                number_of_epochs=2,
+                ckpt_interval_steps=1,
+                num_workers=1,
+                speakers_per_batch=2,
+                batch_log=tmp_path / f"{name}.log",
+            ),
+        ]
 
     full = _run(cmd("full"))
     full_text, _ = full.communicate(timeout=600)
@@ -176,12 +198,17 @@ def test_resume_after_kill_mid_epoch_is_exact(corpus, tmp_path):
         if log.is_file() and "batch 2 2 " in log.read_text():
             break
         time.sleep(0.01)
-    assert proc.poll() is None, "the run ended before it could be killed:\n" + proc.stdout.read()[-3000:]
+    assert proc.poll() is None, (
+        "the run ended before it could be killed:\n" + proc.stdout.read()[-3000:]
+    )
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     killed, _ = _read_log(log)
-    (intra,) = [p for p in (tmp_path / "run" / "save").glob("CKPT*")
-                if "intra_epoch" in (p / "CKPT.yaml").read_text()]
+    (intra,) = [
+        p
+        for p in (tmp_path / "run" / "save").glob("CKPT*")
+        if "intra_epoch" in (p / "CKPT.yaml").read_text()
+    ]
     done = int(re.search(r"^step: (\d+)", (intra / "brain.ckpt").read_text(), re.M).group(1))
     resumed = _run(cmd("run"))
     text, _ = resumed.communicate(timeout=600)
@@ -194,13 +221,15 @@ def test_resume_after_kill_mid_epoch_is_exact(corpus, tmp_path):
     # repeated or skipped, and every batch holds the same utterances in the same order.
     at = want.index(next(w for w in want if w[:2] == (2, done + 1)))
     assert 2 <= done + 1 <= 6 and got[: len(killed)] == killed == want[: len(killed)]
-    assert got[len(killed):] == want[at:] and len(killed) >= at
+    assert got[len(killed) :] == want[at:] and len(killed) >= at
     assert got_valid == want_valid  # the same dev EERs and learning rates
     # Bit-identical final parameters: encoder (with BatchNorm statistics), proxies, w, b.
     final = [torch.load(tmp_path / f"{n}.log.rank0.pt") for n in ("full", "run")]
     _assert_same_state(*final)
     assert {"proxies", "w", "b"} <= final[0]["loss_fn"].keys()
-    exported = [torch.load(tmp_path / n / "model" / "embedding_model.ckpt") for n in ("full", "run")]
+    exported = [
+        torch.load(tmp_path / n / "model" / "embedding_model.ckpt") for n in ("full", "run")
+    ]
     _assert_same_state({"m": exported[0]}, {"m": exported[1]})
     assert _final_line(text) == _final_line(full_text)
 
@@ -213,10 +242,22 @@ def test_ddp_two_processes_on_cpu(corpus, tmp_path):
 
     torchrun = Path(sys.executable).with_name("torchrun")
     out, log = tmp_path / "ddp", tmp_path / "ddp.log"
-    cmd = [str(torchrun), "--standalone", "--nproc_per_node=2",
-           str(RECIPE / "train_speaker_embeddings.py"),
-           *_args(corpus, out, name="mp", number_of_epochs=3, speakers_per_batch=2,
-                  batch_log=log, lr_scheduler="{patience: 0}", seed=3)]
+    cmd = [
+        str(torchrun),
+        "--standalone",
+        "--nproc_per_node=2",
+        str(RECIPE / "train_speaker_embeddings.py"),
+        *_args(
+            corpus,
+            out,
+            name="mp",
+            number_of_epochs=3,
+            speakers_per_batch=2,
+            batch_log=log,
+            lr_scheduler="{patience: 0}",
+            seed=3,
+        ),
+    ]
     proc = _run(cmd)
     text, _ = proc.communicate(timeout=300)  # a collective mismatch hangs: fail instead
     assert proc.returncode == 0, text[-3000:]
@@ -230,8 +271,10 @@ def test_ddp_two_processes_on_cpu(corpus, tmp_path):
     # One dev EER per epoch, the same on both ranks, and both ranks' learning rates are
     # what ReduceLROnPlateau(factor 0.7, patience 0) makes of it.
     assert v0 == v1 and [v[0] for v in v0] == [1, 2, 3]
-    scheduler, optimizer = ReduceLROnPlateau(factor=0.7, patience=0, dont_halve_until_epoch=0), \
-        torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.2)
+    scheduler, optimizer = (
+        ReduceLROnPlateau(factor=0.7, patience=0, dont_halve_until_epoch=0),
+        torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.2),
+    )
     for epoch, eer, lr_used, next_lr in v0:
         assert optimizer.param_groups[0]["lr"] == pytest.approx(lr_used, rel=1e-12)
         _, new = scheduler([optimizer], epoch, eer)
@@ -248,21 +291,25 @@ def test_summarize_results(tmp_path):
 
     logs = {
         ("mp", "1"): "epoch: 1, lr: 2.00e-01, epoch_s: 10.0 - train loss: 3.0, train acc: 0.1, "
-                     "train w: 10.0, train utt_per_s: 50.0 - valid EER: 30.0\n"
-                     "epoch: 2, lr: 2.00e-01, epoch_s: 12.0 - train loss: 2.0, train acc: 0.2, "
-                     "train w: 10.5, train utt_per_s: 70.0 - valid EER: 20.0\n"
-                     "Epoch loaded: 2 - test EER: 20.00, test minDCF_0.01: 5.00e-01\n",
+        "train w: 10.0, train utt_per_s: 50.0 - valid EER: 30.0\n"
+        "epoch: 2, lr: 2.00e-01, epoch_s: 12.0 - train loss: 2.0, train acc: 0.2, "
+        "train w: 10.5, train utt_per_s: 70.0 - valid EER: 20.0\n"
+        "Epoch loaded: 2 - test EER: 20.00, test minDCF_0.01: 5.00e-01\n",
         ("mp", "2"): "epoch: 1, lr: 2.00e-01, epoch_s: 14.0 - train loss: 3.0, train acc: 0.1, "
-                     "train w: 10.0, train utt_per_s: 60.0 - valid EER: 30.0\n"
-                     "Epoch loaded: 1 - test EER: 30.00, test minDCF_0.01: 7.00e-01\n",
-        ("ap", "1"): "epoch: 1, lr: 2.00e-01, epoch_s: 9.0 - train loss: 3.0 - valid EER: 30.0\n",  # unfinished
+        "train w: 10.0, train utt_per_s: 60.0 - valid EER: 30.0\n"
+        "Epoch loaded: 1 - test EER: 30.00, test minDCF_0.01: 7.00e-01\n",
+        (
+            "ap",
+            "1",
+        ): "epoch: 1, lr: 2.00e-01, epoch_s: 9.0 - train loss: 3.0 - valid EER: 30.0\n",  # no test
     }
     for (loss, seed), text in logs.items():
         (tmp_path / loss / seed).mkdir(parents=True)
         (tmp_path / loss / seed / "train_log.txt").write_text(text)
     table = summarize_results.summarize(tmp_path).splitlines()
     assert len(table) == 3  # header, separator, mp (ap has no test result)
-    # EER mean 25, sample std of (20, 30) = 7.07; minDCF 0.6 +- 0.141; epochs 12 +- 2; utt/s 60 +- 10
+    # EER mean 25, sample std of (20, 30) = 7.07; minDCF 0.6 +- 0.141; epochs 12 +- 2;
+    # utt/s 60 +- 10
     assert table[2] == "| mp | 2 (1, 2) | 25.00 ± 7.07 | 0.600 ± 0.141 | 12 ± 2 | 60 ± 10 |"
 
 
@@ -279,4 +326,7 @@ def test_model_is_exported_before_test_scoring(corpus, tmp_path, monkeypatch):
         recipe.main(_args(corpus, tmp_path / "run"))
     model = tmp_path / "run" / "model"
     assert sorted(p.name for p in model.iterdir()) == [
-        "calibration.json", "embedding_model.ckpt", "hyperparams.yaml"]
+        "calibration.json",
+        "embedding_model.ckpt",
+        "hyperparams.yaml",
+    ]

@@ -20,9 +20,22 @@ MP = RECIPE / "hparams" / "mp.yaml"
 
 def _run(tmp_path, *args):
     start = time.perf_counter()
-    proc = subprocess.run([sys.executable, str(SCRIPT), str(MP), "--data_folder",
-                           str(tmp_path / "corpus"), "--output_folder", str(tmp_path / "out"), *args],
-                          capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(SCRIPT),
+            str(MP),
+            "--data_folder",
+            str(tmp_path / "corpus"),
+            "--output_folder",
+            str(tmp_path / "out"),
+            *args,
+        ],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=300,
+    )
     return proc, time.perf_counter() - start
 
 
@@ -37,8 +50,11 @@ def _assert_refused(proc, *parts):
 
 def test_override_typo_and_unknown_loss_stop_before_data_prep(tmp_path):
     proc, _ = _run(tmp_path, "--speakers_per_bach", "3")
-    _assert_refused(proc, f"{MP}: no key speakers_per_bach (overridden with --speakers_per_bach); "
-                          "did you mean --speakers_per_batch or --speed_perturb?")
+    _assert_refused(
+        proc,
+        f"{MP}: no key speakers_per_bach (overridden with --speakers_per_bach); "
+        "did you mean --speakers_per_batch or --speed_perturb?",
+    )
     proc, _ = _run(tmp_path, "--loss_name", "foo")
     _assert_refused(proc, f"{MP}: unknown loss_name 'foo'; choose one of aam, ap, mmp, ")
     assert not (tmp_path / "corpus").exists()  # nothing was generated
@@ -46,38 +62,100 @@ def test_override_typo_and_unknown_loss_stop_before_data_prep(tmp_path):
 
 def test_unwritable_output_folder(tmp_path):
     (tmp_path / "file").write_text("x")
-    proc = subprocess.run([sys.executable, str(SCRIPT), str(MP), "--output_folder",
-                           str(tmp_path / "file"), "--data_folder", str(tmp_path / "corpus")],
-                          capture_output=True, text=True, cwd=tmp_path, timeout=300)
-    _assert_refused(proc, f"{tmp_path / 'file' / 'save'}: cannot create this folder (Not a directory)")
+    proc = subprocess.run(
+        [
+            sys.executable,
+            str(SCRIPT),
+            str(MP),
+            "--output_folder",
+            str(tmp_path / "file"),
+            "--data_folder",
+            str(tmp_path / "corpus"),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=300,
+    )
+    _assert_refused(
+        proc, f"{tmp_path / 'file' / 'save'}: cannot create this folder (Not a directory)"
+    )
     if os.geteuid() != 0:  # root writes anywhere
         ro = tmp_path / "ro"
         ro.mkdir(mode=0o555)
-        proc = subprocess.run([sys.executable, str(SCRIPT), str(MP), "--output_folder", str(ro / "x")],
-                              capture_output=True, text=True, cwd=tmp_path, timeout=300)
+        proc = subprocess.run(
+            [sys.executable, str(SCRIPT), str(MP), "--output_folder", str(ro / "x")],
+            capture_output=True,
+            text=True,
+            cwd=tmp_path,
+            timeout=300,
+        )
         _assert_refused(proc, f"{ro / 'x'}: cannot write")
 
 
 def test_too_few_speakers_names_the_override(corpus, tmp_path):
     proc = subprocess.run(
-        [sys.executable, str(SCRIPT), str(MP), "--builtin_corpus", "False", "--data_folder", str(corpus),
-         "--manifest_folder", str(corpus / "manifests"), "--output_folder", str(tmp_path / "out"),
-         "--speakers_per_batch", "50", "--dev_share", "2"],
-        capture_output=True, text=True, cwd=tmp_path, timeout=300)
-    _assert_refused(proc, "only 6 usable speakers, fewer than speakers_per_batch=50",
-                    "--speakers_per_batch N")
+        [
+            sys.executable,
+            str(SCRIPT),
+            str(MP),
+            "--builtin_corpus",
+            "False",
+            "--data_folder",
+            str(corpus),
+            "--manifest_folder",
+            str(corpus / "manifests"),
+            "--output_folder",
+            str(tmp_path / "out"),
+            "--speakers_per_batch",
+            "50",
+            "--dev_share",
+            "2",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=300,
+    )
+    _assert_refused(
+        proc, "only 6 usable speakers, fewer than speakers_per_batch=50", "--speakers_per_batch N"
+    )
     assert not list((tmp_path / "out").glob("save/CKPT*"))  # training never started
 
 
 def test_one_class_trial_list_stops_before_training(corpus, tmp_path):
     trials = tmp_path / "targets_only.txt"
-    lines = [line for line in (corpus / "veri_list.txt").read_text().splitlines() if line.startswith("1 ")]
+    lines = [
+        line
+        for line in (corpus / "veri_list.txt").read_text().splitlines()
+        if line.startswith("1 ")
+    ]
     trials.write_text("\n".join(lines) + "\n")
     proc = subprocess.run(
-        [sys.executable, str(SCRIPT), str(MP), "--builtin_corpus", "False", "--data_folder", str(corpus),
-         "--trials_list", str(trials), "--manifest_folder", str(tmp_path / "manifests"),
-         "--output_folder", str(tmp_path / "out"), "--speakers_per_batch", "3", "--dev_share", "2"],
-        capture_output=True, text=True, cwd=tmp_path, timeout=300)
+        [
+            sys.executable,
+            str(SCRIPT),
+            str(MP),
+            "--builtin_corpus",
+            "False",
+            "--data_folder",
+            str(corpus),
+            "--trials_list",
+            str(trials),
+            "--manifest_folder",
+            str(tmp_path / "manifests"),
+            "--output_folder",
+            str(tmp_path / "out"),
+            "--speakers_per_batch",
+            "3",
+            "--dev_share",
+            "2",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=300,
+    )
     _assert_refused(proc, f"all {len(lines)} trials have label 1")
     assert not list((tmp_path / "out").glob("save/CKPT*"))
 
@@ -98,5 +176,7 @@ def test_builtin_scale_is_applied_before_references_resolve(tmp_path):
 def test_check_override_keys_lists_every_typo():
     with pytest.raises(InputError) as err:
         check_override_keys(["lr", "sed", "zzz"], ["lr", "seed", "speakers_per_batch"], "x.yaml")
-    assert err.value.problems == ["x.yaml: no key sed (overridden with --sed); did you mean --seed?",
-                                  "x.yaml: no key zzz (overridden with --zzz)"]
+    assert err.value.problems == [
+        "x.yaml: no key sed (overridden with --sed); did you mean --seed?",
+        "x.yaml: no key zzz (overridden with --zzz)",
+    ]

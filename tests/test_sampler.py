@@ -94,7 +94,10 @@ def test_deterministic_for_seed_and_epoch():
 @pytest.mark.parametrize("world", [2, 3])
 def test_ddp_ranks_get_disjoint_equal_shares(world):
     spk = _speakers([9] * 30)
-    ranks = [SpeakerBatchSampler(spk, 4, (2, 3), seed=2, num_replicas=world, rank=r) for r in range(world)]
+    ranks = [
+        SpeakerBatchSampler(spk, 4, (2, 3), seed=2, num_replicas=world, rank=r)
+        for r in range(world)
+    ]
     for r in ranks:
         r.set_epoch(3)
     shares = [list(r) for r in ranks]

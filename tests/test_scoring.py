@@ -7,7 +7,6 @@ import torch
 from speechbrain.utils.metric_stats import EER as sb_eer
 from speechbrain.utils.metric_stats import minDCF as sb_min_dcf
 
-from maskproxy_losses.trials import index_trials
 from maskproxy_losses.scoring import (
     compute_eer,
     compute_min_dcf,
@@ -19,6 +18,7 @@ from maskproxy_losses.scoring import (
     speaker_means,
     ten_crop_scores,
 )
+from maskproxy_losses.trials import index_trials
 
 
 # ----------------------------------------------------------------- metrics by hand
@@ -48,8 +48,12 @@ def test_min_dcf_hand_examples():
 
 @pytest.mark.parametrize(
     "scores, labels, what",
-    [([], [], "no trials"), ([0.1, 0.2], [1, 1], "only one class"),
-     ([0.1, 0.2], [1, 2], "0 or 1"), ([0.1, np.nan], [0, 1], "NaN")],
+    [
+        ([], [], "no trials"),
+        ([0.1, 0.2], [1, 1], "only one class"),
+        ([0.1, 0.2], [1, 2], "0 or 1"),
+        ([0.1, np.nan], [0, 1], "NaN"),
+    ],
 )
 def test_metric_input_errors(scores, labels, what):
     with pytest.raises(ValueError, match=what):
@@ -210,7 +214,8 @@ def test_ten_crop_is_not_broadcast_pairwise_distance():
     ref = torch.nn.functional.normalize(torch.from_numpy(rng.normal(size=(10, 32))), dim=1)
     com = torch.nn.functional.normalize(torch.from_numpy(rng.normal(size=(10, 32))), dim=1)
     old = torch.nn.functional.pairwise_distance(
-        ref.unsqueeze(-1), com.unsqueeze(-1).transpose(0, 2))
+        ref.unsqueeze(-1), com.unsqueeze(-1).transpose(0, 2)
+    )
     ours = ten_crop_scores(torch.stack([ref, com]), [0], [1])[0]
     assert ours == pytest.approx(_naive_ten_crop(ref.numpy(), com.numpy()), abs=1e-6)
     # current PyTorch takes the norm over the last (crop) axis: a [K, D] result
@@ -261,8 +266,7 @@ def test_speaker_means():
     emb = np.array([[2.0, 0.0], [0.0, 5.0], [1.0, 1.0]])
     spk, means = speaker_means(emb, ["b", "b", "a"])
     assert spk == ["b", "a"]
-    np.testing.assert_allclose(means, [[2 ** -0.5, 2 ** -0.5], [2 ** -0.5, 2 ** -0.5]])
+    np.testing.assert_allclose(means, [[2**-0.5, 2**-0.5], [2**-0.5, 2**-0.5]])
     # crop embeddings: each file's crops are averaged first
     spk, means = speaker_means(np.array([[[1.0, 0.0], [0.0, 1.0]]]), ["x"])
-    np.testing.assert_allclose(means, [[2 ** -0.5, 2 ** -0.5]])
-
+    np.testing.assert_allclose(means, [[2**-0.5, 2**-0.5]])

@@ -14,8 +14,16 @@ from speechbrain.dataio.batch import PaddedBatch
 from maskproxy_losses.audio import crop_samples
 from maskproxy_losses.sampler import SpeakerBatchSampler
 from maskproxy_losses.training_data import (
-    CropCollate, FullFile, RandomCrop, SeededCrops, crop_seed, full_file_item, random_crop_item,
-    stack_or_pad, train_loader_options, wrap_around,
+    CropCollate,
+    FullFile,
+    RandomCrop,
+    SeededCrops,
+    crop_seed,
+    full_file_item,
+    random_crop_item,
+    stack_or_pad,
+    train_loader_options,
+    wrap_around,
 )
 
 RATE = 16000
@@ -139,7 +147,8 @@ def test_batches_hold_the_samplers_utterances_in_order(tmp_path, workers):
     speakers = [data.data[i]["spk_id"] for i in data.data_ids]
     sampler = SpeakerBatchSampler(speakers, speakers_per_batch=2, utts_per_speaker=2, seed=4)
     loader = sb.dataio.dataloader.make_dataloader(
-        data, batch_sampler=sampler, num_workers=workers, collate_fn=CropCollate())
+        data, batch_sampler=sampler, num_workers=workers, collate_fn=CropCollate()
+    )
     by_id = {r[0]: (j, r) for j, r in enumerate(rows)}
     batches = list(loader)
     assert len(batches) == len(sampler) > 0
@@ -179,12 +188,15 @@ def test_seeded_start_is_splitmix64_and_uniform(long_wav):
     n, crop = sf.info(long_wav).frames, crop_samples(200)
     for seed in (0, 1, 2**63 + 5):
         start = _splitmix64(seed) % (n - crop + 1)
-        assert torch.equal(RandomCrop(200)(long_wav, seed), _reference(long_wav, start, start + crop))
+        assert torch.equal(
+            RandomCrop(200)(long_wav, seed), _reference(long_wav, start, start + crop)
+        )
     # Starts over 8,000 item seeds: each of 8 possible starts ~1,000 times (binomial sd 30).
     path = long_wav.replace("long.wav", "short.wav")
     _write(path, np.arange(crop_samples(2) + 7, dtype=np.int16))
-    starts = [int(round(RandomCrop(2)(path, crop_seed(1, 1, i))[0].item() * 32768))
-              for i in range(8000)]
+    starts = [
+        int(round(RandomCrop(2)(path, crop_seed(1, 1, i))[0].item() * 32768)) for i in range(8000)
+    ]
     counts = np.bincount(starts)
     assert len(counts) == 8 and counts.min() > 880 and counts.max() < 1120, counts
 

@@ -32,15 +32,34 @@ def setup(tmp_path_factory):
     model = ResNetSE34L(channels=(8, 8, 16, 32), blocks=(1, 1, 1, 1), emb_dim=32).eval()
     model_dir = export_model(base / "model", model, frontend="fbank")
     corpus = base / "corpus"
-    generate_corpus(str(corpus), train_speakers=3, test_speakers=4, utterances=3,
-                    min_duration=1.0, max_duration=2.0, num_workers=1, n_trials=40)
+    generate_corpus(
+        str(corpus),
+        train_speakers=3,
+        test_speakers=4,
+        utterances=3,
+        min_duration=1.0,
+        max_duration=2.0,
+        num_workers=1,
+        n_trials=40,
+    )
     return {"base": base, "model": model_dir, "corpus": corpus, "cache": base / "cache"}
 
 
 def _argv(setup, out, *extra):
-    return [str(HPARAMS), "--pretrained_path", str(setup["model"]),
-            "--data_folder", str(setup["corpus"]), "--output_folder", str(setup["base"] / out),
-            "--cache_dir", str(setup["cache"]), "--device", "cpu", *extra]
+    return [
+        str(HPARAMS),
+        "--pretrained_path",
+        str(setup["model"]),
+        "--data_folder",
+        str(setup["corpus"]),
+        "--output_folder",
+        str(setup["base"] / out),
+        "--cache_dir",
+        str(setup["cache"]),
+        "--device",
+        "cpu",
+        *extra,
+    ]
 
 
 def _read_scores(path):
@@ -68,7 +87,8 @@ def test_end_to_end_and_cache(setup):
     assert (saved["EER"], saved["EER_threshold"]) == (100 * eer, threshold)  # percent
     for p in (0.01, 0.05):
         assert (saved[f"minDCF_{p}"], saved[f"minDCF_{p}_threshold"]) == compute_min_dcf(
-            scores, labels, p)
+            scores, labels, p
+        )
     assert np.all(np.abs(scores) <= 1 + 1e-9)
     assert saved["embedding_cache"]["computed"] == 12 and saved["embedding_cache"]["hits"] == 0
     first = _shards(setup["cache"])
@@ -117,14 +137,18 @@ def test_bad_input(setup, capsys):
     w = _wavs(setup)
     bad_wav = setup["base"] / "garbage.wav"
     bad_wav.write_bytes(b"not audio at all" * 10)
-    trials = _write_trials(setup, "bad.txt", [
-        f"1 {w[0]} {w[1]}",
-        f"0 {w[0]} {setup['base']}/missing.wav",
-        f"2 {w[0]} {w[3]}",
-        f"1 {w[0]}",
-        f"0 {w[0]} {bad_wav}",
-        f"0 {w[0]} {w[5]}",
-    ])
+    trials = _write_trials(
+        setup,
+        "bad.txt",
+        [
+            f"1 {w[0]} {w[1]}",
+            f"0 {w[0]} {setup['base']}/missing.wav",
+            f"2 {w[0]} {w[3]}",
+            f"1 {w[0]}",
+            f"0 {w[0]} {bad_wav}",
+            f"0 {w[0]} {w[5]}",
+        ],
+    )
     err = _expect_exit2(setup, capsys, trials)
     assert f"{trials}:2: missing file" in err
     assert f"{trials}:3: label must be 0 or 1, got '2'" in err
@@ -144,8 +168,12 @@ def test_bad_input(setup, capsys):
     assert "no trials to score" in _expect_exit2(setup, capsys, empty)
     # skipping bad lines can leave one class only
     assert "all 1 trials" in _expect_exit2(
-        setup, capsys, _write_trials(setup, "b2.txt", [f"1 {w[0]} {w[1]}", f"0 {w[0]} /nope.wav"]),
-        "--skip_bad", "True")
+        setup,
+        capsys,
+        _write_trials(setup, "b2.txt", [f"1 {w[0]} {w[1]}", f"0 {w[0]} /nope.wav"]),
+        "--skip_bad",
+        "True",
+    )
 
 
 def test_relative_paths_and_test_csv(setup):
@@ -160,8 +188,10 @@ def test_relative_paths_and_test_csv(setup):
     test_csv = setup["corpus"] / "manifests" / "test.csv"
     m2 = sv.main(_argv(setup, "out_ids", "--trials_file", str(trials), "--test_csv", str(test_csv)))
     assert m2["EER"] == m["EER"]
-    assert _read_scores(setup["base"] / "out_ids" / "scores.txt")[1].tolist() == \
-        _read_scores(setup["base"] / "out_rel" / "scores.txt")[1].tolist()
+    assert (
+        _read_scores(setup["base"] / "out_ids" / "scores.txt")[1].tolist()
+        == _read_scores(setup["base"] / "out_rel" / "scores.txt")[1].tolist()
+    )
 
 
 def test_subprocess_exit_code(setup, tmp_path):
@@ -169,7 +199,11 @@ def test_subprocess_exit_code(setup, tmp_path):
     trials = _write_trials(setup, "sub.txt", [f"1 {w[0]} {w[1]}", f"x {w[0]} {w[2]}"])
     proc = subprocess.run(
         [sys.executable, str(SCRIPT), *_argv(setup, "out_sub", "--trials_file", str(trials))],
-        capture_output=True, text=True, cwd=tmp_path, timeout=120)
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=120,
+    )
     assert proc.returncode == 2
     assert f"{trials}:2: label must be 0 or 1" in proc.stderr
     assert "Traceback" not in proc.stderr

@@ -52,12 +52,14 @@ class MultinomialMaskedProxyLoss(ProxyLossBase):
 
     POS_REDUCTIONS = ("batch_log", "per_speaker")
 
-    def __init__(self, n_classes, emb_dim, init_w=10.0, init_b=5.0, reg_weight=0.5,
-                 pos_reduction="batch_log"):
+    def __init__(
+        self, n_classes, emb_dim, init_w=10.0, init_b=5.0, reg_weight=0.5, pos_reduction="batch_log"
+    ):
         super().__init__(n_classes, emb_dim, init_w, init_b, reg_weight)
         if pos_reduction not in self.POS_REDUCTIONS:
-            raise ValueError(f"pos_reduction must be one of {self.POS_REDUCTIONS}, "
-                             f"got {pos_reduction!r}")
+            raise ValueError(
+                f"pos_reduction must be one of {self.POS_REDUCTIONS}, got {pos_reduction!r}"
+            )
         self.pos_reduction = pos_reduction
 
     def objective(self, groups, dtype):

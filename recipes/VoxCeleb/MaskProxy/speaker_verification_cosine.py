@@ -35,16 +35,18 @@ from hyperpyyaml import load_hyperpyyaml
 from data_prep.demo_corpus import prepare_builtin
 from maskproxy_losses import scoring
 from maskproxy_losses.audio import probe_entries
-from maskproxy_losses.calibration import (
-    CALIBRATION_FILE, Calibration, calibration_metrics, load_model_calibration, min_cllr,
-)
+from maskproxy_losses.calibration import calibration_for, calibration_metrics, min_cllr
 from maskproxy_losses.embedding import Embedder, EmbeddingCache, cache_folder, model_fingerprint
 from maskproxy_losses.errors import InputError, report, run_cli
 from maskproxy_losses.files import atomic_write_text
 from maskproxy_losses.model_dir import load_encoder
 from maskproxy_losses.plotting import plot_det_and_scores, plot_embedding_map
 from maskproxy_losses.trials import (
-    check_classes, index_trials, read_manifest_wavs, read_speaker_wavs, read_trials,
+    check_classes,
+    index_trials,
+    read_manifest_wavs,
+    read_trials,
+    usable_speaker_wavs,
 )
 
 logger = logging.getLogger(__name__)
@@ -68,11 +70,18 @@ def load_trials(hparams, skip_bad):
     """The usable trials, the samples of each file, and the problems skipped."""
     trials_file = Path(hparams["trials_file"])
     manifests = Path(hparams["manifest_folder"]).resolve()
-    if (not trials_file.is_file() and hparams.get("prepare_demo")
-            and trials_file.resolve() == manifests / "trials.txt"
-            and manifests == (Path(hparams["data_folder"]) / "manifests").resolve()):
-        prepare_builtin(hparams["data_folder"], hparams["manifest_folder"],
-                        corpus_seed=int(hparams["corpus_seed"]), prep_seed=int(hparams["prep_seed"]))
+    if (
+        not trials_file.is_file()
+        and hparams.get("prepare_demo")
+        and trials_file.resolve() == manifests / "trials.txt"
+        and manifests == (Path(hparams["data_folder"]) / "manifests").resolve()
+    ):
+        prepare_builtin(
+            hparams["data_folder"],
+            hparams["manifest_folder"],
+            corpus_seed=int(hparams["corpus_seed"]),
+            prep_seed=int(hparams["prep_seed"]),
+        )
     if not trials_file.is_file():
         raise InputError(f"{trials_file}: trial list not found")
     id_to_wav = read_manifest_wavs(hparams["test_csv"]) if hparams.get("test_csv") else None
@@ -88,30 +97,6 @@ def load_trials(hparams, skip_bad):
     return trials, lengths, problems
 
 
-def load_cohort(hparams, skip_bad):
-    """The usable cohort utterances (for S-norm / AS-norm), their samples, the problems."""
-    cohort = read_speaker_wavs(hparams["cohort_csv"], int(hparams.get("cohort_utts_per_spk") or 0))
-    lengths, problems, bad = probe_entries([(w, [p]) for p, _, w in cohort])
-    if problems and not skip_bad:
-        raise InputError(problems)
-    cohort = [c for c in cohort if c[2] not in bad]
-    if not cohort:
-        raise InputError(f"{hparams['cohort_csv']}: no usable cohort utterances")
-    return cohort, lengths, problems
-
-
-def choose_calibration(hparams, model_dir, mode, norm):
-    """``(calibration, its file)``: ``--calibration FILE``, else the model directory's
-    ``calibration.json`` when the scores are made as it was fitted (full-utterance
-    cosine, no normalisation), else ``(None, None)``."""
-    if hparams.get("calibration"):
-        return Calibration.load(hparams["calibration"]), str(hparams["calibration"])
-    path = Path(model_dir) / CALIBRATION_FILE
-    if (mode, norm) != ("cosine", "none") or not path.is_file():
-        return None, None
-    return load_model_calibration(model_dir), str(path)
-
-
 def run(hparams, device="cpu"):
     """Score the trials described by ``hparams``; write outputs; return the metrics."""
     t0 = time.time()
@@ -124,13 +109,19 @@ def run(hparams, device="cpu"):
     trials, lengths, problems = load_trials(hparams, skip_bad)
     cohort = None
     if norm != "none":
-        cohort, c_lengths, c_problems = load_cohort(hparams, skip_bad)
+        per_spk = int(hparams.get("cohort_utts_per_spk") or 0)
+        cohort, c_lengths, c_problems = usable_speaker_wavs(
+            hparams["cohort_csv"], per_spk, skip_bad
+        )
         problems += c_problems
 
     model_hash = model_fingerprint(model_dir)
-    cache = EmbeddingCache(cache_folder(hparams["cache_dir"], model_hash, crops,
-                                        float(hparams["max_seconds"])))
-    embed = Embedder(encoder, cache, crops, float(hparams["batch_seconds"]), float(hparams["max_seconds"]))
+    cache = EmbeddingCache(
+        cache_folder(hparams["cache_dir"], model_hash, crops, float(hparams["max_seconds"]))
+    )
+    embed = Embedder(
+        encoder, cache, crops, float(hparams["batch_seconds"]), float(hparams["max_seconds"])
+    )
 
     keys, enrol, test = index_trials([(t[3], t[4]) for t in trials])
     wheres = {}
@@ -146,19 +137,32 @@ def run(hparams, device="cpu"):
     cohort_info = None
     if cohort is not None:
         c_emb, (c_hits, c_computed) = embed(
-            [c[0] for c in cohort], c_lengths, {c[0]: c[2] for c in cohort}, desc="cohort embeddings")
+            [c[0] for c in cohort],
+            c_lengths,
+            {c[0]: c[2] for c in cohort},
+            desc="cohort embeddings",
+        )
         speakers, means = scoring.speaker_means(c_emb, [c[1] for c in cohort])
         top_n = int(hparams["cohort_top_n"]) if norm == "asnorm" else None
         scores = scoring.score_norm(scores, emb, enrol, test, means, top_n=top_n)
         hits, computed = hits + c_hits, computed + c_computed
-        cohort_info = {"cohort_csv": str(hparams["cohort_csv"]), "speakers": len(speakers),
-                       "utterances": len(cohort), "top_n": top_n}
+        cohort_info = {
+            "cohort_csv": str(hparams["cohort_csv"]),
+            "speakers": len(speakers),
+            "utterances": len(cohort),
+            "top_n": top_n,
+        }
 
     labels = np.array([t[0] for t in trials])
     metrics = scoring.verification_metrics(scores, labels)
-    calibration, calibration_file = choose_calibration(hparams, model_dir, mode, norm)
-    metrics.update(calibration_metrics(scores, labels, calibration) if calibration else
-                   {"minCllr": min_cllr(scores, labels)})
+    calibration, calibration_file = calibration_for(
+        model_dir, mode, norm, hparams.get("calibration")
+    )
+    metrics.update(
+        calibration_metrics(scores, labels, calibration)
+        if calibration
+        else {"minCllr": min_cllr(scores, labels)}
+    )
     written = calibration(scores) if calibration and hparams.get("calibrated_scores") else scores
     metrics["options"] = {
         "pretrained_path": str(Path(model_dir).resolve()),
@@ -183,11 +187,8 @@ def run(hparams, device="cpu"):
     atomic_write_text(out_dir / "metrics.json", json.dumps(metrics, indent=2) + "\n")
     plot_det_and_scores(scores, labels, out_dir / "det_and_scores.png")
     if hparams.get("embedding_map"):
-        map_csv = hparams["embedding_map_csv"]
-        rows = read_speaker_wavs(map_csv, int(hparams["embedding_map_utts_per_spk"]), "embedding_map_csv")
-        map_lengths, map_problems, _ = probe_entries([(w, [p]) for p, _, w in rows])
-        if map_problems:
-            raise InputError(map_problems)
+        map_csv, per_spk = hparams["embedding_map_csv"], int(hparams["embedding_map_utts_per_spk"])
+        rows, map_lengths, _ = usable_speaker_wavs(map_csv, per_spk, False, "embedding_map_csv")
         map_emb, _ = embed([r[0] for r in rows], map_lengths, desc="embedding map")
         if map_emb.ndim == 3:  # ten_crop: one embedding per file, the mean of its crops
             map_emb = scoring.l2_normalize(map_emb).mean(axis=1)
@@ -196,18 +197,24 @@ def run(hparams, device="cpu"):
         plot_embedding_map(map_emb, [r[1] for r in rows], out_dir / "embedding_map.png")
 
     if problems:
-        print(f"skipped {len(problems)} bad entr{'y' if len(problems) == 1 else 'ies'}:\n"
-              f"{report(problems)}")
+        print(
+            f"skipped {len(problems)} bad entr{'y' if len(problems) == 1 else 'ies'}:\n"
+            f"{report(problems)}"
+        )
     print(f"embeddings: {hits} from cache, {computed} computed ({cache.folder})")
-    print(f"trials: {metrics['n_trials']} ({metrics['n_target']} target, "
-          f"{metrics['n_nontarget']} non-target); score_mode={mode}, norm={norm}")
+    print(
+        f"trials: {metrics['n_trials']} ({metrics['n_target']} target, "
+        f"{metrics['n_nontarget']} non-target); score_mode={mode}, norm={norm}"
+    )
     print(f"EER: {metrics['EER']:.4f}% (threshold {metrics['EER_threshold']:.6f})")
     print(f"minDCF(p=0.01): {metrics['minDCF_0.01']:.4f}")
     print(f"minDCF(p=0.05): {metrics['minDCF_0.05']:.4f}")
     if calibration:
-        print(f"Cllr: {metrics['Cllr']:.4f} (min {metrics['minCllr']:.4f}), actDCF(p=0.01): "
-              f"{metrics['actDCF_0.01']:.4f}, actDCF(p=0.05): {metrics['actDCF_0.05']:.4f} "
-              f"(calibration: {calibration_file})")
+        print(
+            f"Cllr: {metrics['Cllr']:.4f} (min {metrics['minCllr']:.4f}), actDCF(p=0.01): "
+            f"{metrics['actDCF_0.01']:.4f}, actDCF(p=0.05): {metrics['actDCF_0.05']:.4f} "
+            f"(calibration: {calibration_file})"
+        )
     print(f"outputs: {out_dir}")
     return metrics
 

@@ -49,8 +49,9 @@ def _row_key(name):
 
 def summarize(results):
     rows = []
-    losses = sorted({p.parent.parent.name for p in Path(results).glob("*/*/train_log.txt")},
-                    key=_row_key)
+    losses = sorted(
+        {p.parent.parent.name for p in Path(results).glob("*/*/train_log.txt")}, key=_row_key
+    )
     for loss in losses:
         eers, dcfs, epoch_s, rates, seeds = [], [], [], [], []
         for log in sorted(Path(results).glob(f"{loss}/*/train_log.txt")):
@@ -63,16 +64,22 @@ def summarize(results):
             epoch_s += [e["epoch_s"] for e in epochs if "epoch_s" in e]
             rates += [e["train utt_per_s"] for e in epochs if "train utt_per_s" in e]
         if seeds:
-            rows.append(f"| {loss} | {len(seeds)} ({', '.join(seeds)}) | {_mean_spread(eers, '{:.2f}')} | "
-                        f"{_mean_spread(dcfs, '{:.3f}')} | {_mean_spread(epoch_s, '{:.0f}')} | "
-                        f"{_mean_spread(rates, '{:.0f}')} |")
-    head = ("| hparams | seeds | test EER % | minDCF(0.01) | s / epoch | train utt/s |\n"
-            "|---|---|---|---|---|---|")
+            rows.append(
+                f"| {loss} | {len(seeds)} ({', '.join(seeds)}) | {_mean_spread(eers, '{:.2f}')} | "
+                f"{_mean_spread(dcfs, '{:.3f}')} | {_mean_spread(epoch_s, '{:.0f}')} | "
+                f"{_mean_spread(rates, '{:.0f}')} |"
+            )
+    head = (
+        "| hparams | seeds | test EER % | minDCF(0.01) | s / epoch | train utt/s |\n"
+        "|---|---|---|---|---|---|"
+    )
     return "\n".join([head] + rows)
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("results", nargs="?", default="results", help="the recipes' output root")
     args = parser.parse_args(argv)
     if not Path(args.results).is_dir():

@@ -4,10 +4,8 @@
     python recipes/VoxCeleb/MaskProxy/train_speaker_embeddings.py \
         recipes/VoxCeleb/MaskProxy/hparams/mp_balance.yaml [--overrides]
 
-Run from the repository root. With no override the built-in corpus is generated (if
-absent) under ``data/demo_corpus`` and trained on at the yaml's ``builtin`` scale; for
-VoxCeleb see the recipe README (``--builtin_corpus False --train_root ... --train_list ...
---test_root ... --trials_list ...``).
+Run from the repository root. With no override it trains on the built-in corpus (made
+if absent) at the yaml's ``builtin`` scale; for VoxCeleb see the recipe README.
 
 Each epoch: training on speaker-grouped batches, then the EER on the held-out dev trials
 (the best checkpoint is kept and drives ReduceLROnPlateau). At the end the best checkpoint
@@ -16,11 +14,9 @@ format + ``calibration.json``), and only then scored on the test trials. Bad inp
 the run before training with one ``error:`` line and exit code 2.
 """
 
-import dataclasses
 import json
 import logging
 import os
-import sys
 import time
 
 import speechbrain as sb
@@ -30,17 +26,16 @@ from speechbrain.utils.distributed import if_main_process, run_on_main
 from data_prep.demo_corpus import prepare_builtin
 from data_prep.voxceleb import prepare_voxceleb
 from maskproxy_losses import SpeakerBatchSampler, export_model
-from maskproxy_losses.averaging import keep_kwargs, load_average
 from maskproxy_losses.augment import build_augmenter
+from maskproxy_losses.averaging import keep_kwargs, load_average
 from maskproxy_losses.batch_log import BatchLog
 from maskproxy_losses.calibration import CALIBRATION_FILE, calibration_metrics, fit_calibration
 from maskproxy_losses.errors import run_cli
 from maskproxy_losses.export import unwrap
 from maskproxy_losses.files import check_writable_dir
 from maskproxy_losses.hparams import load_recipe_hparams
+from maskproxy_losses.recipe_setup import dataio_prep, resolve_run_options, setup_training
 from maskproxy_losses.scoring import score_trials, verification_metrics
-from maskproxy_losses.precision import resolve_run_precision
-from maskproxy_losses.recipe_setup import dataio_prep, setup_training
 from maskproxy_losses.training_data import train_loader_options
 from maskproxy_losses.trials import read_prepared_trials
 
@@ -62,7 +57,9 @@ class SpeakerBrain(sb.Brain):
 
     def compute_objectives(self, embeddings, batch, stage):
         if stage != sb.Stage.TRAIN:  # verification stages: keep embeddings, no loss
-            self.embeddings.update(zip(map(os.path.abspath, batch.wav), embeddings.squeeze(1).float().cpu()))
+            self.embeddings.update(
+                zip(map(os.path.abspath, batch.wav), embeddings.squeeze(1).float().cpu())
+            )
             return torch.zeros((), device=self.device)
         labels, _ = batch.spk_id_encoded
         self.hparams.batch_log.batch(self.hparams.epoch_counter.current, self.step, batch.id)
@@ -99,24 +96,33 @@ class SpeakerBrain(sb.Brain):
         trials = self.hparams.dev_trials if stage == sb.Stage.VALID else self.eval_trials
         self.scores, self.labels = score_trials(self.embeddings, trials)
         metrics = verification_metrics(self.scores, self.labels)
-        stats = {"EER": round(metrics["EER"], 3), "minDCF_0.01": round(metrics["minDCF_0.01"], 4),
-                 "minDCF_0.05": round(metrics["minDCF_0.05"], 4),
-                 "threshold": round(metrics["EER_threshold"], 4)}
+        stats = {
+            "EER": round(metrics["EER"], 3),
+            "minDCF_0.01": round(metrics["minDCF_0.01"], 4),
+            "minDCF_0.05": round(metrics["minDCF_0.05"], 4),
+            "threshold": round(metrics["EER_threshold"], 4),
+        }
         if stage == sb.Stage.VALID:
             old_lr, new_lr = self.hparams.lr_scheduler([self.optimizer], epoch, stats["EER"])
             sb.nnet.schedulers.update_learning_rate(self.optimizer, new_lr)
             self.hparams.batch_log.valid(epoch, stats["EER"], old_lr, new_lr)
             self.hparams.train_logger.log_stats(
-                stats_meta={"epoch": epoch, "lr": old_lr,
-                            "epoch_s": round(time.perf_counter() - self.epoch_start, 1)},
-                train_stats=self.train_stats, valid_stats=stats,
+                stats_meta={
+                    "epoch": epoch,
+                    "lr": old_lr,
+                    "epoch_s": round(time.perf_counter() - self.epoch_start, 1),
+                },
+                train_stats=self.train_stats,
+                valid_stats=stats,
             )
             self.checkpointer.save_and_keep_only(  # the best (N best with averaging)
-                meta={"EER": stats["EER"]}, **keep_kwargs(self.hparams))
+                meta={"EER": stats["EER"]}, **keep_kwargs(self.hparams)
+            )
         elif self.eval_trials is self.hparams.test_trials:
             self.test_stats = stats
             self.hparams.train_logger.log_stats(
-                {"Epoch loaded": self.hparams.epoch_counter.current}, test_stats=stats)
+                {"Epoch loaded": self.hparams.epoch_counter.current}, test_stats=stats
+            )
 
     def on_evaluate_start(self, max_key=None, min_key=None):
         super().on_evaluate_start(max_key=max_key, min_key=min_key)  # the best checkpoint
@@ -138,7 +144,8 @@ class SpeakerBrain(sb.Brain):
             for name, module in self.modules.items():
                 if any(p.requires_grad for p in module.parameters()):
                     self.modules[name] = torch.nn.parallel.DistributedDataParallel(
-                        module, find_unused_parameters=self.find_unused_parameters)
+                        module, find_unused_parameters=self.find_unused_parameters
+                    )
             return
         super()._wrap_distributed()
 
@@ -146,12 +153,22 @@ class SpeakerBrain(sb.Brain):
 def prepare_data(hparams):
     """Manifests of the built-in corpus (generated when absent) or of the given lists."""
     if hparams["builtin_corpus"]:
-        return prepare_builtin(hparams["data_folder"], hparams["manifest_folder"],
-                               corpus_seed=hparams["corpus_seed"], prep_seed=hparams["prep_seed"])
+        return prepare_builtin(
+            hparams["data_folder"],
+            hparams["manifest_folder"],
+            corpus_seed=hparams["corpus_seed"],
+            prep_seed=hparams["prep_seed"],
+        )
     return prepare_voxceleb(
-        hparams["manifest_folder"], train_root=hparams["train_root"], test_root=hparams["test_root"],
-        train_list=hparams["train_list"], trials=hparams["trials_list"], dev_share=hparams["dev_share"],
-        n_dev_trials=hparams["n_dev_trials"], seed=hparams["prep_seed"], skip_bad=hparams["skip_bad"],
+        hparams["manifest_folder"],
+        train_root=hparams["train_root"],
+        test_root=hparams["test_root"],
+        train_list=hparams["train_list"],
+        trials=hparams["trials_list"],
+        dev_share=hparams["dev_share"],
+        n_dev_trials=hparams["n_dev_trials"],
+        seed=hparams["prep_seed"],
+        skip_bad=hparams["skip_bad"],
     )
 
 
@@ -164,9 +181,14 @@ def finish(brain, hparams, dev, test):
     calibration.meta = {"score_mode": "cosine", "norm": "none"}  # what it may be applied to
     out = None
     if if_main_process():  # the model is saved before anything else can fail
-        out = export_model(hparams["export_folder"], hparams["embedding_model"], frontend="fbank",
-                           n_mels=hparams["n_mels"], overwrite=True,
-                           extra_files={CALIBRATION_FILE: json.dumps(calibration.to_dict(), indent=2)})
+        out = export_model(
+            hparams["export_folder"],
+            hparams["embedding_model"],
+            frontend="fbank",
+            n_mels=hparams["n_mels"],
+            overwrite=True,
+            extra_files={CALIBRATION_FILE: json.dumps(calibration.to_dict(), indent=2)},
+        )
     brain.eval_trials = hparams["test_trials"]
     brain.evaluate(test, min_key="EER", test_loader_kwargs=loader)
     brain.test_calibration = calibration_metrics(brain.scores, brain.labels, calibration)
@@ -178,15 +200,13 @@ def main(argv):
     hparams, overrides = load_recipe_hparams(hparams_file, overrides)
     for key in ("output_folder", "manifest_folder"):  # fail in seconds, not after data prep
         check_writable_dir(hparams[key], key)
-    if run_opts.distributed_backend == "nccl" and not torch.cuda.is_available():
-        run_opts = dataclasses.replace(  # DDP on CPU
-            run_opts, distributed_backend="gloo",
-            overridden_args=run_opts.overridden_args | {"distributed_backend"})
-    run_opts, why = resolve_run_precision(hparams, run_opts)  # `precision: auto` in the yaml
-    logger.info("training precision: %s (%s)", run_opts.precision, why)
+    run_opts = resolve_run_options(hparams, run_opts)  # gloo on CPU, `precision: auto`
     sb.utils.distributed.ddp_init_group(run_opts)
-    sb.create_experiment_directory(experiment_directory=hparams["output_folder"],
-                                   hyperparams_to_save=hparams_file, overrides=overrides)
+    sb.create_experiment_directory(
+        experiment_directory=hparams["output_folder"],
+        hyperparams_to_save=hparams_file,
+        overrides=overrides,
+    )
     if run_opts.ckpt_interval_steps > 0:  # SpeechBrain allows one intra-epoch interval only
         hparams.pop("ckpt_interval_minutes", None)
 
@@ -197,28 +217,32 @@ def main(argv):
     hparams["test_trials"] = read_prepared_trials(manifests["trials"], manifests["test_csv"])
     train, dev, test, sampler, n_speakers = dataio_prep(hparams, manifests)
 
-    setup_training(hparams, sampler, n_speakers)  # loss, per-step schedule, pretrained weights
-    brain = SpeakerBrain(modules=hparams["modules"], opt_class=hparams["opt_class"], hparams=hparams,
-                         run_opts=run_opts, checkpointer=hparams["checkpointer"])
-    logger.info(
-        "%s: %d training speakers, %d utterances, %d batches/epoch (per process) of %d speakers x %s "
-        "utterances, %d-frame crops; augmentation: %s; encoder %.2f M parameters",
-        hparams["loss_name"], n_speakers, len(train), len(sampler), hparams["speakers_per_batch"],
-        hparams["utts_per_speaker"], hparams["crop_frames"],
-        " + ".join(k[:-4] for k in ("noise_csv", "rir_csv") if hparams.get(k)) or "none",
-        sum(p.numel() for p in hparams["embedding_model"].parameters()) / 1e6,
+    setup_training(hparams, train, sampler, n_speakers)  # loss, schedule, pretrained; logged
+    brain = SpeakerBrain(
+        modules=hparams["modules"],
+        opt_class=hparams["opt_class"],
+        hparams=hparams,
+        run_opts=run_opts,
+        checkpointer=hparams["checkpointer"],
     )
     options = train_loader_options(sampler, hparams["num_workers"], hparams["seed"])
-    brain.fit(brain.hparams.epoch_counter, train_set=train, valid_set=dev,
-              train_loader_kwargs=options,
-              valid_loader_kwargs=hparams["verification_loader"])
+    brain.fit(
+        brain.hparams.epoch_counter,
+        train_set=train,
+        valid_set=dev,
+        train_loader_kwargs=options,
+        valid_loader_kwargs=hparams["verification_loader"],
+    )
     hparams["batch_log"].save_state(brain.modules)
     out = finish(brain, hparams, dev, test)
     if if_main_process():
         stats, cal = brain.test_stats, brain.test_calibration
-        print(f"[{hparams['loss_name']}] test EER {stats['EER']:.2f} %  minDCF(0.01) "
-              f"{stats['minDCF_0.01']:.4f}  minDCF(0.05) {stats['minDCF_0.05']:.4f}  Cllr "
-              f"{cal['Cllr']:.3f} (min {cal['minCllr']:.3f})  (best dev-EER checkpoint, exported to {out})")
+        print(
+            f"[{hparams['loss_name']}] test EER {stats['EER']:.2f} %  minDCF(0.01) "
+            f"{stats['minDCF_0.01']:.4f}  minDCF(0.05) {stats['minDCF_0.05']:.4f}  Cllr "
+            f"{cal['Cllr']:.3f} (min {cal['minCllr']:.3f})  "
+            f"(best dev-EER checkpoint, exported to {out})"
+        )
     return brain
 
 
