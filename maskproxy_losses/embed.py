@@ -62,6 +62,7 @@ from maskproxy_losses.files import (
     text_lines,
 )
 from maskproxy_losses.model_dir import load_encoder
+from maskproxy_losses.precision import resolve_precision
 from maskproxy_losses.scoring import cosine_scores, l2_normalize
 
 __all__ = [
@@ -144,6 +145,7 @@ def embed_files(
     max_seconds=300.0,
     wheres=None,
     stats=None,
+    precision="auto",
 ):
     """Embeddings ``[N, D]`` (float32) of the audio files ``paths``, in order.
 
@@ -154,7 +156,8 @@ def embed_files(
     batch, no padding); files over ``max_seconds`` are embedded as the mean of chunks of at
     most that length (bounded memory). With ``cache_dir`` embeddings are cached there as
     the verification recipe does; ``stats`` (a dict) receives ``hits``, ``computed``,
-    ``fingerprint`` and ``cache`` (the folder or None).
+    ``fingerprint``, ``cache`` (the folder or None) and ``precision``. ``precision``:
+    ``auto`` (bfloat16 autocast where the device does it natively), ``fp32`` or ``bf16``.
     """
     if batch_seconds < 0:
         raise InputError(f"--batch-seconds must be >= 0, got {batch_seconds:g}")
@@ -168,17 +171,21 @@ def embed_files(
     samples, problems, _ = probe_entries([(w, [p]) for p, w in zip(paths, wheres)])
     if problems:
         raise InputError(problems)
+    try:
+        precision, _ = resolve_precision(precision, str(model.encoder.device))
+    except ValueError as err:
+        raise InputError(f"--precision: {err}") from None
     if cache_dir is None:
         cache = _MemoryCache()
     else:
-        folder = cache_folder(cache_dir, model.fingerprint, max_seconds=max_seconds)
+        folder = cache_folder(cache_dir, model.fingerprint, None, max_seconds, precision)
         check_writable_dir(folder, "embedding cache folder")
         cache = EmbeddingCache(folder)
     unique = list(dict.fromkeys(paths))
     where_of = {}
     for p, w in zip(paths, wheres):
         where_of.setdefault(p, w or p)
-    embedder = Embedder(model.encoder, cache, None, batch_seconds, max_seconds)
+    embedder = Embedder(model.encoder, cache, None, batch_seconds, max_seconds, precision)
     emb, (hits, computed) = embedder(unique, samples, where_of, desc="embedding")
     row = {p: i for i, p in enumerate(unique)}
     if stats is not None:
@@ -187,6 +194,7 @@ def embed_files(
             computed=computed,
             fingerprint=model.fingerprint,
             cache=None if cache.folder is None else str(cache.folder),
+            precision=precision,
         )
     return emb[[row[p] for p in paths]].astype(np.float32)
 
@@ -427,6 +435,12 @@ def _common(parser, inputs):
     )
     parser.add_argument("--device", default="cpu", help="torch device (default cpu)")
     parser.add_argument(
+        "--precision",
+        default="auto",
+        choices=["auto", "fp32", "bf16"],
+        help="auto (default): bfloat16 autocast where the CPU / GPU does it natively, else fp32",
+    )
+    parser.add_argument(
         "--trust-model-dir",
         action="store_true",
         help="load a hyperparams.yaml that names code the export never writes "
@@ -546,6 +560,7 @@ def _embed_entries(args, model, entries):
         max_seconds=args.max_seconds,
         wheres=[e[2] for e in entries],
         stats=stats,
+        precision=args.precision,
     )
     return emb, stats
 

@@ -33,6 +33,7 @@ from tqdm import tqdm
 from maskproxy_losses.audio import SAMPLE_RATE, pad_batch, read_wav
 from maskproxy_losses.errors import InputError
 from maskproxy_losses.files import atomic_write_bytes, remove_stale_temps
+from maskproxy_losses.precision import autocast_for
 from maskproxy_losses.scoring import crop_samples, make_crops
 
 __all__ = ["model_fingerprint", "file_key", "cache_folder", "EmbeddingCache", "Embedder"]
@@ -56,12 +57,16 @@ def model_fingerprint(model_dir):
     return h.hexdigest()
 
 
-def cache_folder(cache_dir, fingerprint, crops=None, max_seconds=300.0):
+def cache_folder(cache_dir, fingerprint, crops=None, max_seconds=300.0, precision="fp32"):
     """The cache folder of a model (its :func:`model_fingerprint`) and extraction mode
-    (``crops=(K, F)`` or full utterances up to ``max_seconds``): entries of one folder
-    are keyed by :func:`file_key` alone, so the model and mode must be in the folder."""
+    (``crops=(K, F)`` or full utterances up to ``max_seconds``, at ``precision``): entries
+    of one folder are keyed by :func:`file_key` alone, so model and mode are in the folder."""
     mode = f"crops{crops[0]}x{crops[1]}" if crops else f"full_max{float(max_seconds):g}s"
-    return Path(cache_dir) / fingerprint[:16] / mode
+    return (
+        Path(cache_dir)
+        / fingerprint[:16]
+        / (mode if precision == "fp32" else f"{mode}_{precision}")
+    )
 
 
 def file_key(path):
@@ -114,14 +119,18 @@ class Embedder:
     most ``batch_seconds`` of (padded) audio.
     """
 
-    def __init__(self, encoder, cache, crops=None, batch_seconds=200.0, max_seconds=300.0):
+    def __init__(
+        self, encoder, cache, crops=None, batch_seconds=200.0, max_seconds=300.0, precision="fp32"
+    ):
         self.encoder, self.cache, self.crops = encoder, cache, crops
+        self.precision = precision
         self.budget = max(1, int(batch_seconds * SAMPLE_RATE))
         self.max_len = max(1, int(max_seconds * SAMPLE_RATE))
 
     @torch.no_grad()
     def _encode(self, wavs, lens=None):
-        out = self.encoder.encode_batch(wavs, lens)
+        with autocast_for(self.precision, str(self.encoder.device)):
+            out = self.encoder.encode_batch(wavs, lens)
         return out.reshape(wavs.shape[0], -1).float().cpu().numpy()
 
     def _full(self, wav):

@@ -11,6 +11,16 @@ FIXTURES = Path(__file__).resolve().parent / "fixtures"
 
 
 @pytest.fixture(autouse=True)
+def _no_native_bf16(request, monkeypatch):
+    """``precision: auto`` resolves to fp32 in-process whatever the CPU, so that tests that
+    compare embeddings with a float32 reference mean the same on every machine (the
+    precision tests patch the CPU flags themselves)."""
+    if request.module.__name__.endswith("test_precision"):
+        return
+    monkeypatch.setattr("maskproxy_losses.precision.read_cpu_flags", lambda *a, **k: set())
+
+
+@pytest.fixture(autouse=True)
 def _two_threads():
     torch.set_num_threads(2)
     yield

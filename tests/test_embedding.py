@@ -73,3 +73,19 @@ def test_cache_hits_and_invalidation(setup):
     assert file_key(path) != old_key
     _, (hits, computed) = _embed(setup, 100, 300, "c4")
     assert (hits, computed) == (3, 1)
+
+
+def test_bf16_extraction_has_its_own_cache_and_stays_close(setup):
+    from maskproxy_losses.embedding import cache_folder
+
+    assert cache_folder("c", "f" * 64) != cache_folder("c", "f" * 64, precision="bf16")
+    lengths = {p: read_wav(p).shape[0] for p in setup["wavs"]}
+    fp32, _ = Embedder(setup["encoder"], EmbeddingCache(setup["base"] / "p32"), None, 0.001)(
+        setup["wavs"], lengths
+    )
+    bf16, _ = Embedder(
+        setup["encoder"], EmbeddingCache(setup["base"] / "p16"), None, 0.001, precision="bf16"
+    )(setup["wavs"], lengths)
+    assert not np.array_equal(fp32, bf16)  # autocast really ran in bfloat16
+    cos = (fp32 * bf16).sum(1) / np.linalg.norm(fp32, axis=1) / np.linalg.norm(bf16, axis=1)
+    assert cos.min() > 0.99

@@ -41,6 +41,7 @@ from maskproxy_losses.errors import InputError, report, run_cli
 from maskproxy_losses.files import atomic_write_text
 from maskproxy_losses.model_dir import load_encoder
 from maskproxy_losses.plotting import plot_det_and_scores, plot_embedding_map
+from maskproxy_losses.precision import resolve_precision
 from maskproxy_losses.trials import (
     check_classes,
     index_trials,
@@ -116,12 +117,11 @@ def run(hparams, device="cpu"):
         problems += c_problems
 
     model_hash = model_fingerprint(model_dir)
-    cache = EmbeddingCache(
-        cache_folder(hparams["cache_dir"], model_hash, crops, float(hparams["max_seconds"]))
-    )
-    embed = Embedder(
-        encoder, cache, crops, float(hparams["batch_seconds"]), float(hparams["max_seconds"])
-    )
+    precision, why = resolve_precision(hparams.get("precision") or "auto", device)
+    logger.info("embedding precision: %s (%s)", precision, why)
+    max_s = float(hparams["max_seconds"])
+    cache = EmbeddingCache(cache_folder(hparams["cache_dir"], model_hash, crops, max_s, precision))
+    embed = Embedder(encoder, cache, crops, float(hparams["batch_seconds"]), max_s, precision)
 
     keys, enrol, test = index_trials([(t[3], t[4]) for t in trials])
     wheres = {}
@@ -174,6 +174,7 @@ def run(hparams, device="cpu"):
         "norm": norm,
         "cohort": cohort_info,
         "calibration": calibration_file,
+        "precision": precision,
         "scores_txt": "calibrated LLR" if written is not scores else "raw score",
     }
     metrics["embedding_cache"] = {"hits": hits, "computed": computed, "dir": str(cache.folder)}
