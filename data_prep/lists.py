@@ -18,7 +18,7 @@ Example
 import os
 import re
 
-from maskproxy_losses.files import text_lines
+from maskproxy_losses.files import list_fields
 from maskproxy_losses.trials import read_trials
 
 __all__ = [
@@ -67,14 +67,7 @@ def _under(root, full):
 def read_train_list(list_path, root, problems):
     """Parse ``spk_id relpath`` lines into ``Utt`` records."""
     utts = []
-    for lineno, line, problem in text_lines(list_path):
-        if problem:
-            problems.append(problem)
-            continue
-        fields = line.split()
-        if not fields:
-            continue
-        where = f"{list_path}:{lineno}"
+    for where, fields in list_fields(list_path, problems):
         if len(fields) != 2:
             problems.append(f"{where}: expected 2 fields 'spk_id path', got {len(fields)}")
             continue

@@ -44,7 +44,7 @@ import numpy as np
 from scipy.special import expit
 
 from maskproxy_losses.errors import InputError, run_cli
-from maskproxy_losses.files import atomic_write_text, text_lines
+from maskproxy_losses.files import atomic_write_text, list_fields
 from maskproxy_losses.scoring import check_labels
 
 __all__ = [
@@ -403,14 +403,7 @@ def read_scores(path):
     scores, labels, pairs, problems = [], [], [], []
     if not os.path.isfile(path):
         raise InputError(f"{path}: scores file not found")
-    for lineno, line, problem in text_lines(path):
-        if problem:
-            problems.append(problem)
-            continue
-        fields = line.split()
-        if not fields:
-            continue
-        where = f"{path}:{lineno}"
+    for where, fields in list_fields(path, problems):
         if len(fields) not in (2, 4):
             problems.append(
                 f"{where}: expected 4 fields 'label score enrol test' "

@@ -32,6 +32,7 @@ __all__ = [
     "umask_mode",
     "check_writable_dir",
     "text_lines",
+    "list_fields",
 ]
 
 _STALE = re.compile(r"\.(?:tmp|old)-(\d+)-")
@@ -168,3 +169,20 @@ def text_lines(path):
                 )
                 continue
             yield lineno, text.lstrip("\ufeff") if lineno == 1 else text, None
+
+
+def list_fields(path, problems):
+    r"""Yield ``("file:line", fields)`` for each non-blank line of the list ``path``, split
+    on whitespace; lines that are not UTF-8 go to ``problems`` (see :func:`text_lines`).
+
+    >>> import tempfile
+    >>> path = os.path.join(tempfile.mkdtemp(), "list.txt")
+    >>> _ = open(path, "wb").write(b"a b\n\n  c \n")
+    >>> [(where.rsplit(":", 1)[1], fields) for where, fields in list_fields(path, [])]
+    [('1', ['a', 'b']), ('3', ['c'])]
+    """
+    for lineno, line, problem in text_lines(path):
+        if problem:
+            problems.append(problem)
+        elif line.split():
+            yield f"{path}:{lineno}", line.split()

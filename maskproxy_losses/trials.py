@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from maskproxy_losses.errors import InputError
-from maskproxy_losses.files import text_lines
+from maskproxy_losses.files import list_fields
 
 __all__ = [
     "read_trials",
@@ -47,14 +47,7 @@ def read_trials(trials_file, test_root=None, id_to_wav=None):
     root = Path(test_root) if test_root else Path(trials_file).parent
     id_to_wav = id_to_wav or {}
     trials, problems = [], []
-    for lineno, line, problem in text_lines(trials_file):
-        if problem:
-            problems.append(problem)
-            continue
-        fields = line.split()
-        if not fields:
-            continue
-        where = f"{trials_file}:{lineno}"
+    for where, fields in list_fields(trials_file, problems):
         if len(fields) != 3:
             problems.append(f"{where}: expected 3 fields 'label path1 path2', got {len(fields)}")
             continue
