@@ -45,7 +45,7 @@ from scipy.special import expit
 
 from maskproxy_losses.errors import InputError, run_cli
 from maskproxy_losses.files import atomic_write_text, list_fields
-from maskproxy_losses.scoring import check_labels
+from maskproxy_losses.scoring import check_labels, check_scores
 
 __all__ = [
     "CALIBRATION_FILE",
@@ -71,15 +71,6 @@ _LN2 = math.log(2.0)
 
 
 # ---------------------------------------------------------------- validation
-def _scores_labels(scores, labels):
-    """Finite float64 scores and 0/1 labels with both classes, or ValueError."""
-    scores = np.asarray(scores, dtype=np.float64).reshape(-1)
-    labels = check_labels(labels, scores.size)
-    if not np.all(np.isfinite(scores)):
-        raise ValueError("scores contain NaN or Inf")
-    return scores, labels
-
-
 def _llr_labels(llr, labels):
     """Like :func:`_scores_labels`, but LLRs may be +-inf (never NaN)."""
     llr = np.asarray(llr, dtype=np.float64).reshape(-1)
@@ -230,7 +221,7 @@ def fit_calibration(scores, labels, prior=0.5, l2=1e-10, source=None, max_iter=1
     dev set that separates perfectly is too small or too easy to calibrate on).
     Returns a :class:`Calibration`.
     """
-    scores, labels = _scores_labels(scores, labels)
+    scores, labels = check_scores(scores, labels)
     prior = _check_prior(prior)
     if l2 <= 0:
         raise ValueError(f"l2 must be positive, got {l2}")
@@ -306,7 +297,7 @@ def pav(scores, labels):
     >>> pav([1.0, 2.0, 3.0, 4.0], [0, 1, 0, 1]).tolist()
     [0.0, 0.5, 0.5, 1.0]
     """
-    scores, labels = _scores_labels(scores, labels)
+    scores, labels = check_scores(scores, labels)
     uniq, inverse = np.unique(scores, return_inverse=True)
     # one starting block per distinct score: (sum of labels, count)
     sums = list(np.bincount(inverse, weights=labels).astype(np.float64))
@@ -334,7 +325,7 @@ def min_cllr(scores, labels):
     >>> round(min_cllr([1.0, 2.0, 3.0, 4.0], [0, 1, 0, 1]), 12)  # LLRs -inf, 0, 0, +inf
     0.5
     """
-    scores, labels = _scores_labels(scores, labels)
+    scores, labels = check_scores(scores, labels)
     post = pav(scores, labels)
     n_tar = labels.sum()
     with np.errstate(divide="ignore"):
@@ -370,7 +361,7 @@ def calibration_metrics(raw_scores, labels, calibration=None, p_targets=(0.01, 0
     ``actDCF_0.05``: the normalised DCF deciding at the Bayes threshold, to compare with
     ``minDCF_{p:g}``), all with ``c_miss = c_fa = 1``.
     """
-    raw, labels = _scores_labels(raw_scores, labels)
+    raw, labels = check_scores(raw_scores, labels)
     llr = raw if calibration is None else calibration(raw)
     out = {"Cllr": cllr(llr, labels), "minCllr": min_cllr(raw, labels)}
     for p in p_targets:

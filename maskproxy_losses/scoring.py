@@ -26,6 +26,7 @@ __all__ = [
     "compute_eer",
     "compute_min_dcf",
     "check_labels",
+    "check_scores",
     "verification_metrics",
     "roc",
     "l2_normalize",
@@ -65,7 +66,8 @@ def check_labels(labels, n, what="scores"):
     return labels
 
 
-def _as_arrays(scores, labels):
+def check_scores(scores, labels):
+    """Finite float64 scores and :func:`check_labels` labels, or a ``ValueError``."""
     scores = np.asarray(scores, dtype=np.float64).reshape(-1)
     labels = check_labels(labels, scores.size)
     if not np.all(np.isfinite(scores)):
@@ -81,7 +83,7 @@ def roc(scores, labels, drop_intermediate=True):
     (sklearn's default, as in the authors' code) collinear intermediate points are
     dropped; ``False`` keeps one point per distinct score.
     """
-    scores, labels = _as_arrays(scores, labels)
+    scores, labels = check_scores(scores, labels)
     fpr, tpr, thresholds = roc_curve(
         labels, scores, pos_label=1, drop_intermediate=drop_intermediate
     )
