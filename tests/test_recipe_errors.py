@@ -4,7 +4,6 @@ with one ``error:`` line, exit code 2 and no traceback."""
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -18,25 +17,15 @@ SCRIPT = RECIPE / "train_speaker_embeddings.py"
 MP = RECIPE / "hparams" / "mp.yaml"
 
 
+def _recipe(cwd, *args):
+    """Run the training script on mp.yaml with ``args`` in a subprocess."""
+    cmd = [sys.executable, str(SCRIPT), str(MP), *map(str, args)]
+    return subprocess.run(cmd, capture_output=True, text=True, cwd=cwd, timeout=300)
+
+
 def _run(tmp_path, *args):
-    start = time.perf_counter()
-    proc = subprocess.run(
-        [
-            sys.executable,
-            str(SCRIPT),
-            str(MP),
-            "--data_folder",
-            str(tmp_path / "corpus"),
-            "--output_folder",
-            str(tmp_path / "out"),
-            *args,
-        ],
-        capture_output=True,
-        text=True,
-        cwd=tmp_path,
-        timeout=300,
-    )
-    return proc, time.perf_counter() - start
+    corpus, out = tmp_path / "corpus", tmp_path / "out"
+    return _recipe(tmp_path, "--data_folder", corpus, "--output_folder", out, *args)
 
 
 def _assert_refused(proc, *parts):
@@ -49,33 +38,25 @@ def _assert_refused(proc, *parts):
 
 
 def test_override_typo_and_unknown_loss_stop_before_data_prep(tmp_path):
-    proc, _ = _run(tmp_path, "--speakers_per_bach", "3")
+    proc = _run(tmp_path, "--speakers_per_bach", "3")
     _assert_refused(
         proc,
         f"{MP}: no key speakers_per_bach (overridden with --speakers_per_bach); "
         "did you mean --speakers_per_batch or --speed_perturb?",
     )
-    proc, _ = _run(tmp_path, "--loss_name", "foo")
+    proc = _run(tmp_path, "--loss_name", "foo")
     _assert_refused(proc, f"{MP}: unknown loss_name 'foo'; choose one of aam, ap, mmp, ")
     assert not (tmp_path / "corpus").exists()  # nothing was generated
 
 
 def test_unwritable_output_folder(tmp_path):
     (tmp_path / "file").write_text("x")
-    proc = subprocess.run(
-        [
-            sys.executable,
-            str(SCRIPT),
-            str(MP),
-            "--output_folder",
-            str(tmp_path / "file"),
-            "--data_folder",
-            str(tmp_path / "corpus"),
-        ],
-        capture_output=True,
-        text=True,
-        cwd=tmp_path,
-        timeout=300,
+    proc = _recipe(
+        tmp_path,
+        "--output_folder",
+        str(tmp_path / "file"),
+        "--data_folder",
+        str(tmp_path / "corpus"),
     )
     _assert_refused(
         proc, f"{tmp_path / 'file' / 'save'}: cannot create this folder (Not a directory)"
@@ -83,39 +64,25 @@ def test_unwritable_output_folder(tmp_path):
     if os.geteuid() != 0:  # root writes anywhere
         ro = tmp_path / "ro"
         ro.mkdir(mode=0o555)
-        proc = subprocess.run(
-            [sys.executable, str(SCRIPT), str(MP), "--output_folder", str(ro / "x")],
-            capture_output=True,
-            text=True,
-            cwd=tmp_path,
-            timeout=300,
-        )
+        proc = _recipe(tmp_path, "--output_folder", ro / "x")
         _assert_refused(proc, f"{ro / 'x'}: cannot write")
 
 
 def test_too_few_speakers_names_the_override(corpus, tmp_path):
-    proc = subprocess.run(
-        [
-            sys.executable,
-            str(SCRIPT),
-            str(MP),
-            "--builtin_corpus",
-            "False",
-            "--data_folder",
-            str(corpus),
-            "--manifest_folder",
-            str(corpus / "manifests"),
-            "--output_folder",
-            str(tmp_path / "out"),
-            "--speakers_per_batch",
-            "50",
-            "--dev_share",
-            "2",
-        ],
-        capture_output=True,
-        text=True,
-        cwd=tmp_path,
-        timeout=300,
+    proc = _recipe(
+        tmp_path,
+        "--builtin_corpus",
+        "False",
+        "--data_folder",
+        str(corpus),
+        "--manifest_folder",
+        str(corpus / "manifests"),
+        "--output_folder",
+        str(tmp_path / "out"),
+        "--speakers_per_batch",
+        "50",
+        "--dev_share",
+        "2",
     )
     _assert_refused(
         proc, "only 6 usable speakers, fewer than speakers_per_batch=50", "--speakers_per_batch N"
@@ -131,30 +98,22 @@ def test_one_class_trial_list_stops_before_training(corpus, tmp_path):
         if line.startswith("1 ")
     ]
     trials.write_text("\n".join(lines) + "\n")
-    proc = subprocess.run(
-        [
-            sys.executable,
-            str(SCRIPT),
-            str(MP),
-            "--builtin_corpus",
-            "False",
-            "--data_folder",
-            str(corpus),
-            "--trials_list",
-            str(trials),
-            "--manifest_folder",
-            str(tmp_path / "manifests"),
-            "--output_folder",
-            str(tmp_path / "out"),
-            "--speakers_per_batch",
-            "3",
-            "--dev_share",
-            "2",
-        ],
-        capture_output=True,
-        text=True,
-        cwd=tmp_path,
-        timeout=300,
+    proc = _recipe(
+        tmp_path,
+        "--builtin_corpus",
+        "False",
+        "--data_folder",
+        str(corpus),
+        "--trials_list",
+        str(trials),
+        "--manifest_folder",
+        str(tmp_path / "manifests"),
+        "--output_folder",
+        str(tmp_path / "out"),
+        "--speakers_per_batch",
+        "3",
+        "--dev_share",
+        "2",
     )
     _assert_refused(proc, f"all {len(lines)} trials have label 1")
     assert not list((tmp_path / "out").glob("save/CKPT*"))
