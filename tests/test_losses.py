@@ -94,6 +94,40 @@ def test_mmp_per_speaker_positives_by_hand():
         MultinomialMaskedProxyLoss(3, 2, pos_reduction="mean")
 
 
+def test_mmp_bias_gradient_by_hand_and_fixed_bias():
+    # The batch of test_mmp_by_hand. d/db log(1 + sum e^u) = +-(share of the exponentials):
+    # l_pos (u = b - w cos) pushes b down, l_pair and l_proxy (u = w cos - b) push it up,
+    # L_reg (a cross-entropy) not at all.
+    proxies = [E1, E2, [0.0, -1.0]]
+    emb = torch.tensor([E1, E1, E2, E2], dtype=torch.float64)
+    labels = torch.tensor([0, 0, 1, 1])
+
+    def sigmoid(x):
+        return 1 / (1 + math.exp(-x))
+
+    expected = (
+        2 * math.exp(-5) / (1 + 2 * math.exp(-5))  # l_pos
+        - (sigmoid(-5) + sigmoid(-15)) / 2  # l_proxy
+        - sigmoid(-5)  # l_pair: both queries at cos 0 to the other anchor
+    )
+    learned = _set(MultinomialMaskedProxyLoss(3, 2), proxies)
+    learned(emb, labels).backward()
+    assert learned.b.grad.item() == pytest.approx(expected, rel=1e-10)
+
+    for learn_scale in (True, False):
+        fixed = MultinomialMaskedProxyLoss(3, 2, learn_scale=learn_scale, learn_bias=False)
+        fixed = _set(fixed, proxies)
+        assert fixed(emb, labels).item() == learned(emb, labels).item()  # same loss
+        opt = torch.optim.SGD(fixed.parameters(), lr=0.5, momentum=0.9, weight_decay=0.1)
+        for _ in range(3):
+            opt.zero_grad()
+            fixed(emb * 0.9 + 0.1, labels).backward()
+            opt.step()
+        assert fixed.b.grad is None and fixed.b.item() == 5.0  # no update, no weight decay
+        assert (fixed.w.item() == 10.0) is not learn_scale
+        assert not torch.equal(fixed.proxies, torch.tensor(proxies, dtype=torch.float64))
+
+
 def test_ap_by_hand():
     loss_fn = AngularPrototypicalLoss().double()
     emb = torch.tensor([E1, [3.0, 0.0], E2, [0.0, 2.0]], dtype=torch.float64)

@@ -293,7 +293,7 @@ def test_summarize_results(tmp_path):
         ("mp", "1"): "epoch: 1, lr: 2.00e-01, epoch_s: 10.0 - train loss: 3.0, train acc: 0.1, "
         "train w: 10.0, train utt_per_s: 50.0 - valid EER: 30.0\n"
         "epoch: 2, lr: 2.00e-01, epoch_s: 12.0 - train loss: 2.0, train acc: 0.2, "
-        "train w: 10.5, train utt_per_s: 70.0 - valid EER: 20.0\n"
+        "train w: 10.5, train utt_per_s: 70.0 - valid EER: 18.0\n"
         "Epoch loaded: 2 - test EER: 20.00, test minDCF_0.01: 5.00e-01\n",
         ("mp", "2"): "epoch: 1, lr: 2.00e-01, epoch_s: 14.0 - train loss: 3.0, train acc: 0.1, "
         "train w: 10.0, train utt_per_s: 60.0 - valid EER: 30.0\n"
@@ -311,6 +311,13 @@ def test_summarize_results(tmp_path):
     # EER mean 25, sample std of (20, 30) = 7.07; minDCF 0.6 +- 0.141; epochs 12 +- 2;
     # utt/s 60 +- 10
     assert table[2] == "| mp | 2 (1, 2) | 25.00 ± 7.07 | 0.600 ± 0.141 | 12 ± 2 | 60 ± 10 |"
+    # --dev: best dev EERs 18 and 30 -> 24 +- 8.49; last w 10.5 and 10.0; no b logged
+    table = summarize_results.summarize(tmp_path, dev=True).splitlines()
+    assert table[0].startswith("| hparams | seeds | best dev EER % | test EER % | minDCF(0.01) |")
+    assert table[2] == (
+        "| mp | 2 (1, 2) | 24.00 ± 8.49 | 25.00 ± 7.07 | 0.600 ± 0.141 | 10.25 ± 0.35 | - "
+        "| 12 ± 2 | 60 ± 10 |"
+    )
 
 
 def test_model_is_exported_before_test_scoring(corpus, tmp_path, monkeypatch):

@@ -48,14 +48,30 @@ class MultinomialMaskedProxyLoss(ProxyLossBase):
         gradient goes mostly to the hardest positives. ``"per_speaker"``: one log per
         speaker, averaged, ``mean_s log(1 + exp(b - w<q_s, a_s>))``, as proxy-anchor-style
         losses do (every positive pair gets its own sigmoid-weighted gradient).
+    learn_scale, learn_bias : bool
+        True (default, the released code): ``w`` / ``b`` are learned with everything
+        else. False: they stay at ``init_w`` / ``init_b`` (no update, no weight decay).
+        Both False fix the cosine threshold ``b / w`` that separates the positive from
+        the negative terms, as proxy-anchor-style losses fix their margin; learned, the
+        threshold drifts towards 1 (``docs/losses.md``).
     """
 
     POS_REDUCTIONS = ("batch_log", "per_speaker")
 
     def __init__(
-        self, n_classes, emb_dim, init_w=10.0, init_b=5.0, reg_weight=0.5, pos_reduction="batch_log"
+        self,
+        n_classes,
+        emb_dim,
+        init_w=10.0,
+        init_b=5.0,
+        reg_weight=0.5,
+        pos_reduction="batch_log",
+        learn_scale=True,
+        learn_bias=True,
     ):
         super().__init__(n_classes, emb_dim, init_w, init_b, reg_weight)
+        self.w.requires_grad_(bool(learn_scale))  # no grad: no update, no weight decay
+        self.b.requires_grad_(bool(learn_bias))
         if pos_reduction not in self.POS_REDUCTIONS:
             raise ValueError(
                 f"pos_reduction must be one of {self.POS_REDUCTIONS}, got {pos_reduction!r}"

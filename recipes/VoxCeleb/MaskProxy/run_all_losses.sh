@@ -28,15 +28,8 @@ budget=()
 jobs=${JOBS:-1}
 read -r -a common <<< "${ARGS:-}"
 
-train() {  # train NAME ROW SEED [overrides...], at most JOBS at a time
-    local name=$1 row=$2 seed=$3
-    shift 3
-    while [ "$(jobs -rp | wc -l)" -ge "$jobs" ]; do wait -n || true; done
-    ( "$py" recipes/VoxCeleb/MaskProxy/train_speaker_embeddings.py \
-        "recipes/VoxCeleb/MaskProxy/hparams/$name.yaml" --seed "$seed" \
-        --output_folder "$results/$row/$seed" "${common[@]}" "$@" 2>&1 \
-        | grep -E "test EER|error" | sed "s|^|$row seed $seed: |" || true ) &
-}
+# shellcheck source=train_rows.sh
+source recipes/VoxCeleb/MaskProxy/train_rows.sh  # train NAME ROW SEED [overrides...]
 
 ft_opts() {  # the second stage's learning rate (and margin) for loss $1; README "Fine-tuning"
     case "$1" in

@@ -6,9 +6,11 @@ test EER / minDCF of the best checkpoint, the per-epoch wall time (training + de
 validation) and the training throughput (utterances/s). Rows named ``<hparams>+<variant>``
 (written by ``run_all_losses.sh``: ``+avgN`` checkpoint averaging, ``+sp`` speed
 perturbation, ``+ft`` a fine-tuning stage, whose epochs are the second stage's only,
-``+per_speaker`` MMP's per-speaker ``l_pos``) follow their hparams file's row.
+``+per_speaker`` MMP's per-speaker ``l_pos``) follow their hparams file's row. With
+``--dev`` the table adds the best dev EER (what choices are made on) and the loss's ``w``
+and ``b`` at the last epoch.
 
-    python recipes/VoxCeleb/MaskProxy/summarize_results.py results
+    python recipes/VoxCeleb/MaskProxy/summarize_results.py results [--dev]
 """
 
 import argparse
@@ -47,13 +49,15 @@ def _row_key(name):
     return (ORDER.index(base) if base in ORDER else len(ORDER), base, variant)
 
 
-def summarize(results):
+def summarize(results, dev=False):
+    """The markdown table of every ``<results>/<row>/<seed>/train_log.txt`` with a test result."""
     rows = []
     losses = sorted(
         {p.parent.parent.name for p in Path(results).glob("*/*/train_log.txt")}, key=_row_key
     )
     for loss in losses:
         eers, dcfs, epoch_s, rates, seeds = [], [], [], [], []
+        dev_eers, ws, bs = [], [], []
         for log in sorted(Path(results).glob(f"{loss}/*/train_log.txt")):
             test, epochs = parse_log(log)
             if "test EER" not in test:
@@ -63,17 +67,23 @@ def summarize(results):
             dcfs.append(test["test minDCF_0.01"])
             epoch_s += [e["epoch_s"] for e in epochs if "epoch_s" in e]
             rates += [e["train utt_per_s"] for e in epochs if "train utt_per_s" in e]
+            dev_eers += [min(e["valid EER"] for e in epochs if "valid EER" in e)]
+            ws += [epochs[-1]["train w"]] if "train w" in epochs[-1] else []
+            bs += [epochs[-1]["train b"]] if "train b" in epochs[-1] else []
         if seeds:
-            rows.append(
-                f"| {loss} | {len(seeds)} ({', '.join(seeds)}) | {_mean_spread(eers, '{:.2f}')} | "
-                f"{_mean_spread(dcfs, '{:.3f}')} | {_mean_spread(epoch_s, '{:.0f}')} | "
-                f"{_mean_spread(rates, '{:.0f}')} |"
-            )
-    head = (
-        "| hparams | seeds | test EER % | minDCF(0.01) | s / epoch | train utt/s |\n"
-        "|---|---|---|---|---|---|"
-    )
-    return "\n".join([head] + rows)
+            cells = [loss, f"{len(seeds)} ({', '.join(seeds)})"]
+            if dev:
+                cells.append(_mean_spread(dev_eers, "{:.2f}"))
+            cells += [_mean_spread(eers, "{:.2f}"), _mean_spread(dcfs, "{:.3f}")]
+            if dev:
+                cells += [_mean_spread(ws, "{:.2f}"), _mean_spread(bs, "{:.2f}")]
+            cells += [_mean_spread(epoch_s, "{:.0f}"), _mean_spread(rates, "{:.0f}")]
+            rows.append(f"| {' | '.join(cells)} |")
+    head = ["hparams", "seeds", "test EER %", "minDCF(0.01)", "s / epoch", "train utt/s"]
+    if dev:
+        head[2:2] = ["best dev EER %"]
+        head[5:5] = ["last w", "last b"]
+    return "\n".join([f"| {' | '.join(head)} |", "|" + "---|" * len(head)] + rows)
 
 
 def main(argv=None):
@@ -81,10 +91,13 @@ def main(argv=None):
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("results", nargs="?", default="results", help="the recipes' output root")
+    parser.add_argument(
+        "--dev", action="store_true", help="add the best dev EER and the last epoch's w and b"
+    )
     args = parser.parse_args(argv)
     if not Path(args.results).is_dir():
         sys.exit(f"error: {args.results} is not a directory")
-    print(summarize(args.results))
+    print(summarize(args.results, dev=args.dev))
 
 
 if __name__ == "__main__":

@@ -90,6 +90,7 @@ class SpeakerBrain(sb.Brain):
                 "loss": stage_loss,
                 "acc": float(self.acc_sum) / max(self.step, 1),
                 "w": loss_fn.w.item() if hasattr(loss_fn, "w") else float("nan"),
+                "b": loss_fn.b.item() if hasattr(loss_fn, "b") else float("nan"),
                 "utt_per_s": round(self.n_utts / (time.perf_counter() - self.stage_start), 1),
             }
             return
