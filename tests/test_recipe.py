@@ -311,12 +311,13 @@ def test_summarize_results(tmp_path):
     # EER mean 25, sample std of (20, 30) = 7.07; minDCF 0.6 +- 0.141; epochs 12 +- 2;
     # utt/s 60 +- 10
     assert table[2] == "| mp | 2 (1, 2) | 25.00 ± 7.07 | 0.600 ± 0.141 | 12 ± 2 | 60 ± 10 |"
-    # --dev: best dev EERs 18 and 30 -> 24 +- 8.49; last w 10.5 and 10.0; no b logged
+    # --dev: best dev EERs 18 and 30 -> 24 +- 8.49; last-5 means (30 + 18) / 2 = 24 and 30
+    # -> 27 +- 4.24; last w 10.5 and 10.0; no b logged
     table = summarize_results.summarize(tmp_path, dev=True).splitlines()
-    assert table[0].startswith("| hparams | seeds | best dev EER % | test EER % | minDCF(0.01) |")
+    assert table[0].startswith("| hparams | seeds | best dev EER % | dev EER % (last 5) | test")
     assert table[2] == (
-        "| mp | 2 (1, 2) | 24.00 ± 8.49 | 25.00 ± 7.07 | 0.600 ± 0.141 | 10.25 ± 0.35 | - "
-        "| 12 ± 2 | 60 ± 10 |"
+        "| mp | 2 (1, 2) | 24.00 ± 8.49 | 27.00 ± 4.24 | 25.00 ± 7.07 | 0.600 ± 0.141 "
+        "| 10.25 ± 0.35 | - | 12 ± 2 | 60 ± 10 |"
     )
 
 

@@ -7,8 +7,9 @@ validation) and the training throughput (utterances/s). Rows named ``<hparams>+<
 (written by ``run_all_losses.sh``: ``+avgN`` checkpoint averaging, ``+sp`` speed
 perturbation, ``+ft`` a fine-tuning stage, whose epochs are the second stage's only,
 ``+per_speaker`` MMP's per-speaker ``l_pos``) follow their hparams file's row. With
-``--dev`` the table adds the best dev EER (what choices are made on) and the loss's ``w``
-and ``b`` at the last epoch.
+``--dev`` the table adds the dev EERs that choices are made on (the best epoch's, which
+picks the exported checkpoint, and the mean of the last 5 epochs', less noisy) and the
+loss's ``w`` and ``b`` at the last epoch.
 
     python recipes/VoxCeleb/MaskProxy/summarize_results.py results [--dev]
 """
@@ -57,7 +58,7 @@ def summarize(results, dev=False):
     )
     for loss in losses:
         eers, dcfs, epoch_s, rates, seeds = [], [], [], [], []
-        dev_eers, ws, bs = [], [], []
+        dev_eers, dev_last, ws, bs = [], [], [], []
         for log in sorted(Path(results).glob(f"{loss}/*/train_log.txt")):
             test, epochs = parse_log(log)
             if "test EER" not in test:
@@ -67,13 +68,15 @@ def summarize(results, dev=False):
             dcfs.append(test["test minDCF_0.01"])
             epoch_s += [e["epoch_s"] for e in epochs if "epoch_s" in e]
             rates += [e["train utt_per_s"] for e in epochs if "train utt_per_s" in e]
-            dev_eers += [min(e["valid EER"] for e in epochs if "valid EER" in e)]
+            dev_curve = [e["valid EER"] for e in epochs if "valid EER" in e]
+            dev_eers.append(min(dev_curve))
+            dev_last.append(statistics.mean(dev_curve[-5:]))
             ws += [epochs[-1]["train w"]] if "train w" in epochs[-1] else []
             bs += [epochs[-1]["train b"]] if "train b" in epochs[-1] else []
         if seeds:
             cells = [loss, f"{len(seeds)} ({', '.join(seeds)})"]
             if dev:
-                cells.append(_mean_spread(dev_eers, "{:.2f}"))
+                cells += [_mean_spread(dev_eers, "{:.2f}"), _mean_spread(dev_last, "{:.2f}")]
             cells += [_mean_spread(eers, "{:.2f}"), _mean_spread(dcfs, "{:.3f}")]
             if dev:
                 cells += [_mean_spread(ws, "{:.2f}"), _mean_spread(bs, "{:.2f}")]
@@ -81,8 +84,8 @@ def summarize(results, dev=False):
             rows.append(f"| {' | '.join(cells)} |")
     head = ["hparams", "seeds", "test EER %", "minDCF(0.01)", "s / epoch", "train utt/s"]
     if dev:
-        head[2:2] = ["best dev EER %"]
-        head[5:5] = ["last w", "last b"]
+        head[2:2] = ["best dev EER %", "dev EER % (last 5)"]
+        head[6:6] = ["last w", "last b"]
     return "\n".join([f"| {' | '.join(head)} |", "|" + "---|" * len(head)] + rows)
 
 
