@@ -255,3 +255,18 @@ def test_summarize_puts_variant_rows_after_their_file(tmp_path):
         (tmp_path / row / "1" / "train_log.txt").write_text(line.format(10.0 + i))
     rows = [r.split(" | ")[0][2:] for r in summarize_results.summarize(tmp_path).splitlines()[2:]]
     assert rows == ["mp_balance", "mp_balance+avg5", "mp_balance+ft", "aam", "aam+sp"]
+
+
+def test_aam_final_lr_is_the_dev_choice_on_the_builtin_corpus_only(tmp_path):
+    # The built-in corpus's short run decays 20x (chosen on its dev split); VoxCeleb runs
+    # keep WeSpeaker's 1e-1 -> 5e-5; the command line wins over both.
+    from maskproxy_losses.hparams import load_recipe_hparams
+
+    aam = RECIPE / "hparams" / "aam.yaml"
+    out = f"output_folder: {tmp_path}\n"
+    builtin, _ = load_recipe_hparams(aam, out)
+    voxceleb, _ = load_recipe_hparams(aam, out + "builtin_corpus: False")
+    given, _ = load_recipe_hparams(aam, out + "final_lr: 0.001")
+    for hparams, final in ((builtin, 0.005), (voxceleb, 0.00005), (given, 0.001)):
+        assert hparams["final_lr"] == final
+        assert hparams["lr_scheduler"].final_lr == final

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The dev-split analysis behind the README's MMP and AAM choices: MMP-balance with one
 # factor changed at a time (learned vs fixed w / b, initial b, learning rate, speakers per
-# batch vs the 60 classes), MP-balance beside it, and AAM's peak learning rate; then the
-# table with the dev EERs and the last w / b of every row (summarize_results.py --dev).
+# batch vs the 60 classes, per-speaker positives), MP-balance beside it, and AAM's peak
+# and final learning rates; then the table with the dev EERs and the last w / b of every row
+# (summarize_results.py --dev).
 # Choices are made on the dev EER only. Usage (repository root):
 #   bash recipes/VoxCeleb/MaskProxy/run_dev_analysis.sh [SEED ...]     (default seed: 1)
 # Environment: EPOCHS (default 15), JOBS (default 1), ARGS, PYTHON as in
@@ -23,11 +24,14 @@ for seed in "${seeds[@]}"; do
     train mmp_balance mmp_balance+fixed_wb "$seed" --learn_bias False --learn_scale False
     train mmp_balance mmp_balance+b0 "$seed" --init_b 0
     train mmp_balance mmp_balance+lr0.05 "$seed" --lr 0.05
+    train mmp_balance mmp_balance+spk10 "$seed" --speakers_per_batch 10
     train mmp_balance mmp_balance+spk40 "$seed" --speakers_per_batch 40
+    train mmp_balance mmp_balance+per_speaker "$seed" --pos_reduction per_speaker
     train mp_balance mp_balance "$seed"
     train aam aam "$seed"
     train aam aam+lr0.32 "$seed" --lr 0.32      # peak 0.2 after WeSpeaker's batch / 64 scale
     train aam aam+lr0.032 "$seed" --lr 0.032    # peak 0.02
+    train aam aam+final_lr0.005 "$seed" --final_lr 0.005  # decay 20x over the run, not 2000x
 done
 wait
 "$py" recipes/VoxCeleb/MaskProxy/summarize_results.py --dev "$results"
