@@ -60,7 +60,8 @@ def test_tiny_run_per_loss(corpus, tmp_path, name, capsys):
         assert lr == {"ap": 0.001}.get(name, 0.2)
     assert "valid EER" in log
     assert re.search(
-        r"train loss: [\d.]+, train acc: [\d.e+-]+, train w: [\d.a-z]+, train utt_per_s: [\d.e+]+",
+        r"train loss: [\d.]+, train acc: [\d.e+-]+, train w: [-+\d.a-z]+, train b: [-+\d.a-z]+, "
+        r"train utt_per_s: [\d.e+]+",
         log,
     )
     loss_fn = brain.modules.loss_fn
