@@ -72,7 +72,7 @@ _LN2 = math.log(2.0)
 
 # ---------------------------------------------------------------- validation
 def _llr_labels(llr, labels):
-    """Like :func:`_scores_labels`, but LLRs may be +-inf (never NaN)."""
+    """Like :func:`maskproxy_losses.scoring.check_scores`, but LLRs may be +-inf (never NaN)."""
     llr = np.asarray(llr, dtype=np.float64).reshape(-1)
     labels = check_labels(labels, llr.size, what="llr")
     if np.isnan(llr).any():

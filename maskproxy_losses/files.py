@@ -184,5 +184,7 @@ def list_fields(path, problems):
     for lineno, line, problem in text_lines(path):
         if problem:
             problems.append(problem)
-        elif line.split():
-            yield f"{path}:{lineno}", line.split()
+            continue
+        fields = line.split()
+        if fields:
+            yield f"{path}:{lineno}", fields

@@ -28,6 +28,15 @@ def _run(tmp_path, *args):
     return _recipe(tmp_path, "--data_folder", corpus, "--output_folder", out, *args)
 
 
+def _on_corpus(corpus, tmp_path, manifests, *args):
+    """Run the recipe on the test ``corpus`` (no built-in corpus; 2 dev utterances each)."""
+    return _recipe(
+        tmp_path,
+        *("--builtin_corpus", "False", "--data_folder", corpus, "--manifest_folder", manifests),
+        *("--output_folder", tmp_path / "out", "--dev_share", 2, *args),
+    )
+
+
 def _assert_refused(proc, *parts):
     assert proc.returncode == 2, proc.stderr[-2000:]
     assert "Traceback" not in proc.stderr
@@ -69,21 +78,7 @@ def test_unwritable_output_folder(tmp_path):
 
 
 def test_too_few_speakers_names_the_override(corpus, tmp_path):
-    proc = _recipe(
-        tmp_path,
-        "--builtin_corpus",
-        "False",
-        "--data_folder",
-        str(corpus),
-        "--manifest_folder",
-        str(corpus / "manifests"),
-        "--output_folder",
-        str(tmp_path / "out"),
-        "--speakers_per_batch",
-        "50",
-        "--dev_share",
-        "2",
-    )
+    proc = _on_corpus(corpus, tmp_path, corpus / "manifests", "--speakers_per_batch", 50)
     _assert_refused(
         proc, "only 6 usable speakers, fewer than speakers_per_batch=50", "--speakers_per_batch N"
     )
@@ -98,22 +93,8 @@ def test_one_class_trial_list_stops_before_training(corpus, tmp_path):
         if line.startswith("1 ")
     ]
     trials.write_text("\n".join(lines) + "\n")
-    proc = _recipe(
-        tmp_path,
-        "--builtin_corpus",
-        "False",
-        "--data_folder",
-        str(corpus),
-        "--trials_list",
-        str(trials),
-        "--manifest_folder",
-        str(tmp_path / "manifests"),
-        "--output_folder",
-        str(tmp_path / "out"),
-        "--speakers_per_batch",
-        "3",
-        "--dev_share",
-        "2",
+    proc = _on_corpus(
+        corpus, tmp_path, tmp_path / "manifests", "--trials_list", trials, "--speakers_per_batch", 3
     )
     _assert_refused(proc, f"all {len(lines)} trials have label 1")
     assert not list((tmp_path / "out").glob("save/CKPT*"))
