@@ -212,19 +212,22 @@ class PairResult:
     p_target: float
 
 
-def verify_pair(model_dir, wav1, wav2, p_target=0.01, device="cpu", trust=False):
+def verify_pair(model_dir, wav1, wav2, p_target=0.01, device="cpu", trust=False, precision="auto"):
     """Score two wav files with ``model_dir``: a :class:`PairResult`.
 
     Each file is embedded alone (no padding, no cache). The score is the cosine of the
     two embeddings; when ``model_dir/calibration.json`` exists it is turned into an LLR
     (``scale * score + offset``) and accepted when the LLR reaches the Bayes threshold
-    ``log((1 - p_target) / p_target)``. Bad input raises ``InputError`` naming the file.
+    ``log((1 - p_target) / p_target)``. ``precision`` as in :func:`embed_files`. Bad input
+    raises ``InputError`` naming the file.
     """
     if not 0.0 < float(p_target) < 1.0:
         raise InputError(f"p_target must be in (0, 1), got {p_target}")
     model = load_model(model_dir, device, trust)
     calibration = load_model_calibration(model_dir)
-    emb = embed_files(model, [wav1, wav2], batch_seconds=0.0, wheres=["wav1", "wav2"])
+    emb = embed_files(
+        model, [wav1, wav2], batch_seconds=0.0, wheres=["wav1", "wav2"], precision=precision
+    )
     score = float(cosine_scores(emb, [0], [1])[0])
     if calibration is None:
         return PairResult(score, None, None, None, float(p_target))

@@ -8,6 +8,11 @@ machines and ``"fp32"`` elsewhere, with the reason in words; explicit values (``
 ``bf16``, ``fp16``) pass through unchanged. The losses keep computing in float32 inside
 autocast (they cast their inputs themselves).
 
+``MASKPROXY_CPU_BF16=1`` (or ``0``) makes the CPU answer as if it had (or lacked) native
+bfloat16, whatever ``/proc/cpuinfo`` says. It exists for the test suite, which runs its
+precision-sensitive tests both ways on every machine (``./run_tests.sh``); subprocesses
+inherit it, so command-line tools follow it too.
+
 Example
 -------
 >>> precision, reason = resolve_precision("fp32", "cpu")
@@ -22,13 +27,17 @@ torch.bfloat16
 
 import contextlib
 import dataclasses
+import os
 import sys
 
 import torch
 
+from .errors import InputError
+
 __all__ = [
     "PRECISIONS",
     "CPU_BF16_FLAGS",
+    "CPU_BF16_ENV",
     "read_cpu_flags",
     "native_bf16",
     "resolve_precision",
@@ -38,6 +47,7 @@ __all__ = [
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 CPU_BF16_FLAGS = ("avx512_bf16", "amx_bf16")  # /proc/cpuinfo flags of native bfloat16
+CPU_BF16_ENV = "MASKPROXY_CPU_BF16"  # tests: 1 / 0 = as if the CPU had / lacked native bf16
 _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -59,8 +69,17 @@ def read_cpu_flags(path="/proc/cpuinfo"):
 
 
 def _device(device):
-    device = torch.device(device if device is not None else "cpu")
-    return device
+    return torch.device(device if device is not None else "cpu")
+
+
+def _forced_cpu_bf16():
+    """True / False when ``MASKPROXY_CPU_BF16`` is set to 1 / 0, None when unset or empty."""
+    value = os.environ.get(CPU_BF16_ENV, "").strip()
+    if not value:
+        return None
+    if value not in ("0", "1"):
+        raise InputError(f"{CPU_BF16_ENV}={value!r}: expected 1, 0 or unset")
+    return value == "1"
 
 
 def _bf16_support(device):
@@ -75,6 +94,12 @@ def _bf16_support(device):
             native = torch.cuda.is_bf16_supported(including_emulation=False)
         return native, f"GPU {name} {'supports' if native else 'lacks'} native bfloat16"
     if device.type == "cpu":
+        forced = _forced_cpu_bf16()
+        if forced is not None:
+            return forced, (
+                f"CPU {'has' if forced else 'lacks'} native bfloat16 as set by "
+                f"{CPU_BF16_ENV}={int(forced)}"
+            )
         flags = read_cpu_flags()
         if flags is None:
             return False, "CPU bfloat16 support unknown (no /proc/cpuinfo)"

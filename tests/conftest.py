@@ -1,3 +1,4 @@
+import logging
 import sys
 from pathlib import Path
 
@@ -10,14 +11,23 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 
 
+def _loggers():
+    manager = logging.root.manager
+    named = [lg for lg in manager.loggerDict.values() if isinstance(lg, logging.Logger)]
+    return [logging.root, *named]
+
+
 @pytest.fixture(autouse=True)
-def _no_native_bf16(request, monkeypatch):
-    """``precision: auto`` resolves to fp32 in-process whatever the CPU, so that tests that
-    compare embeddings with a float32 reference mean the same on every machine (the
-    precision tests patch the CPU flags themselves)."""
-    if request.module.__name__.endswith("test_precision"):
-        return
-    monkeypatch.setattr("maskproxy_losses.precision.read_cpu_flags", lambda *a, **k: set())
+def _restore_logging():
+    """Remove the log handlers a test added (SpeechBrain's experiment set-up adds stream
+    handlers bound to the test's captured, later closed, stdout / stderr)."""
+    before = {id(lg): list(lg.handlers) for lg in _loggers()}
+    yield
+    for lg in _loggers():
+        for handler in lg.handlers[:]:
+            if handler not in before.get(id(lg), []):
+                lg.removeHandler(handler)
+                handler.close()
 
 
 @pytest.fixture(autouse=True)

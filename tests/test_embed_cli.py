@@ -57,10 +57,12 @@ def _unit(x):
     return x / np.linalg.norm(x, axis=-1, keepdims=True)
 
 
-def _run(argv, capsys):
-    """``run_cli(main, argv)`` in this process: (exit code, stdout, stderr)."""
+def _run(argv, capsys, precision="fp32"):
+    """``run_cli(main, argv)`` in this process: (exit code, stdout, stderr). The references
+    are float32 embeddings, so the precision is pinned unless ``precision`` is None."""
+    argv = [str(a) for a in argv] + (["--precision", precision] if precision else [])
     try:
-        run_cli(main, [str(a) for a in argv])
+        run_cli(main, argv)
         code = 0
     except SystemExit as stop:
         code = stop.code
@@ -101,7 +103,11 @@ def test_embed_list_matches_the_encoder_and_hits_the_cache(env, tmp_path, capsys
     assert list((cache / fingerprint[:16] / "full_max300s").glob("shard-*.npz"))
     stats = {}
     again = embed_files(
-        env["model"], [base / "wavs" / n for n in names], cache_dir=cache, stats=stats
+        env["model"],
+        [base / "wavs" / n for n in names],
+        cache_dir=cache,
+        stats=stats,
+        precision="fp32",
     )
     assert (stats["hits"], stats["computed"]) == (3, 0)
     np.testing.assert_allclose(again, want, rtol=1e-5, atol=1e-5)
@@ -152,6 +158,8 @@ def enrolled(env):
                 "--no-cache",
                 "--batch-seconds",
                 "0",
+                "--precision",
+                "fp32",
             ]
         )
         is not None
@@ -241,15 +249,65 @@ def test_identify_refuses_speakers_enrolled_with_another_model(env, enrolled, tm
 def test_verify_pair_scores_the_cosine_and_decides_with_calibration(env, tmp_path):
     a, b = env["base"] / "wavs" / "ann0.wav", env["base"] / "wavs" / "bo0.wav"
     want = float(_unit(env["direct"]["ann0.wav"]) @ _unit(env["direct"]["bo0.wav"]))
-    plain = verify_pair(env["model"], a, b)
+    plain = verify_pair(env["model"], a, b, precision="fp32")
     assert abs(plain.score - want) < 1e-5 and plain.llr is None and plain.accept is None
     model = tmp_path / "calibrated"
     shutil.copytree(env["model"], model)
     for offset, accept in ((-100.0, False), (100.0, True)):
         Calibration(scale=3.0, offset=offset).save(model / "calibration.json")
-        res = verify_pair(model, a, b, p_target=0.05)
+        res = verify_pair(model, a, b, p_target=0.05, precision="fp32")
         assert abs(res.llr - (3.0 * want + offset)) < 1e-4 and res.accept is accept
         assert res.threshold == pytest.approx(np.log(0.95 / 0.05))
+
+
+# bfloat16 keeps 8 significant bits (unit roundoff 2**-9, about 0.002). The encoder's ~40
+# rounded layers, accumulating in float32, move a length-normalised embedding by 0.3-0.7 %
+# (relative L2; measured on the tiny model here and on the full ResNetSE34L) and its cosine
+# with the float32 one stays above 0.99998. The bounds below leave 4x room for other
+# inputs and CPUs while still catching a wrong path (a random vector is ~1.4 away).
+BF16_REL_L2 = 0.03
+BF16_SCORE = 0.01
+
+
+def _rel_l2(a, b):
+    a, b = _unit(a), _unit(b)
+    return np.linalg.norm(a - b, axis=-1) / np.linalg.norm(b, axis=-1)
+
+
+def test_bf16_embeddings_stay_close_to_float32(env, tmp_path, capsys):
+    out = tmp_path / "bf16.npz"
+    wavs = [env["base"] / "wavs" / n for n in env["direct"]]
+    (tmp_path / "list.txt").write_text("\n".join(map(str, wavs)) + "\n")
+    argv = [env["model"], "--wav-list", tmp_path / "list.txt", "--output", out, "--no-cache"]
+    code, stdout, _ = _run(argv, capsys, precision="bf16")
+    assert code == 0, stdout
+    with np.load(out) as z:
+        want = np.stack(list(env["direct"].values()))
+        err = _rel_l2(z["embeddings"], want)
+        assert err.max() < BF16_REL_L2 and err.max() > 0  # bf16 really ran, and stayed close
+    a, b = wavs[0], wavs[2]
+    ref = float(_unit(env["direct"]["ann0.wav"]) @ _unit(env["direct"]["bo0.wav"]))
+    assert abs(verify_pair(env["model"], a, b, precision="bf16").score - ref) < BF16_SCORE
+
+
+@pytest.mark.precision
+def test_auto_precision_follows_the_cpu(env, tmp_path, capsys):
+    """``--precision auto`` (the default) is bf16 where the CPU has native bfloat16 (or
+    ``MASKPROXY_CPU_BF16=1`` says so) with its own cache folder, fp32 elsewhere."""
+    from maskproxy_losses.precision import native_bf16
+
+    stats = {}
+    names = ["ann0.wav", "cy0.wav"]
+    emb = embed_files(
+        env["model"], [env["base"] / "wavs" / n for n in names], cache_dir=tmp_path, stats=stats
+    )
+    want = np.stack([env["direct"][n] for n in names])
+    if native_bf16("cpu"):
+        assert stats["precision"] == "bf16" and stats["cache"].endswith("full_max300s_bf16")
+        assert 0 < _rel_l2(emb, want).max() < BF16_REL_L2
+    else:
+        assert stats["precision"] == "fp32" and stats["cache"].endswith("full_max300s")
+        np.testing.assert_allclose(emb, want, rtol=1e-5, atol=1e-5)
 
 
 def _bad_inputs(env, tmp):

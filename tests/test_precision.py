@@ -5,6 +5,9 @@ import torch
 from speechbrain.utils.run_opts import RunOptions
 
 from maskproxy_losses import precision as P
+from maskproxy_losses.errors import InputError
+
+pytestmark = pytest.mark.precision  # also run as if the CPU had / lacked native bf16
 
 ZEN2_FLAGS = {"fpu", "sse2", "avx", "avx2", "fma", "sha_ni"}
 ZEN4_FLAGS = ZEN2_FLAGS | {"avx512f", "avx512_bf16", "avx512_vnni"}
@@ -12,6 +15,7 @@ SPR_FLAGS = ZEN2_FLAGS | {"avx512f", "amx_tile", "amx_bf16", "amx_int8"}
 
 
 def _cpu(monkeypatch, flags):
+    monkeypatch.delenv(P.CPU_BF16_ENV, raising=False)  # the flags decide, not the test pass
     monkeypatch.setattr(P, "read_cpu_flags", lambda: flags)
 
 
@@ -66,6 +70,28 @@ def test_explicit_values_pass_through(monkeypatch, value):
 def test_unknown_value_is_an_error(value):
     with pytest.raises(ValueError, match="unknown precision .*auto, fp32, bf16, fp16"):
         P.resolve_precision(value, "cpu")
+
+
+@pytest.mark.parametrize("value, native", [("1", True), ("0", False)])
+def test_environment_variable_overrides_the_cpu_flags(monkeypatch, value, native):
+    for flags in (ZEN2_FLAGS, ZEN4_FLAGS, None):
+        _cpu(monkeypatch, flags)
+        monkeypatch.setenv(P.CPU_BF16_ENV, value)
+        assert P.native_bf16("cpu") is native
+        precision, reason = P.resolve_precision("auto", "cpu")
+        assert precision == ("bf16" if native else "fp32")
+        assert f"as set by MASKPROXY_CPU_BF16={value}" in reason
+        assert P.resolve_precision("fp32", "cpu")[0] == "fp32"  # explicit values still win
+    assert P.resolve_precision("auto", "meta")[0] == "fp32"  # only the CPU answer is forced
+
+
+def test_environment_variable_unset_or_empty_reads_the_flags(monkeypatch):
+    _cpu(monkeypatch, ZEN4_FLAGS)
+    monkeypatch.setenv(P.CPU_BF16_ENV, "")
+    assert P.resolve_precision("auto", "cpu")[0] == "bf16"
+    monkeypatch.setenv(P.CPU_BF16_ENV, "yes")
+    with pytest.raises(InputError, match=r"MASKPROXY_CPU_BF16='yes': expected 1, 0 or unset"):
+        P.resolve_precision("auto", "cpu")
 
 
 def test_other_devices_get_fp32():

@@ -71,6 +71,19 @@ def test_tiny_run_per_loss(corpus, tmp_path, name, capsys):
     assert 0.0 <= brain.train_stats["acc"] <= 1.0
 
 
+@pytest.mark.precision
+def test_auto_precision_trains_at_what_the_cpu_does_natively(corpus, tmp_path):
+    """``precision: auto`` (every yaml's default) trains under bfloat16 autocast where the
+    CPU has native bfloat16 (or ``MASKPROXY_CPU_BF16=1`` says so), in float32 elsewhere;
+    the dev / test embeddings stay float32 either way."""
+    from maskproxy_losses.precision import native_bf16
+
+    brain = recipe.main(_args(corpus, tmp_path / "auto"))
+    want = "bf16" if native_bf16("cpu") else "fp32"
+    assert brain.precision == want and brain.eval_precision == "fp32"
+    assert (tmp_path / "auto" / "model" / "embedding_model.ckpt").is_file()
+
+
 def test_nan_stops_with_the_step_named(corpus, tmp_path):
     with pytest.raises(
         FloatingPointError, match=r"became NaN/Inf at epoch 1, step \d+; lower the learning"
@@ -257,6 +270,7 @@ def test_ddp_two_processes_on_cpu(corpus, tmp_path):
             batch_log=log,
             lr_scheduler="{patience: 0}",
             seed=3,
+            precision="fp32",  # the dev-EER trajectory below is that of float32
         ),
     ]
     proc = _run(cmd)

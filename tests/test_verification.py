@@ -45,7 +45,7 @@ def setup(tmp_path_factory):
     return {"base": base, "model": model_dir, "corpus": corpus, "cache": base / "cache"}
 
 
-def _argv(setup, out, *extra):
+def _argv(setup, out, *extra, cache=None):
     return [
         str(HPARAMS),
         "--pretrained_path",
@@ -55,7 +55,7 @@ def _argv(setup, out, *extra):
         "--output_folder",
         str(setup["base"] / out),
         "--cache_dir",
-        str(setup["cache"]),
+        str(cache or setup["cache"]),
         "--device",
         "cpu",
         *extra,
@@ -114,6 +114,23 @@ def test_end_to_end_and_cache(setup):
     assert _shards(setup["cache"]) == before
     _, s_crop, _ = _read_scores(setup["base"] / "out_crop2" / "scores.txt")
     assert np.all(s_crop <= 0)  # minus a mean distance
+
+
+@pytest.mark.precision
+def test_auto_precision_follows_the_cpu(setup, tmp_path):
+    """``precision: auto`` embeds under bfloat16 autocast where the CPU has native bfloat16
+    (or ``MASKPROXY_CPU_BF16=1`` says so), in a cache folder of its own; fp32 elsewhere."""
+    from maskproxy_losses.precision import native_bf16
+
+    want = "bf16" if native_bf16("cpu") else "fp32"
+    metrics = sv.main(_argv(setup, "out_auto", cache=tmp_path))
+    assert metrics["options"]["precision"] == want
+    folders = {p.parent.name for p in tmp_path.rglob("shard-*.npz")}
+    assert folders == {"full_max300s" + ("_bf16" if want == "bf16" else "")}
+    fp32 = sv.main(_argv(setup, "out_fp32", "--precision", "fp32", cache=tmp_path))
+    assert fp32["options"]["precision"] == "fp32"  # SpeechBrain's --precision wins
+    gap = abs(metrics["EER"] - fp32["EER"])
+    assert gap == 0 if want == "fp32" else gap < 10  # 40 trials: one trial moves it 5 points
 
 
 def _write_trials(setup, name, lines):

@@ -240,6 +240,8 @@ def main(argv=None):
     def _main(args):
         hparams, run_opts = load_hparams(args)
         device = run_opts["device"] or ("cuda:0" if torch.cuda.is_available() else "cpu")
+        if "precision" in run_opts.overridden_args:  # SpeechBrain's --precision wins
+            hparams["precision"] = run_opts.precision
         return run(hparams, device)
 
     return run_cli(_main, sys.argv[1:] if argv is None else argv)
