@@ -29,9 +29,9 @@ import speechbrain as sb
 import torch
 from speechbrain.dataio.dataio import read_audio
 
-from maskproxy_losses.audio import SAMPLE_RATE, crop_samples
-from maskproxy_losses.sampler import SpeakerBatchSampler
-from maskproxy_losses.training_data import CropCollate, SeededBatches, SeededCrops
+from maskproxy_losses.data.audio import SAMPLE_RATE, crop_samples
+from maskproxy_losses.data.crops import CropCollate, SeededBatches, SeededCrops
+from maskproxy_losses.data.sampler import SpeakerBatchSampler
 
 
 def make_corpus(folder, speakers, utts, min_s, max_s, seed=0):

@@ -18,8 +18,8 @@ import time
 
 import torch
 
-from maskproxy_losses.encoder import ResNetSE34L
-from maskproxy_losses.precision import autocast_for, resolve_precision
+from maskproxy_losses.models.resnetse34l import ResNetSE34L
+from maskproxy_losses.utils.precision import autocast_for, resolve_precision
 
 
 def _sync(device):

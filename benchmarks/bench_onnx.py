@@ -23,9 +23,9 @@ from pathlib import Path
 
 import torch
 
-from maskproxy_losses.encoder import ResNetSE34L
-from maskproxy_losses.export import export_model
-from maskproxy_losses.export_onnx import OnnxEmbedder, export_onnx, relative_error
+from maskproxy_losses.inference.export import export_model
+from maskproxy_losses.inference.onnx_export import OnnxEmbedder, export_onnx, relative_error
+from maskproxy_losses.models.resnetse34l import ResNetSE34L
 
 
 def cpu_model():

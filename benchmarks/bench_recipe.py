@@ -14,7 +14,7 @@ Alternating blocks keep slow drifts of the machine out of the ratio.
     python benchmarks/bench_recipe.py --device cuda:0 --num_workers 4 --precision auto
 
 Both sides run at the same precision: ``--precision fp32|bf16|auto`` (``auto``: what the
-recipe picks on this device, see ``maskproxy_losses.precision``); ``--precision both``
+recipe picks on this device, see ``maskproxy_losses.utils.precision``); ``--precision both``
 measures fp32 and the auto choice one after the other in the same run.
 """
 
@@ -26,12 +26,12 @@ from pathlib import Path
 import speechbrain as sb
 import torch
 
-from maskproxy_losses.augment import build_augmenter
-from maskproxy_losses.batch_log import BatchLog
-from maskproxy_losses.hparams import load_recipe_hparams
-from maskproxy_losses.precision import autocast_for, resolve_precision
-from maskproxy_losses.recipe_setup import dataio_prep
-from maskproxy_losses.training_data import train_loader_options
+from maskproxy_losses.data.augment import build_augmenter
+from maskproxy_losses.data.crops import train_loader_options
+from maskproxy_losses.training.batch_trace import BatchTrace
+from maskproxy_losses.training.hparams import load_recipe_hparams
+from maskproxy_losses.training.recipe_setup import dataio_prep, prepare_manifests
+from maskproxy_losses.utils.precision import autocast_for, resolve_precision
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPE = ROOT / "recipes" / "VoxCeleb" / "MaskProxy"
@@ -47,9 +47,7 @@ def measure(args, precision):
         f"num_workers: {args.num_workers}"
     )
     hparams, _ = load_recipe_hparams(args.hparams, overrides)
-    hparams["wav_augment"] = build_augmenter(hparams)  # as the recipe (None by default)
-    hparams["batch_log"] = BatchLog(hparams["batch_log"])  # off unless the yaml sets it
-    manifests = recipe.prepare_data(hparams)
+    manifests = prepare_manifests(hparams)
     train, _, _, sampler, n_speakers = dataio_prep(hparams, manifests)
     hparams["modules"]["loss_fn"] = hparams["loss_fn"](n_classes=n_speakers)
     brain = recipe.SpeakerBrain(
@@ -57,6 +55,9 @@ def measure(args, precision):
         opt_class=hparams["opt_class"],
         hparams=hparams,
         run_opts={"device": device, "precision": precision},
+        dev_trials=[],
+        augment=build_augmenter(hparams),  # as the recipe (None by default)
+        trace=BatchTrace(hparams["batch_trace"]),  # off unless the yaml sets it
     )
     brain.on_fit_start()
     brain.modules.train()

@@ -18,8 +18,8 @@ import time
 import numpy as np
 import torch
 
-from maskproxy_losses import scoring
-from maskproxy_losses.trials import index_trials
+from maskproxy_losses.data.trials import index_trials
+from maskproxy_losses.scoring import cosine as scoring
 
 N_FILES, DIM, N_TRIALS, N_COHORT, TOP_N = 4874, 512, 37720, 5994, 300
 
@@ -47,9 +47,9 @@ def bench_scoring(rng):
 
     def metrics():
         return (
-            scoring.compute_eer(scores, labels),
-            scoring.compute_min_dcf(scores, labels, 0.01),
-            scoring.compute_min_dcf(scores, labels, 0.05),
+            metrics.compute_eer(scores, labels),
+            metrics.compute_min_dcf(scores, labels, 0.01),
+            metrics.compute_min_dcf(scores, labels, 0.05),
         )
 
     cos_sec, (scores, emb, e, t) = timed(cosine)
@@ -93,8 +93,8 @@ def bench_scoring(rng):
 def bench_extraction(n_utts=16, seconds=8.0, batch=8, n_crop=3):
     from speechbrain.inference.speaker import EncoderClassifier
 
-    from maskproxy_losses.encoder import ResNetSE34L
-    from maskproxy_losses.export import export_model
+    from maskproxy_losses.inference.export import export_model
+    from maskproxy_losses.models.resnetse34l import ResNetSE34L
 
     torch.manual_seed(0)
     with tempfile.TemporaryDirectory() as tmp:

@@ -1,6 +1,6 @@
 """Read the header of every referenced audio file once, in parallel, and drop bad entries.
 
-The checks are ``maskproxy_losses.audio.probe``'s: the file exists, libsndfile reads it,
+The checks are ``maskproxy_losses.data.audio.probe``'s: the file exists, libsndfile reads it,
 16 kHz, mono, at least ``MIN_SAMPLES`` samples.
 """
 
@@ -8,7 +8,7 @@ import multiprocessing
 
 from tqdm import tqdm
 
-from maskproxy_losses.audio import probe
+from maskproxy_losses.data.audio import probe
 
 __all__ = ["probe_all", "check_audio"]
 

@@ -18,8 +18,8 @@ Example
 import os
 import re
 
-from maskproxy_losses.files import list_fields
-from maskproxy_losses.trials import read_trials
+from maskproxy_losses.data.trials import read_trials
+from maskproxy_losses.utils.files import list_fields
 
 __all__ = [
     "AUDIO_EXTS",
@@ -97,7 +97,7 @@ def scan_tree(root, problems):
 
 
 def read_trial_list(trials_path, root, problems):
-    """Parse ``label path1 path2`` lines (``maskproxy_losses.trials.read_trials``) into
+    """Parse ``label path1 path2`` lines (``maskproxy_losses.data.trials.read_trials``) into
     ``(label, Utt, Utt)``; paths must lie under ``root``. The speaker is the first path
     component when it looks like ``idNNNNN``, else empty."""
     parsed, line_problems = read_trials(trials_path, test_root=root)

@@ -2,7 +2,7 @@
 
 Trial lists hold paths RELATIVE to the folder they are written to (the output folder),
 so a data path with a space in a shared ancestor (``/home/Jane Doe/...``) round-trips:
-``maskproxy_losses.trials.read_trials`` resolves them against the list's folder to the
+``maskproxy_losses.data.trials.read_trials`` resolves them against the list's folder to the
 same absolute paths as the CSVs' ``wav`` column. A relative path that would still hold
 whitespace cannot be written to a whitespace-separated list and is refused.
 

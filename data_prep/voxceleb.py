@@ -12,11 +12,11 @@
 - ``prep_options.json``: the arguments, input fingerprints and warnings, written last;
   a rerun with the same inputs reuses the outputs.
 
-Bad input raises ``maskproxy_losses.errors.InputError`` naming each problem as
+Bad input raises ``maskproxy_losses.utils.errors.InputError`` naming each problem as
 ``file:line: what`` and writes nothing, unless ``skip_bad`` drops the bad entries.
 The pieces: ``data_prep.lists`` (parsing), ``data_prep.audio_check`` (headers),
 ``data_prep.splits`` (dev split, trials), ``data_prep.manifests`` (output text),
-``data_prep.convert`` (ffmpeg, CLI ``convert``).
+``data_prep.transcode`` (ffmpeg, CLI ``convert``).
 
 Example
 -------
@@ -35,7 +35,6 @@ Example
 True
 """
 
-import argparse
 import json
 import logging
 import os
@@ -45,11 +44,10 @@ import numpy as np
 
 from data_prep import lists, manifests
 from data_prep.audio_check import check_audio
-from data_prep.convert import convert_main
 from data_prep.splits import make_trials, split_dev
-from maskproxy_losses.errors import InputError, problem_key, report, run_cli
-from maskproxy_losses.files import atomic_write_text, check_writable_dir, remove_stale_temps
-from maskproxy_losses.trials import check_classes
+from maskproxy_losses.data.trials import check_classes
+from maskproxy_losses.utils.errors import InputError, problem_key, report
+from maskproxy_losses.utils.files import atomic_write_text, check_writable_dir, remove_stale_temps
 
 __all__ = ["prepare_voxceleb", "main"]
 
@@ -259,77 +257,7 @@ def prepare_voxceleb(
     return outputs
 
 
-# ----------------------------------------------------------------------------- CLI
+if __name__ == "__main__":  # the same as `maskproxy prepare ...`
+    from maskproxy_losses.cli import main
 
-
-def _share(text):
-    """``--dev-share``: an integer count or a float share."""
-    return int(text) if text.isdigit() else float(text)
-
-
-def _parser():
-    p = argparse.ArgumentParser(
-        prog="python -m data_prep.voxceleb",
-        description="Write SpeechBrain CSVs (ID,duration,wav,spk_id) and trial lists from "
-        "VoxCeleb lists or a <spk>/<session>/<utt>.wav tree: train.csv, dev.csv, "
-        "dev_trials.txt and, with --trials, test.csv and trials.txt.",
-        epilog="Convert VoxCeleb2 m4a first: python -m data_prep.voxceleb convert SRC_DIR "
-        "DST_DIR [--num-workers N] (needs ffmpeg). Exit status 2 on bad input, with one "
-        "'error: ...' message (--debug or MASKPROXY_DEBUG=1 for a traceback).",
-    )
-    p.add_argument("--train-root", required=True, help="folder the training paths are relative to")
-    p.add_argument(
-        "--train-list", help="'spk_id relpath' lines; without it --train-root is scanned"
-    )
-    p.add_argument("--trials", help="'label relpath1 relpath2' lines (e.g. veri_test2.txt)")
-    p.add_argument(
-        "--test-root", help="folder the trial paths are relative to (default: --train-root)"
-    )
-    p.add_argument("--output-dir", required=True, help="where the CSVs and lists are written")
-    p.add_argument(
-        "--dev-share",
-        type=_share,
-        default=0.05,
-        help="share (0.05) or per-speaker count (3) of utterances held out as dev",
-    )
-    p.add_argument(
-        "--n-dev-trials", type=int, default=10000, help="balanced dev trials (default 10000)"
-    )
-    p.add_argument("--seed", type=int, default=1234, help="seed of the dev split and dev trials")
-    p.add_argument("--skip-bad", action="store_true", help="drop bad entries instead of failing")
-    p.add_argument("--num-workers", type=int, default=2, help="processes reading audio headers")
-    p.add_argument("--force", action="store_true", help="redo even if the outputs are up to date")
-    p.add_argument("--debug", action="store_true", help="show the traceback of an error")
-    return p
-
-
-def _main(argv):
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s")
-    if argv[:1] == ["convert"]:
-        return convert_main(argv[1:])
-    a = _parser().parse_args(argv)
-    out = prepare_voxceleb(
-        a.output_dir,
-        a.train_root,
-        a.test_root,
-        a.train_list,
-        a.trials,
-        a.dev_share,
-        a.n_dev_trials,
-        a.seed,
-        a.skip_bad,
-        a.num_workers,
-        skip_if_done=not a.force,
-    )
-    print("\n".join(f"{key}: {path}" for key, path in out.items()))
-    return 0
-
-
-def main(argv=None):
-    """CLI entry point: the exit status, or ``SystemExit(2)`` with one ``error: ...`` line
-    on bad input or environment (``maskproxy_losses.errors.run_cli``)."""
-    return run_cli(_main, argv)
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(["prepare", *sys.argv[1:]]))

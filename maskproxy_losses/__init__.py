@@ -1,8 +1,11 @@
-"""Masked Proxy (MP / MMP) speaker-verification losses, sampler, encoder and tools.
+"""Masked Proxy (MP / MMP) speaker verification: losses, models, data, training, scoring,
+inference.
 
-The names below are imported on first use, so that the light modules (``errors``,
-``files``, ``audio``, ``trials``) and the command lines built on them start without
-loading torch.
+The package is organised by role (see the README's "Layout"): ``losses/``, ``models/``,
+``data/``, ``training/``, ``scoring/``, ``inference/``, ``utils/`` and ``cli/``. The names
+below are imported on first use, so that the light modules (``utils.errors``,
+``utils.files``, ``data.audio``, ``data.trials``) and the command lines built on them
+start without loading torch.
 
 Example
 -------
@@ -17,6 +20,8 @@ Example
 
 import importlib
 
+__version__ = "0.2.0"
+
 # public name -> the module that defines it
 _HOMES = {
     "LOSSES": "losses",
@@ -27,13 +32,13 @@ _HOMES = {
     "AAMSoftmaxLoss": "losses",
     "SpeakerGroups": "losses",
     "group_by_speaker": "losses",
-    "SpeakerBatchSampler": "sampler",
-    "ResNetSE34L": "encoder",
-    "build_frontend": "frontend",
-    "export_model": "export",
+    "SpeakerBatchSampler": "data.sampler",
+    "ResNetSE34L": "models.resnetse34l",
+    "build_frontend": "models.frontend",
+    "export_model": "inference.export",
 }
 
-__all__ = list(_HOMES)
+__all__ = ["__version__", *_HOMES]
 
 
 def __getattr__(name):

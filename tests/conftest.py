@@ -1,14 +1,55 @@
 import logging
+import re
 import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-# tests/ holds helper modules (the reference losses); make them importable.
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
+ROOT = Path(__file__).resolve().parents[1]
+RECIPE = ROOT / "recipes" / "VoxCeleb" / "MaskProxy"
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
+# tests/ holds the reference losses, the recipe folder the recipe scripts: both are
+# imported as modules by the tests.
+sys.path[:0] = [str(Path(__file__).resolve().parent), str(RECIPE)]
+
+
+def _recipe_args(corpus, out, name="mp_balance", **changes):
+    options = {
+        "builtin_corpus": "False",
+        "data_folder": corpus,
+        "manifest_folder": corpus / "manifests",
+        "output_folder": out,
+        "speakers_per_batch": 3,
+        "crop_frames": 60,
+        "number_of_epochs": 1,
+        "num_workers": 0,
+        "dev_share": 2,
+        "emb_dim": 64,
+        **changes,
+    }
+    return [str(RECIPE / "hparams" / f"{name}.yaml")] + [
+        str(x) for key, value in options.items() for x in (f"--{key}", value)
+    ]
+
+
+def _final_line(text):
+    m = re.search(r"test EER ([\d.]+) %  minDCF\(0.01\) ([\d.]+)", text)
+    assert m, text[-2000:]
+    return float(m.group(1)), float(m.group(2))
+
+
+@pytest.fixture
+def recipe_args():
+    """``recipe_args(corpus, out, name="mp_balance", **overrides)``: the training recipe's
+    argv for a tiny run on the ``corpus`` fixture (1 epoch, 3 speakers x 60-frame crops)."""
+    return _recipe_args
+
+
+@pytest.fixture
+def final_line():
+    """``final_line(stdout)``: ``(test EER, minDCF(0.01))`` of the training recipe's last line."""
+    return _final_line
 
 
 def _loggers():
@@ -28,6 +69,19 @@ def _restore_logging():
             if handler not in before.get(id(lg), []):
                 lg.removeHandler(handler)
                 handler.close()
+
+
+@pytest.fixture
+def cli(capsys):
+    """``cli(*argv)`` runs ``maskproxy ARGV`` in this process: ``(exit code, stdout, stderr)``."""
+    from maskproxy_losses.cli import main
+
+    def run(*argv):
+        code = main([str(a) for a in argv])
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    return run
 
 
 @pytest.fixture(autouse=True)

@@ -1,13 +1,13 @@
-"""maskproxy_losses.audio: MIN_SAMPLES is what the encoder needs; probe refuses shorter files."""
+"""data.audio: MIN_SAMPLES is what the encoder needs; probe refuses shorter files."""
 
 import numpy as np
 import pytest
 import soundfile as sf
 import torch
 
-from maskproxy_losses.audio import MIN_SAMPLES, SAMPLE_RATE, probe
-from maskproxy_losses.encoder import ResNetSE34L
-from maskproxy_losses.frontend import build_frontend
+from maskproxy_losses.data.audio import MIN_SAMPLES, SAMPLE_RATE, probe
+from maskproxy_losses.models.frontend import build_frontend
+from maskproxy_losses.models.resnetse34l import ResNetSE34L
 
 
 @pytest.fixture(scope="module")

@@ -1,22 +1,16 @@
 """Optional training augmentation of the recipe (SpeechBrain's AddNoise / AddReverb)."""
 
 import re
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 import soundfile as sf
 import torch
+import train_speaker_embeddings as recipe
 from speechbrain.augment.preparation import prepare_csv
 
-from maskproxy_losses.augment import build_augmenter
-from maskproxy_losses.errors import InputError
-
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "recipes" / "VoxCeleb" / "MaskProxy"))
-import train_speaker_embeddings as recipe  # noqa: E402
-from test_recipe import _args, _final_line  # noqa: E402
+from maskproxy_losses.data.augment import build_augmenter
+from maskproxy_losses.utils.errors import InputError
 
 SR = 16000
 
@@ -97,7 +91,7 @@ def test_missing_or_malformed_csv_is_named(tmp_path):
     ]
 
 
-def test_training_with_noise_and_reverberation(corpus, tmp_path, capsys):
+def test_training_with_noise_and_reverberation(corpus, tmp_path, capsys, recipe_args, final_line):
     rng = np.random.default_rng(0)
     noise = _csv(tmp_path, "noise", (0.1 * rng.standard_normal(2 * SR)).astype(np.float32))
     rir = _csv(
@@ -105,12 +99,12 @@ def test_training_with_noise_and_reverberation(corpus, tmp_path, capsys):
         "rir",
         (np.exp(-np.arange(1600) / 200.0) * rng.standard_normal(1600)).astype(np.float32),
     )
-    brain = recipe.main(
-        _args(corpus, tmp_path / "run", noise_csv=noise, rir_csv=rir, augment_prob=1.0)
+    brain = recipe.train(
+        recipe_args(corpus, tmp_path / "run", noise_csv=noise, rir_csv=rir, augment_prob=1.0)
     )
-    eer, _ = _final_line(capsys.readouterr().out)
+    eer, _ = final_line(capsys.readouterr().out)
     assert 0 <= eer <= 100
-    augment = brain.hparams.wav_augment
+    augment = brain.augment
     assert sorted(type(a).__name__ for a in augment.augmentations.values()) == [
         "AddNoise",
         "AddReverb",

@@ -2,25 +2,23 @@
 speed perturbation, each against independently computed values."""
 
 import math
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
-import soundfile as sf
 import torch
+import train_speaker_embeddings as recipe  # recipes/VoxCeleb/MaskProxy (see conftest.py)
+from conftest import RECIPE
 
 from maskproxy_losses import SpeakerBatchSampler
-from maskproxy_losses.averaging import average_checkpoints
+from maskproxy_losses.data.crops import RandomCrop
+from maskproxy_losses.data.speed_perturb import SpeedCrop
 from maskproxy_losses.losses import AAMSoftmaxLoss
-from maskproxy_losses.schedules import StepDecayLR, WarmupExponentialLR, scheduled_optimizer
-from maskproxy_losses.speed_perturb import SpeedCrop
-
-ROOT = Path(__file__).resolve().parents[1]
-RECIPE = ROOT / "recipes" / "VoxCeleb" / "MaskProxy"
-sys.path.insert(0, str(RECIPE))
-import train_speaker_embeddings as recipe  # noqa: E402
-from test_recipe import _args  # noqa: E402
+from maskproxy_losses.training.averaging import average_checkpoints
+from maskproxy_losses.training.schedules import (
+    EpochScheduler,
+    WarmupExponentialLR,
+    scheduled_optimizer,
+)
 
 
 # ------------------------------------------------------------------ schedules
@@ -52,26 +50,36 @@ def test_warmup_exponential_lr_per_step_and_resume(tmp_path):
     ramp = [0.2 * (1 - math.exp(r / 4 * math.log(1e-3 / (1 + 1e-6)))) for r in range(4)]
     assert margins == pytest.approx([0.0] * 4 + ramp + [0.2] * 4, abs=1e-12)
     # Checkpointed: a new schedule recovers the step count.
-    sched._save(tmp_path / "s.json")
+    from speechbrain.utils.checkpoints import Checkpointer
+
+    Checkpointer(tmp_path, {"sched": sched}).save_checkpoint()
     again = WarmupExponentialLR(lr=0.1, final_lr=0.001, n_epochs=3)
-    again._load(tmp_path / "s.json")
+    Checkpointer(tmp_path, {"sched": again}).recover_if_possible()
     assert again.step == 12
     assert sched([opt], 3, 1.0) == (opt.param_groups[0]["lr"],) * 2  # epoch call: no change
 
 
-def test_step_decay_lr_is_voxceleb_trainers_steplr():
-    param = torch.nn.Parameter(torch.zeros(1))
-    opt = torch.optim.Adam([param], lr=0.001)
-    ours = StepDecayLR(lr=0.001, gamma=0.95, every=10)
-    ref_opt = torch.optim.Adam([torch.nn.Parameter(torch.zeros(1))], lr=0.001)
-    ref = torch.optim.lr_scheduler.StepLR(ref_opt, step_size=10, gamma=0.95)
-    for epoch in range(1, 31):
-        ref_opt.step()
-        ref.step()
-        _, new = ours([opt], epoch, 5.0)
-        for group in opt.param_groups:
-            group["lr"] = new
-        assert new == pytest.approx(ref_opt.param_groups[0]["lr"], rel=1e-12)
+def test_ap_step_decay_is_voxceleb_trainers_steplr_and_resumes(tmp_path):
+    """ap.yaml's schedule: voxceleb_trainer's lr * 0.95 ** (epoch // 10), written out, and
+    a checkpointed schedule that continues where it stopped."""
+    from speechbrain.utils.checkpoints import Checkpointer
+
+    def fresh():
+        opt = torch.optim.Adam([torch.nn.Parameter(torch.zeros(1))], lr=0.001)
+        return opt, EpochScheduler(torch.optim.lr_scheduler.StepLR, step_size=10, gamma=0.95)
+
+    opt, sched = fresh()
+    for epoch in range(1, 16):
+        opt.step()  # an epoch of training (no gradients: nothing moves)
+        _, new = sched([opt], epoch, 5.0)
+        assert new == pytest.approx(0.001 * 0.95 ** (epoch // 10), rel=1e-12)
+    Checkpointer(tmp_path, {"sched": sched, "opt": opt}).save_checkpoint()
+    opt2, again = fresh()
+    Checkpointer(tmp_path, {"sched": again, "opt": opt2}).recover_if_possible()
+    for epoch in range(16, 31):
+        opt2.step()
+        _, new = again([opt2], epoch, 5.0)
+        assert new == pytest.approx(0.001 * 0.95 ** (epoch // 10), rel=1e-12)
 
 
 def test_aam_margin_follows_the_schedule():
@@ -128,9 +136,9 @@ def _load(path):
     return torch.load(path, map_location="cpu", weights_only=True)
 
 
-def test_recipe_exports_the_average_of_its_two_checkpoints(corpus, tmp_path):
+def test_recipe_exports_the_average_of_its_two_checkpoints(corpus, tmp_path, recipe_args):
     out = tmp_path / "avg"
-    recipe.main(_args(corpus, out, number_of_epochs=2, average_checkpoints=2))
+    recipe.train(recipe_args(corpus, out, number_of_epochs=2, average_checkpoints=2))
     ckpts = sorted((out / "save").glob("CKPT+*/embedding_model.ckpt"))
     assert len(ckpts) == 2
     exported = _load(out / "model" / "embedding_model.ckpt")
@@ -145,13 +153,13 @@ def test_recipe_exports_the_average_of_its_two_checkpoints(corpus, tmp_path):
 
 
 # ------------------------------------------------------------------ fine-tuning
-def test_finetuning_starts_from_the_pretrained_weights(corpus, tmp_path):
+def test_finetuning_starts_from_the_pretrained_weights(corpus, tmp_path, recipe_args):
     stage1 = tmp_path / "stage1"
-    recipe.main(_args(corpus, stage1))
+    recipe.train(recipe_args(corpus, stage1))
     # 0 epochs: the exported model is the one the run started from, untouched.
     stage2 = tmp_path / "stage2"
-    brain = recipe.main(
-        _args(corpus, stage2, pretrained=stage1, number_of_epochs=0, crop_frames=80, lr=0.02)
+    brain = recipe.train(
+        recipe_args(corpus, stage2, pretrained=stage1, number_of_epochs=0, crop_frames=80, lr=0.02)
     )
     got, want = (
         _load(stage2 / "model" / "embedding_model.ckpt"),
@@ -165,7 +173,9 @@ def test_finetuning_starts_from_the_pretrained_weights(corpus, tmp_path):
         assert torch.equal(loss_state[key].cpu(), value), key
     # From a model directory only the encoder is taken; the loss starts fresh.
     stage3 = tmp_path / "stage3"
-    brain = recipe.main(_args(corpus, stage3, pretrained=stage1 / "model", number_of_epochs=0))
+    brain = recipe.train(
+        recipe_args(corpus, stage3, pretrained=stage1 / "model", number_of_epochs=0)
+    )
     got = _load(stage3 / "model" / "embedding_model.ckpt")
     assert all(torch.equal(got[k], want[k]) for k in want)
     assert not torch.equal(brain.modules.loss_fn.proxies.detach().cpu(), _load(best)["proxies"])
@@ -182,28 +192,25 @@ def _resample_reference(src, speed):
 def test_speed_crop_is_speechbrains_speed_perturbation(corpus, speed):
     path = sorted((corpus / "wav").rglob("*.wav"))[0]
     crop = SpeedCrop(60, speeds=(100, speed))
-    torch.manual_seed(7)
-    got = crop(str(path), speed)
+    got = crop(str(path), speed, seed=7)
     length = 60 * 160 + 240
     n_src = math.ceil(length * speed / 100) + 1
-    wav, rate = sf.read(path, dtype="float32")
-    torch.manual_seed(7)  # the same start draw as RandomCrop
-    start = int(torch.randint(0, len(wav) - n_src + 1, ()).item())
-    want = _resample_reference(torch.from_numpy(wav[start : start + n_src].copy()), speed)
+    source = RandomCrop(num_samples=n_src)(str(path), 7)  # the same seeded source samples
+    want = _resample_reference(source, speed)
     assert got.shape == (length,) and want.shape[0] >= length
     torch.testing.assert_close(got, want[:length], rtol=0, atol=1e-6)
 
 
 @pytest.mark.parametrize("as_new", [True, False])
-def test_speed_perturbed_batches_keep_the_speaker_groups(corpus, tmp_path, as_new):
-    from maskproxy_losses.hparams import load_recipe_hparams
-    from maskproxy_losses.recipe_setup import dataio_prep
-    from maskproxy_losses.training_data import train_loader_options
+def test_speed_perturbed_batches_keep_the_speaker_groups(corpus, tmp_path, as_new, recipe_args):
+    from maskproxy_losses.data.crops import train_loader_options
+    from maskproxy_losses.training.hparams import load_recipe_hparams
+    from maskproxy_losses.training.recipe_setup import dataio_prep, prepare_manifests
 
-    argv = _args(corpus, tmp_path / "sp", speed_perturb=True, speed_as_new_speaker=as_new)
+    argv = recipe_args(corpus, tmp_path / "sp", speed_perturb=True, speed_as_new_speaker=as_new)
     hparams_file, _, overrides = recipe.sb.parse_arguments(argv)
     hparams, _ = load_recipe_hparams(hparams_file, overrides)
-    train, _, _, sampler, n_classes = dataio_prep(hparams, recipe.prepare_data(hparams))
+    train, _, _, sampler, n_classes = dataio_prep(hparams, prepare_manifests(hparams))
     assert n_classes == (18 if as_new else 6)
     kwargs = train_loader_options(sampler, 0, hparams["seed"])
     loader = torch.utils.data.DataLoader(train, **kwargs)
@@ -233,8 +240,8 @@ def test_sampler_draws_one_speed_per_group():
     assert set(speeds) == {0, 1, 2}
 
 
-def test_recipe_runs_aam_with_speed_perturbation(corpus, tmp_path, capsys):
-    brain = recipe.main(_args(corpus, tmp_path / "aam_sp", name="aam", speed_perturb=True))
+def test_recipe_runs_aam_with_speed_perturbation(corpus, tmp_path, capsys, recipe_args):
+    brain = recipe.train(recipe_args(corpus, tmp_path / "aam_sp", name="aam", speed_perturb=True))
     assert "test EER" in capsys.readouterr().out
     loss_fn = brain.modules.loss_fn
     assert loss_fn.classifier.weight.shape == (18, 64)  # 6 speakers x 3 speeds
@@ -260,7 +267,7 @@ def test_summarize_puts_variant_rows_after_their_file(tmp_path):
 def test_aam_final_lr_is_the_dev_choice_on_the_builtin_corpus_only(tmp_path):
     # The built-in corpus's short run decays 20x (chosen on its dev split); VoxCeleb runs
     # keep WeSpeaker's 1e-1 -> 5e-5; the command line wins over both.
-    from maskproxy_losses.hparams import load_recipe_hparams
+    from maskproxy_losses.training.hparams import load_recipe_hparams
 
     aam = RECIPE / "hparams" / "aam.yaml"
     out = f"output_folder: {tmp_path}\n"

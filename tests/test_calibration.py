@@ -1,4 +1,4 @@
-"""Calibration: Cllr by hand, the logistic fit against sklearn and against the analytic
+"""Calibration: Cllr by hand, the logistic fit against a direct minimisation and the analytic
 LLR of Gaussian classes, min Cllr against brute force, actual DCF against direct counts,
 the JSON file, the scores reader and the command line."""
 
@@ -12,10 +12,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from sklearn.isotonic import IsotonicRegression
-from sklearn.linear_model import LogisticRegression
 
-from maskproxy_losses.calibration import (
+from maskproxy_losses.scoring.calibration import (
     CALIBRATION_FILE,
     Calibration,
     actual_dcf,
@@ -24,13 +22,12 @@ from maskproxy_losses.calibration import (
     cllr,
     fit_calibration,
     load_model_calibration,
-    main,
     min_cllr,
     pav,
     read_scores,
 )
-from maskproxy_losses.errors import InputError, run_cli
-from maskproxy_losses.scoring import compute_min_dcf
+from maskproxy_losses.scoring.metrics import compute_min_dcf
+from maskproxy_losses.utils.errors import InputError
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -64,20 +61,28 @@ def test_cllr_infinite_llrs_and_stability():
     assert cllr([-800.0, -800.0], [1, 0]) == pytest.approx(0.5 * 800 / math.log(2))
 
 
-# -------------------------------------------------------------- fitting vs sklearn
+# ------------------------------------------- fitting vs a direct minimisation
 @pytest.mark.parametrize("prior", [0.5, 0.01, 0.2])
-def test_fit_matches_sklearn_weighted_logistic_regression(prior):
+def test_fit_minimises_the_prior_weighted_cross_entropy(prior):
+    """The fit (scikit-learn inside) against scipy's BFGS on the objective as written in
+    the docstring, computed here from scratch in raw score units."""
+    from scipy.optimize import minimize
+
     rng = np.random.default_rng(0)
     scores, labels = _gauss(rng, 400, 3000)
     n_tar, n_non = labels.sum(), (1 - labels).sum()
-    # the prior weights, rescaled to sum to N (same minimiser, better sklearn tolerances)
-    weight = np.where(labels == 1, prior / n_tar, (1 - prior) / n_non) * labels.size
-    ref = LogisticRegression(C=np.inf, solver="newton-cholesky", tol=1e-12, max_iter=1000)
-    ref.fit(scores[:, None], labels, sample_weight=weight)
-    cal = fit_calibration(scores, labels, prior=prior)
     logit_prior = math.log(prior / (1 - prior))
-    assert cal.scale == pytest.approx(ref.coef_[0, 0], abs=1e-4)
-    assert cal.offset == pytest.approx(ref.intercept_[0] - logit_prior, abs=1e-4)
+
+    def objective(theta):
+        e = theta[0] * scores + theta[1] + logit_prior
+        tar = np.logaddexp(0.0, -e[labels == 1]).sum() * prior / n_tar
+        non = np.logaddexp(0.0, e[labels == 0]).sum() * (1 - prior) / n_non
+        return tar + non
+
+    ref = minimize(objective, np.zeros(2), method="BFGS", options={"gtol": 1e-10}).x
+    cal = fit_calibration(scores, labels, prior=prior)
+    assert cal.scale == pytest.approx(ref[0], abs=1e-4)
+    assert cal.offset == pytest.approx(ref[1], abs=1e-4)
     assert (cal.prior, cal.n_target, cal.n_nontarget) == (prior, 400, 3000)
 
 
@@ -129,11 +134,30 @@ def test_input_errors(scores, labels, what):
 
 
 # -------------------------------------------------------------------- min Cllr
-def test_pav_matches_sklearn_isotonic_with_ties():
+def _naive_pav(scores, labels):
+    """Isotonic fit by repeated pooling of the first adjacent violating pair of blocks
+    (blocks start as the groups of tied scores): slow, obviously right."""
+    order = sorted(set(scores))
+    blocks = [[sum(y for x, y in zip(scores, labels) if x == v), scores.count(v), [v]]
+              for v in order]  # fmt: skip
+    pooled = True
+    while pooled:
+        pooled = False
+        for k in range(len(blocks) - 1):
+            (s1, c1, v1), (s2, c2, v2) = blocks[k], blocks[k + 1]
+            if s1 / c1 > s2 / c2:
+                blocks[k : k + 2] = [[s1 + s2, c1 + c2, v1 + v2]]
+                pooled = True
+                break
+    value = {v: s / c for s, c, vs in blocks for v in vs}
+    return np.array([value[x] for x in scores])
+
+
+def test_pav_matches_a_naive_pooling_with_ties():
     rng = np.random.default_rng(2)
     scores = rng.integers(0, 12, 200).astype(float)  # many ties
     labels = (rng.random(200) < scores / 14).astype(int)
-    ref = IsotonicRegression(increasing=True).fit_transform(scores, labels)
+    ref = _naive_pav(scores.tolist(), labels.tolist())
     np.testing.assert_allclose(pav(scores, labels), ref, atol=1e-12)
 
 
@@ -312,21 +336,21 @@ def _write_scores(path, scores, labels):
     )
 
 
-def test_cli_fits_and_writes(tmp_path, capsys):
+def test_cli_fits_and_writes(tmp_path, cli):
     rng = np.random.default_rng(6)
     scores, labels = _gauss(rng, 100, 900)
     _write_scores(tmp_path / "scores.txt", scores, labels)
     model = tmp_path / "model"
     model.mkdir()
-    run_cli(main, [str(tmp_path / "scores.txt"), "--model-dir", str(model), "--prior", "0.1"])
-    out = capsys.readouterr().out
+    code, out, _ = cli("calibrate", tmp_path / "scores.txt", "--model-dir", model, "--prior", "0.1")
+    assert code == 0
     got = Calibration.load(model / CALIBRATION_FILE)
     want = fit_calibration(scores, labels, prior=0.1)
     assert (got.scale, got.offset, got.prior) == (want.scale, want.offset, 0.1)
     assert (got.n_target, got.n_nontarget) == (100, 900)
     assert got.source == str(tmp_path / "scores.txt")
     assert f"{want.scale:.6g}" in out and f"minCllr {min_cllr(scores, labels):.4f}" in out
-    run_cli(main, [str(tmp_path / "scores.txt"), "--output", str(tmp_path / "c.json")])
+    assert cli("calibrate", tmp_path / "scores.txt", "--output", tmp_path / "c.json")[0] == 0
     assert Calibration.load(tmp_path / "c.json").scale == fit_calibration(scores, labels).scale
 
 
@@ -338,20 +362,18 @@ def test_cli_fits_and_writes(tmp_path, capsys):
         ("1 0.5 a b\n0 0.1 a b\n", ["--output", "{d}/no/c.json"], "does not exist"),
     ],
 )
-def test_cli_bad_input_exits_2(tmp_path, capsys, content, args, message):
+def test_cli_bad_input_exits_2(tmp_path, cli, content, args, message):
     (tmp_path / "scores.txt").write_text(content)
     argv = [str(tmp_path / "scores.txt")] + [a.format(d=tmp_path) for a in args]
-    with pytest.raises(SystemExit) as exc:
-        run_cli(main, argv)
-    assert exc.value.code == 2
-    err = capsys.readouterr().err
+    code, _, err = cli("calibrate", *argv)
+    assert code == 2
     assert err.startswith("error: ") and message in err and "Traceback" not in err
 
 
 def test_cli_as_a_module(tmp_path):
     """The real entry point: `python -m` exits 2 with one error line, --help explains."""
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    cmd = [sys.executable, "-m", "maskproxy_losses.calibration"]
+    cmd = [sys.executable, "-m", "maskproxy_losses", "calibrate"]
     bad = tmp_path / "scores.txt"
     bad.write_text("1 0.5 a b\n")
     proc = subprocess.run(

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from maskproxy_losses.checkpointing import AtomicCheckpointer
+from maskproxy_losses.training.checkpointing import AtomicCheckpointer
 
 
 def test_interrupted_save_is_ignored_by_recovery(tmp_path):

@@ -13,12 +13,13 @@ import soundfile as sf
 import torch
 from conftest import FIXTURES  # noqa: E402  (copies of the shared authors' fixtures)
 
-from maskproxy_losses import frontend
-from maskproxy_losses.convert import convert_checkpoint, main
-from maskproxy_losses.encoder import ResNetSE34L
-from maskproxy_losses.errors import InputError
-from maskproxy_losses.export import export_model
-from maskproxy_losses.frontend import InstanceNorm, build_frontend
+from maskproxy_losses.cli import main as cli_main
+from maskproxy_losses.inference.authors_checkpoint import convert_checkpoint
+from maskproxy_losses.inference.export import export_model
+from maskproxy_losses.models import frontend
+from maskproxy_losses.models.frontend import InstanceNorm, build_frontend
+from maskproxy_losses.models.resnetse34l import ResNetSE34L
+from maskproxy_losses.utils.errors import InputError
 
 CKPT = FIXTURES / "resnetse34l_original_layout.model"
 EXPECTED = FIXTURES / "resnetse34l_original_layout_expected.npz"
@@ -206,7 +207,7 @@ def test_existing_output_dir(converted, tmp_path):
 
 @pytest.mark.parametrize("overwrite", [False, True])
 def test_no_half_written_dir_on_failure(tmp_path, monkeypatch, overwrite):
-    import maskproxy_losses.export as export
+    import maskproxy_losses.inference.export as export
 
     out = tmp_path / "out"
     if overwrite:
@@ -227,9 +228,9 @@ def test_no_half_written_dir_on_failure(tmp_path, monkeypatch, overwrite):
 
 
 def test_cli(authors_state, tmp_path, capsys):
-    assert main([str(CKPT), str(tmp_path / "ok")]) == 0
+    assert cli_main(["convert", str(CKPT), str(tmp_path / "ok")]) == 0
     assert "wrote" in capsys.readouterr().out
-    assert main([str(CKPT), str(tmp_path / "ok")]) == 2
+    assert cli_main(["convert", str(CKPT), str(tmp_path / "ok")]) == 2
     assert "error:" in capsys.readouterr().err
 
     state = dict(authors_state)
@@ -237,7 +238,7 @@ def test_cli(authors_state, tmp_path, capsys):
     bad = _save(tmp_path, state)
     env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     proc = subprocess.run(
-        [sys.executable, "-m", "maskproxy_losses.convert", str(bad), str(tmp_path / "out")],
+        [sys.executable, "-m", "maskproxy_losses", "convert", str(bad), str(tmp_path / "out")],
         capture_output=True,
         text=True,
         env=env,
@@ -250,7 +251,7 @@ def test_cli(authors_state, tmp_path, capsys):
 
 def test_cli_help():
     proc = subprocess.run(
-        [sys.executable, "-m", "maskproxy_losses.convert", "--help"],
+        [sys.executable, "-m", "maskproxy_losses", "convert", "--help"],
         capture_output=True,
         text=True,
         cwd=REPO,
@@ -295,5 +296,5 @@ def test_leftovers_of_a_killed_conversion_are_removed(tmp_path):
     (stale / "embedding_model.ckpt").write_bytes(b"x" * 1000)
     live = tmp_path / f".tmp-{os.getpid()}-89abcdef-other"
     live.mkdir()
-    assert main([str(CKPT), str(tmp_path / "out")]) == 0
+    assert cli_main(["convert", str(CKPT), str(tmp_path / "out")]) == 0
     assert sorted(p.name for p in tmp_path.iterdir()) == [live.name, "out"]

@@ -14,7 +14,7 @@ import soundfile as sf
 
 from data_prep import demo_corpus
 from data_prep.demo_corpus import baseline_eer, baseline_scores, generate_corpus, speaker_plan
-from maskproxy_losses.errors import InputError
+from maskproxy_losses.utils.errors import InputError
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -131,7 +131,7 @@ def test_baseline_small_corpus_is_not_trivial(corpus):
     assert 0.0 < baseline_eer(corpus["trials"], corpus["wav_root"]) < 0.6
 
 
-def test_cli(tmp_path, capsys):
+def test_cli(tmp_path, cli):
     args = [
         "--output-dir",
         str(tmp_path),
@@ -151,12 +151,12 @@ def test_cli(tmp_path, capsys):
         "4",
         "--baseline",
     ]
-    assert demo_corpus.main(args) == 0
-    out = capsys.readouterr().out
+    code, out, _ = cli("demo-corpus", *args)
+    assert code == 0
     assert "train_list:" in out and "baseline EER (mean log-mel cosine):" in out
 
 
-def test_cli_bad_input_and_output_one_error_line_exit_2(tmp_path, capsys, monkeypatch):
+def test_cli_bad_input_and_output_one_error_line_exit_2(tmp_path, cli, monkeypatch):
     monkeypatch.delenv("MASKPROXY_DEBUG", raising=False)
     (tmp_path / "a_file").write_text("x")
     cases = [
@@ -180,12 +180,11 @@ def test_cli_bad_input_and_output_one_error_line_exit_2(tmp_path, capsys, monkey
         ),
     ]
     for argv, message in cases:
-        with pytest.raises(SystemExit) as info:
-            demo_corpus.main(argv)
-        assert (info.value.code, capsys.readouterr().err) == (2, f"error: {message}\n")
+        code, _, err = cli("demo-corpus", *argv)
+        assert (code, err) == (2, f"error: {message}\n")
     assert not (tmp_path / "d").exists()
     with pytest.raises(InputError, match="need utterances >= 2"):
-        demo_corpus.main(cases[2][0] + ["--debug"])
+        cli("demo-corpus", *cases[2][0], "--debug")
 
 
 def test_kill_9_leaves_no_partial_wav_and_a_rerun_finishes(tmp_path):

@@ -11,14 +11,14 @@ import pytest
 import soundfile as sf
 import torch
 
-from maskproxy_losses.audio import read_wav
-from maskproxy_losses.calibration import Calibration, bayes_threshold
-from maskproxy_losses.embed import embed_files, main, verify_pair
-from maskproxy_losses.embedding import model_fingerprint
-from maskproxy_losses.encoder import ResNetSE34L
-from maskproxy_losses.errors import run_cli
-from maskproxy_losses.export import export_model
-from maskproxy_losses.model_dir import load_encoder
+from maskproxy_losses.cli import main as cli_main
+from maskproxy_losses.data.audio import read_wav
+from maskproxy_losses.inference.api import embed_files, verify_pair
+from maskproxy_losses.inference.embedding import model_fingerprint
+from maskproxy_losses.inference.export import export_model
+from maskproxy_losses.inference.model_dir import load_encoder
+from maskproxy_losses.models.resnetse34l import ResNetSE34L
+from maskproxy_losses.scoring.calibration import Calibration, bayes_threshold
 
 ROOT = Path(__file__).resolve().parents[1]
 SPEAKERS = {"ann": ["ann0.wav", "ann1.wav"], "bo": ["bo0.wav", "sub/bo1.wav"], "cy": ["cy0.wav"]}
@@ -58,14 +58,10 @@ def _unit(x):
 
 
 def _run(argv, capsys, precision="fp32"):
-    """``run_cli(main, argv)`` in this process: (exit code, stdout, stderr). The references
-    are float32 embeddings, so the precision is pinned unless ``precision`` is None."""
+    """``maskproxy ARGV`` in this process: (exit code, stdout, stderr). The references are
+    float32 embeddings, so the precision is pinned unless ``precision`` is None."""
     argv = [str(a) for a in argv] + (["--precision", precision] if precision else [])
-    try:
-        run_cli(main, argv)
-        code = 0
-    except SystemExit as stop:
-        code = stop.code
+    code = cli_main(argv)
     out, err = capsys.readouterr()
     return code, out, err
 
@@ -81,6 +77,7 @@ def test_embed_list_matches_the_encoder_and_hits_the_cache(env, tmp_path, capsys
     # up to float rounding (padding in shared batches only moves the front end's edge frames,
     # see tests/test_embedding.py).
     argv = [
+        "embed",
         env["model"],
         "--wav-list",
         base / "list.txt",
@@ -147,7 +144,7 @@ def enrolled(env):
     (base / "enrol.txt").write_text("\n".join(lines) + "\n")
     out = base / "speakers.npz"
     assert (
-        main(
+        cli_main(
             [
                 "enrol",
                 env["model"],
@@ -162,7 +159,7 @@ def enrolled(env):
                 "fp32",
             ]
         )
-        is not None
+        == 0
     )
     return out
 
@@ -278,7 +275,15 @@ def test_bf16_embeddings_stay_close_to_float32(env, tmp_path, capsys):
     out = tmp_path / "bf16.npz"
     wavs = [env["base"] / "wavs" / n for n in env["direct"]]
     (tmp_path / "list.txt").write_text("\n".join(map(str, wavs)) + "\n")
-    argv = [env["model"], "--wav-list", tmp_path / "list.txt", "--output", out, "--no-cache"]
+    argv = [
+        "embed",
+        env["model"],
+        "--wav-list",
+        tmp_path / "list.txt",
+        "--output",
+        out,
+        "--no-cache",
+    ]
     code, stdout, _ = _run(argv, capsys, precision="bf16")
     assert code == 0, stdout
     with np.load(out) as z:
@@ -294,7 +299,7 @@ def test_bf16_embeddings_stay_close_to_float32(env, tmp_path, capsys):
 def test_auto_precision_follows_the_cpu(env, tmp_path, capsys):
     """``--precision auto`` (the default) is bf16 where the CPU has native bfloat16 (or
     ``MASKPROXY_CPU_BF16=1`` says so) with its own cache folder, fp32 elsewhere."""
-    from maskproxy_losses.precision import native_bf16
+    from maskproxy_losses.utils.precision import native_bf16
 
     stats = {}
     names = ["ann0.wav", "cy0.wav"]
@@ -326,16 +331,32 @@ def _bad_inputs(env, tmp):
     out = ["--output", tmp / "o.npz", "--no-cache"]
     return [
         (
-            [tmp / "nomodel", "--wav-list", base / "bad.txt", *out],
+            ["embed", tmp / "nomodel", "--wav-list", base / "bad.txt", *out],
             f"{tmp / 'nomodel'}: model directory not found",
         ),
-        ([untrusted, "--dir", base / "wavs", *out], "refusing to load it"),
-        ([model, "--wav-list", base / "bad.txt", *out], f"{base / 'bad.txt'}:2: missing file"),
-        ([model, "--wav-list", base / "bad.txt", *out], f"{base / 'bad.txt'}:4: too short"),
-        ([model, "--wav-list", tmp / "empty.txt", *out], "the wav list names no files"),
-        ([model, "--dir", tmp / "emptydir", *out], f"{tmp / 'emptydir'}: no .wav or .flac"),
+        (["embed", untrusted, "--dir", base / "wavs", *out], "refusing to load it"),
         (
-            [model, "--wav-list", base / "bad.txt", "--output", tmp / "empty.txt" / "o.npz"],
+            ["embed", model, "--wav-list", base / "bad.txt", *out],
+            f"{base / 'bad.txt'}:2: missing file",
+        ),
+        (
+            ["embed", model, "--wav-list", base / "bad.txt", *out],
+            f"{base / 'bad.txt'}:4: too short",
+        ),
+        (["embed", model, "--wav-list", tmp / "empty.txt", *out], "the wav list names no files"),
+        (
+            ["embed", model, "--dir", tmp / "emptydir", *out],
+            f"{tmp / 'emptydir'}: no .wav or .flac",
+        ),
+        (
+            [
+                "embed",
+                model,
+                "--wav-list",
+                base / "bad.txt",
+                "--output",
+                tmp / "empty.txt" / "o.npz",
+            ],
             f"{tmp / 'empty.txt'}: the output folder is an existing file",
         ),
         (
@@ -350,6 +371,11 @@ def _bad_inputs(env, tmp):
             ["identify", model, "--speakers", tmp / "notnpz.npz", wav, "--top-k", "0"],
             "argument --top-k: must be at least 1, got 0",
         ),
+        (["idenitfy", model, "--speakers", tmp / "notnpz.npz"], "did you mean 'identify'?"),
+        (
+            ["embed", model, "--dir", tmp / "emptydir", "--outptu", "x"],
+            "unknown option '--outptu'; did you mean '--output'?",
+        ),
     ]
 
 
@@ -363,6 +389,7 @@ def test_bad_input_gives_one_error_line_and_exit_2(env, tmp_path, capsys, monkey
     # the untrusted directory loads when the user says they trust it
     code, out, _ = _run(
         [
+            "embed",
             tmp_path / "untrusted",
             "--dir",
             env["base"] / "wavs",
@@ -382,7 +409,8 @@ def test_command_line_module_exits_2_without_traceback(env, tmp_path):
         [
             sys.executable,
             "-m",
-            "maskproxy_losses.embed",
+            "maskproxy_losses",
+            "embed",
             env["model"],
             "--wav-list",
             "list.txt",
@@ -401,7 +429,7 @@ def test_command_line_module_exits_2_without_traceback(env, tmp_path):
 
 
 def test_wav_list_with_a_bom(tmp_path):
-    from maskproxy_losses.embed import read_wav_list
+    from maskproxy_losses.inference.inputs import read_wav_list
 
     path = tmp_path / "list.txt"
     path.write_bytes("\ufeffa.wav\n# comment\n\nsub/b.wav\n".encode("utf-8"))

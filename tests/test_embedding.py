@@ -5,11 +5,11 @@ import pytest
 import soundfile as sf
 import torch
 
-from maskproxy_losses.audio import read_wav
-from maskproxy_losses.embedding import Embedder, EmbeddingCache, file_key
-from maskproxy_losses.encoder import ResNetSE34L
-from maskproxy_losses.export import export_model
-from maskproxy_losses.model_dir import load_encoder
+from maskproxy_losses.data.audio import read_wav
+from maskproxy_losses.inference.embedding import Embedder, EmbeddingCache, file_key
+from maskproxy_losses.inference.export import export_model
+from maskproxy_losses.inference.model_dir import load_encoder
+from maskproxy_losses.models.resnetse34l import ResNetSE34L
 
 
 @pytest.fixture(scope="module")
@@ -76,7 +76,7 @@ def test_cache_hits_and_invalidation(setup):
 
 
 def test_bf16_extraction_has_its_own_cache_and_stays_close(setup):
-    from maskproxy_losses.embedding import cache_folder
+    from maskproxy_losses.inference.embedding import cache_folder
 
     assert cache_folder("c", "f" * 64) != cache_folder("c", "f" * 64, precision="bf16")
     lengths = {p: read_wav(p).shape[0] for p in setup["wavs"]}

@@ -1,4 +1,4 @@
-"""Tests for maskproxy_losses.encoder.ResNetSE34L."""
+"""Tests for maskproxy_losses.models.resnetse34l.ResNetSE34L."""
 
 import doctest
 from pathlib import Path
@@ -7,8 +7,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from maskproxy_losses import encoder
-from maskproxy_losses.encoder import ResNetSE34L
+from maskproxy_losses.models import resnetse34l as encoder
+from maskproxy_losses.models.resnetse34l import ResNetSE34L
 
 # a copy of shared/spec/resnetse34l_state_dict_keys.txt, so a README user's tests run it
 SPEC_KEYS = Path(__file__).resolve().parent / "fixtures" / "resnetse34l_state_dict_keys.txt"

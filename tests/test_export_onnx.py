@@ -1,4 +1,4 @@
-"""Tests for the ONNX export of model directories (maskproxy_losses.export_onnx).
+"""Tests for the ONNX export of model directories (maskproxy_losses.inference.onnx_export).
 
 Two exports are made once per module (about 10-20 s each on 2 CPU cores): a freshly
 initialised, shallow ResNetSE34L with the SpeechBrain "fbank" front end, and the
@@ -20,17 +20,14 @@ pytest.importorskip("onnx")
 pytest.importorskip("onnxscript")
 pytest.importorskip("onnxruntime")
 
-from maskproxy_losses import export_onnx as eo  # noqa: E402
-from maskproxy_losses.convert import convert_checkpoint  # noqa: E402
-from maskproxy_losses.encoder import ResNetSE34L  # noqa: E402
-from maskproxy_losses.errors import InputError, run_cli  # noqa: E402
-from maskproxy_losses.export import export_model  # noqa: E402
-from maskproxy_losses.export_onnx import (  # noqa: E402
-    OnnxEmbedder,
-    export_onnx,
-    main,
-    relative_error,
-)
+from maskproxy_losses.cli import main as cli_main  # noqa: E402
+from maskproxy_losses.inference import onnx_export as eo  # noqa: E402
+from maskproxy_losses.inference.authors_checkpoint import convert_checkpoint  # noqa: E402
+from maskproxy_losses.inference.export import export_model  # noqa: E402
+from maskproxy_losses.inference.onnx_export import export_onnx, relative_error  # noqa: E402
+from maskproxy_losses.inference.onnx_runtime import OnnxEmbedder  # noqa: E402
+from maskproxy_losses.models.resnetse34l import ResNetSE34L  # noqa: E402
+from maskproxy_losses.utils.errors import InputError  # noqa: E402
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 CKPT = FIXTURES / "resnetse34l_original_layout.model"
@@ -50,10 +47,7 @@ def _encoder_classifier(model_dir, savedir):
 
 def _cli(argv, capsys):
     """Run the CLI in-process; return (exit code, stdout, stderr)."""
-    try:
-        code = run_cli(main, argv)
-    except SystemExit as stop:
-        code = stop.code
+    code = cli_main(["export-onnx", *map(str, argv)])
     out, err = capsys.readouterr()
     return code, out, err
 
@@ -79,7 +73,7 @@ def fbank_export(tmp_path_factory):
     onnx_path.write_text("an older file")  # replaced through the CLI's --overwrite
     printed = io.StringIO()
     with contextlib.redirect_stdout(printed):
-        assert main([str(model_dir), str(onnx_path), "--overwrite"]) == 0
+        assert cli_main(["export-onnx", str(model_dir), str(onnx_path), "--overwrite"]) == 0
     assert f"wrote {onnx_path}" in printed.getvalue()
     return model_dir, onnx_path, _encoder_classifier(model_dir, root / "save")
 
@@ -235,7 +229,7 @@ def test_missing_onnx_packages(monkeypatch, tmp_path, capsys):
     monkeypatch.setitem(sys.modules, "onnxscript", None)  # makes `import onnxscript` fail
     code, _, err = _cli([str(tmp_path), str(tmp_path / "x.onnx")], capsys)
     assert code == 2 and "onnxscript" in err
-    assert "pip install maskproxy-losses[onnx]" in err and "pip install onnx onnxscript" in err
+    assert "pip install onnx onnxscript onnxruntime" in err and "pip install '.[onnx]'" in err
 
 
 def test_failed_export_leaves_nothing(fbank_export, tmp_path, monkeypatch):
@@ -260,7 +254,7 @@ def test_cli_help(capsys):
 
 @pytest.mark.parametrize("frontend", ["fbank", "authors"])
 def test_conv_stft_swap_keeps_features(frontend):
-    from maskproxy_losses.frontend import build_frontend
+    from maskproxy_losses.models.frontend import build_frontend
 
     compute, norm = build_frontend(frontend)
     swapped = eo._swap_stft(compute)

@@ -1,4 +1,4 @@
-"""maskproxy_losses.files: umask, stale temporaries, writable folders, UTF-8 lines."""
+"""maskproxy_losses.utils.files: umask, stale temporaries, writable folders, UTF-8 lines."""
 
 import errno
 import os
@@ -8,8 +8,8 @@ import sys
 
 import pytest
 
-from maskproxy_losses.errors import InputError
-from maskproxy_losses.files import (
+from maskproxy_losses.utils.errors import InputError
+from maskproxy_losses.utils.files import (
     atomic_write_text,
     check_writable_dir,
     remove_stale_temps,

@@ -10,19 +10,41 @@ import pytest
 import torch
 from conftest import FIXTURES  # noqa: E402
 
-from maskproxy_losses.encoder import ResNetSE34L
-from maskproxy_losses.errors import InputError
-from maskproxy_losses.export import export_model
-from maskproxy_losses.model_dir import check_hparams, load_encoder
+from maskproxy_losses.inference.export import export_model
+from maskproxy_losses.inference.model_dir import check_hparams, load_encoder
+from maskproxy_losses.models.resnetse34l import ResNetSE34L
+from maskproxy_losses.utils.errors import InputError
 
 OLD_DIR = FIXTURES / "model_dir_v0_1"  # written by the export of release 0.1, before the re-layout
+NEW_DIR = FIXTURES / "model_dir_v0_2"  # the same weights written by the 0.2 export
 
 
-def test_directory_from_before_the_relayout_loads_and_embeds_the_same():
+@pytest.mark.parametrize("folder", [OLD_DIR, NEW_DIR])
+def test_directories_from_before_and_after_the_relayout_embed_the_same(folder, tmp_path):
+    """0.1 named ``maskproxy_losses.encoder.ResNetSE34L``, 0.2 the new home; both load
+    (safely, and through SpeechBrain's own EncoderClassifier) and give 0.1's embedding."""
+    from speechbrain.inference.speaker import EncoderClassifier
+
+    home = "encoder" if folder == OLD_DIR else "models.resnetse34l"
+    assert f"!new:maskproxy_losses.{home}.ResNetSE34L" in (folder / "hyperparams.yaml").read_text()
     want = np.load(FIXTURES / "model_dir_v0_1_expected.npz")
-    encoder = load_encoder(OLD_DIR)
-    emb = encoder.encode_batch(torch.from_numpy(want["wav"])[None]).reshape(-1).numpy()
-    np.testing.assert_allclose(emb, want["emb"], rtol=1e-5, atol=1e-6)
+    wav = torch.from_numpy(want["wav"])[None]
+    for encoder in (
+        load_encoder(folder),
+        EncoderClassifier.from_hparams(source=str(folder), savedir=str(tmp_path / "sb")),
+    ):
+        emb = encoder.encode_batch(wav).reshape(-1).numpy()
+        np.testing.assert_allclose(emb, want["emb"], rtol=1e-5, atol=1e-6)
+
+
+def test_a_new_export_names_the_new_homes(tmp_path):
+    model = ResNetSE34L(channels=(4, 4, 8, 8), blocks=(1, 1, 1, 1), emb_dim=16)
+    text = (
+        export_model(tmp_path / "m", model, frontend="authors") / "hyperparams.yaml"
+    ).read_text()
+    assert "!new:maskproxy_losses.models.resnetse34l.ResNetSE34L" in text
+    assert "!new:maskproxy_losses.models.frontend.AuthorsFbank" in text
+    assert "maskproxy_losses.encoder" not in text and "maskproxy_losses.frontend" not in text
 
 
 @pytest.fixture()

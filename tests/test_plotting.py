@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from maskproxy_losses.plotting import plot_det_and_scores, plot_embedding_map
+from maskproxy_losses.scoring.plots import plot_det_and_scores, plot_embedding_map
 
 
 def test_embedding_map_keeps_speakers_apart(tmp_path):

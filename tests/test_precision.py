@@ -4,8 +4,8 @@ import pytest
 import torch
 from speechbrain.utils.run_opts import RunOptions
 
-from maskproxy_losses import precision as P
-from maskproxy_losses.errors import InputError
+from maskproxy_losses.utils import precision as P
+from maskproxy_losses.utils.errors import InputError
 
 pytestmark = pytest.mark.precision  # also run as if the CPU had / lacked native bf16
 

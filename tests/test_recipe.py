@@ -10,45 +10,18 @@ from pathlib import Path
 
 import pytest
 import torch
+import train_speaker_embeddings as recipe  # recipes/VoxCeleb/MaskProxy (see conftest.py)
+from conftest import RECIPE, ROOT
 
-from maskproxy_losses.scoring import score_trials, verification_metrics
-from maskproxy_losses.trials import read_trials
-
-ROOT = Path(__file__).resolve().parents[1]
-RECIPE = ROOT / "recipes" / "VoxCeleb" / "MaskProxy"
-sys.path.insert(0, str(RECIPE))
-import train_speaker_embeddings as recipe  # noqa: E402
-
-
-def _args(corpus, out, name="mp_balance", **changes):
-    options = {
-        "builtin_corpus": "False",
-        "data_folder": corpus,
-        "manifest_folder": corpus / "manifests",
-        "output_folder": out,
-        "speakers_per_batch": 3,
-        "crop_frames": 60,
-        "number_of_epochs": 1,
-        "num_workers": 0,
-        "dev_share": 2,
-        "emb_dim": 64,
-        **changes,
-    }
-    return [str(RECIPE / "hparams" / f"{name}.yaml")] + [
-        str(x) for key, value in options.items() for x in (f"--{key}", value)
-    ]
-
-
-def _final_line(text):
-    m = re.search(r"test EER ([\d.]+) %  minDCF\(0.01\) ([\d.]+)", text)
-    assert m, text[-2000:]
-    return float(m.group(1)), float(m.group(2))
+from maskproxy_losses.data.trials import read_trials
+from maskproxy_losses.scoring.cosine import score_trials
+from maskproxy_losses.scoring.metrics import verification_metrics
 
 
 @pytest.mark.parametrize("name", ["mp", "mmp", "mp_balance", "mmp_balance", "ap", "aam"])
-def test_tiny_run_per_loss(corpus, tmp_path, name, capsys):
-    brain = recipe.main(_args(corpus, tmp_path / name, name))
-    eer, dcf = _final_line(capsys.readouterr().out)
+def test_tiny_run_per_loss(corpus, tmp_path, name, capsys, recipe_args, final_line):
+    brain = recipe.train(recipe_args(corpus, tmp_path / name, name))
+    eer, dcf = final_line(capsys.readouterr().out)
     assert 0 <= eer <= 100 and 0 <= dcf <= 1.0 + 1e-9
     log = (tmp_path / name / "train_log.txt").read_text()
     # lr of epoch 1: the MP files' 0.2, voxceleb_trainer's 0.001 (ap), or for aam
@@ -72,32 +45,32 @@ def test_tiny_run_per_loss(corpus, tmp_path, name, capsys):
 
 
 @pytest.mark.precision
-def test_auto_precision_trains_at_what_the_cpu_does_natively(corpus, tmp_path):
+def test_auto_precision_trains_at_what_the_cpu_does_natively(corpus, tmp_path, recipe_args):
     """``precision: auto`` (every yaml's default) trains under bfloat16 autocast where the
     CPU has native bfloat16 (or ``MASKPROXY_CPU_BF16=1`` says so), in float32 elsewhere;
     the dev / test embeddings stay float32 either way."""
-    from maskproxy_losses.precision import native_bf16
+    from maskproxy_losses.utils.precision import native_bf16
 
-    brain = recipe.main(_args(corpus, tmp_path / "auto"))
+    brain = recipe.train(recipe_args(corpus, tmp_path / "auto"))
     want = "bf16" if native_bf16("cpu") else "fp32"
     assert brain.precision == want and brain.eval_precision == "fp32"
     assert (tmp_path / "auto" / "model" / "embedding_model.ckpt").is_file()
 
 
-def test_nan_stops_with_the_step_named(corpus, tmp_path):
+def test_nan_stops_with_the_step_named(corpus, tmp_path, recipe_args):
     with pytest.raises(
         FloatingPointError, match=r"became NaN/Inf at epoch 1, step \d+; lower the learning"
     ):
-        recipe.main(_args(corpus, tmp_path / "nan", lr=1e30))
+        recipe.train(recipe_args(corpus, tmp_path / "nan", lr=1e30))
     assert not (tmp_path / "nan" / "model").exists()
 
 
-def test_export_matches_trained_model(corpus, tmp_path, capsys):
+def test_export_matches_trained_model(corpus, tmp_path, capsys, recipe_args, final_line):
     from speechbrain.dataio.dataio import read_audio
     from speechbrain.inference.speaker import EncoderClassifier
 
-    brain = recipe.main(_args(corpus, tmp_path / "run"))
-    test_eer, _ = _final_line(capsys.readouterr().out)
+    brain = recipe.train(recipe_args(corpus, tmp_path / "run"))
+    test_eer, _ = final_line(capsys.readouterr().out)
     model = EncoderClassifier.from_hparams(
         source=str(tmp_path / "run" / "model"), savedir=str(tmp_path / "loaded")
     )
@@ -126,7 +99,9 @@ def _test_eer(model, corpus):
     return verification_metrics(*score_trials(embeddings, trials))["EER"]
 
 
-def test_best_checkpoint_not_the_last_is_exported_and_tested(corpus, tmp_path, capsys, monkeypatch):
+def test_best_checkpoint_not_the_last_is_exported_and_tested(
+    corpus, tmp_path, capsys, monkeypatch, recipe_args, final_line
+):
     """Dev EERs scripted to 40, 10, 30 %: epoch 2's checkpoint is exported and scored."""
     from speechbrain.inference.speaker import EncoderClassifier
 
@@ -141,8 +116,8 @@ def test_best_checkpoint_not_the_last_is_exported_and_tested(corpus, tmp_path, c
 
     monkeypatch.setattr(recipe, "verification_metrics", scripted)
     out = tmp_path / "run"
-    recipe.main(_args(corpus, out, number_of_epochs=3))
-    test_eer, _ = _final_line(capsys.readouterr().out)
+    recipe.train(recipe_args(corpus, out, number_of_epochs=3))
+    test_eer, _ = final_line(capsys.readouterr().out)
     assert len(calls) == 5 and "Epoch loaded: 2 - test EER" in (out / "train_log.txt").read_text()
     kept = {
         int((p / "counter.ckpt").read_text()): torch.load(p / "embedding_model.ckpt")
@@ -164,7 +139,7 @@ def _run(args, **kw):
 
 
 def _read_log(path):
-    """``([(epoch, step, ids)], [(epoch, dev EER, lr used, next lr)])`` of a batch_log."""
+    """``([(epoch, step, ids)], [(epoch, dev EER, lr used, next lr)])`` of a batch_trace."""
     batches, valids = [], []
     for line in Path(path).read_text().splitlines():
         kind, epoch, *rest = line.split()
@@ -184,7 +159,7 @@ def _assert_same_state(a, b):
 
 
 @pytest.mark.slow
-def test_resume_after_kill_mid_epoch_is_exact(corpus, tmp_path):
+def test_resume_after_kill_mid_epoch_is_exact(corpus, tmp_path, recipe_args, final_line):
     """kill -9 in epoch 2 of 2, resume: the same batches and bit-identical parameters as an
     uninterrupted run (default loader: one persistent worker; crops seeded per utterance)."""
 
@@ -192,14 +167,14 @@ def test_resume_after_kill_mid_epoch_is_exact(corpus, tmp_path):
         return [
             sys.executable,
             str(RECIPE / "train_speaker_embeddings.py"),
-            *_args(
+            *recipe_args(
                 corpus,
                 tmp_path / name,
                 number_of_epochs=2,
                 ckpt_interval_steps=1,
                 num_workers=1,
                 speakers_per_batch=2,
-                batch_log=tmp_path / f"{name}.log",
+                batch_trace=tmp_path / f"{name}.log",
             ),
         ]
 
@@ -245,11 +220,11 @@ def test_resume_after_kill_mid_epoch_is_exact(corpus, tmp_path):
         torch.load(tmp_path / n / "model" / "embedding_model.ckpt") for n in ("full", "run")
     ]
     _assert_same_state({"m": exported[0]}, {"m": exported[1]})
-    assert _final_line(text) == _final_line(full_text)
+    assert final_line(text) == final_line(full_text)
 
 
 @pytest.mark.slow
-def test_ddp_two_processes_on_cpu(corpus, tmp_path):
+def test_ddp_two_processes_on_cpu(corpus, tmp_path, recipe_args, final_line):
     """torchrun, 2 CPU processes: disjoint utterances at every step, the same steps, equal
     parameters on both ranks, one dev EER driving both ranks' learning rate."""
     from speechbrain.nnet.schedulers import ReduceLROnPlateau
@@ -261,13 +236,13 @@ def test_ddp_two_processes_on_cpu(corpus, tmp_path):
         "--standalone",
         "--nproc_per_node=2",
         str(RECIPE / "train_speaker_embeddings.py"),
-        *_args(
+        *recipe_args(
             corpus,
             out,
             name="mp",
             number_of_epochs=3,
             speakers_per_batch=2,
-            batch_log=log,
+            batch_trace=log,
             lr_scheduler="{patience: 0}",
             seed=3,
             precision="fp32",  # the dev-EER trajectory below is that of float32
@@ -298,7 +273,7 @@ def test_ddp_two_processes_on_cpu(corpus, tmp_path):
     assert any(v[3] < v[2] for v in v0)  # seed 3: the dev EER rises once, the LR drops
     _assert_same_state(torch.load(f"{log}.rank0.pt"), torch.load(f"{log}.rank1.pt"))
     assert (out / "model" / "embedding_model.ckpt").is_file()
-    _final_line(text)
+    final_line(text)
 
 
 def test_summarize_results(tmp_path):
@@ -336,17 +311,17 @@ def test_summarize_results(tmp_path):
     )
 
 
-def test_model_is_exported_before_test_scoring(corpus, tmp_path, monkeypatch):
+def test_model_is_exported_before_test_scoring(corpus, tmp_path, monkeypatch, recipe_args):
     real = recipe.score_trials
 
     def failing_on_the_test_list(embeddings, trials):
-        if os.path.basename(trials[0][5]).startswith("trials.txt:"):
+        if os.path.basename(trials[0].where).startswith("trials.txt:"):
             raise RuntimeError("test scoring failed")
         return real(embeddings, trials)
 
     monkeypatch.setattr(recipe, "score_trials", failing_on_the_test_list)
     with pytest.raises(RuntimeError, match="test scoring failed"):
-        recipe.main(_args(corpus, tmp_path / "run"))
+        recipe.train(recipe_args(corpus, tmp_path / "run"))
     model = tmp_path / "run" / "model"
     assert sorted(p.name for p in model.iterdir()) == [
         "calibration.json",
@@ -356,7 +331,7 @@ def test_model_is_exported_before_test_scoring(corpus, tmp_path, monkeypatch):
 
 
 @pytest.mark.slow
-def test_training_learns(default_corpus, tmp_path, capsys):
+def test_training_learns(default_corpus, tmp_path, capsys, final_line):
     """A short run on the full built-in corpus ends clearly below the corpus's untrained
     baseline scorer (cosine of mean log-mel vectors). A reduced ResNetSE34L (channels
     8-16-32-64, 128-d) on 100-frame crops keeps it at about 3.5 minutes on 2 cores; seed 1
@@ -384,6 +359,6 @@ def test_training_learns(default_corpus, tmp_path, capsys):
         "--embedding_model",
         "!new:maskproxy_losses.ResNetSE34L {channels: [8, 16, 32, 64], emb_dim: 128}",
     ]
-    recipe.main(argv)
-    test_eer, _ = _final_line(capsys.readouterr().out)
+    recipe.train(argv)
+    test_eer, _ = final_line(capsys.readouterr().out)
     assert test_eer < baseline - 2.5, (test_eer, baseline)

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from maskproxy_losses.errors import InputError
-from maskproxy_losses.hparams import check_override_keys, load_recipe_hparams
+from maskproxy_losses.training.hparams import check_override_keys, load_recipe_hparams
+from maskproxy_losses.utils.errors import InputError
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPE = ROOT / "recipes" / "VoxCeleb" / "MaskProxy"

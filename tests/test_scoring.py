@@ -7,18 +7,17 @@ import torch
 from speechbrain.utils.metric_stats import EER as sb_eer
 from speechbrain.utils.metric_stats import minDCF as sb_min_dcf
 
-from maskproxy_losses.scoring import (
-    compute_eer,
-    compute_min_dcf,
+from maskproxy_losses.data.audio import crop_samples
+from maskproxy_losses.data.trials import index_trials
+from maskproxy_losses.scoring.cosine import (
     cosine_scores,
-    crop_samples,
     crop_starts,
     make_crops,
     score_norm,
     speaker_means,
     ten_crop_scores,
 )
-from maskproxy_losses.trials import index_trials
+from maskproxy_losses.scoring.metrics import compute_eer, compute_min_dcf
 
 
 # ----------------------------------------------------------------- metrics by hand

@@ -11,20 +11,19 @@ import speechbrain as sb
 import torch
 from speechbrain.dataio.batch import PaddedBatch
 
-from maskproxy_losses.audio import crop_samples
-from maskproxy_losses.sampler import SpeakerBatchSampler
-from maskproxy_losses.training_data import (
+from maskproxy_losses.data.audio import crop_samples
+from maskproxy_losses.data.crops import (
     CropCollate,
     FullFile,
     RandomCrop,
     SeededCrops,
     crop_seed,
     full_file_item,
-    random_crop_item,
     stack_or_pad,
     train_loader_options,
     wrap_around,
 )
+from maskproxy_losses.data.sampler import SpeakerBatchSampler
 
 RATE = 16000
 
@@ -40,6 +39,17 @@ def _reference(path, start=0, stop=None):
     return torch.from_numpy(wav.mean(axis=1) if wav.shape[1] > 1 else wav[:, 0].copy())
 
 
+M64 = 2**64 - 1
+
+
+def _splitmix64(state):
+    """First output of SplitMix64 (Steele et al. 2014) seeded with ``state``."""
+    z = (state + 0x9E3779B97F4A7C15) & M64
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & M64
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & M64
+    return z ^ (z >> 31)
+
+
 @pytest.fixture
 def long_wav(tmp_path):
     rng = np.random.default_rng(0)
@@ -51,22 +61,10 @@ def test_crop_is_the_file_at_the_drawn_start(long_wav, frames):
     crop = crop_samples(frames)
     n = sf.info(long_wav).frames
     for seed in range(5):
-        torch.manual_seed(seed)
-        got = RandomCrop(frames)(long_wav)
-        torch.manual_seed(seed)
-        start = int(torch.randint(0, n - crop + 1, ()).item())
+        got = RandomCrop(frames)(long_wav, seed)
+        start = _splitmix64(seed) % (n - crop + 1)
         assert got.dtype == torch.float32 and got.shape == (crop,)
         assert torch.equal(got, _reference(long_wav, start, start + crop))
-
-
-def test_crops_follow_the_torch_seed(long_wav):
-    reader = RandomCrop(200)
-    torch.manual_seed(7)
-    first = [reader(long_wav) for _ in range(4)]
-    torch.manual_seed(7)
-    again = [reader(long_wav) for _ in range(4)]
-    assert all(torch.equal(a, b) for a, b in zip(first, again))
-    assert not torch.equal(first[0], first[1])  # successive draws differ
 
 
 @pytest.mark.parametrize("n", [1, 401, 20000, crop_samples(200)])
@@ -75,10 +73,10 @@ def test_short_files_wrap_around(tmp_path, n):
     samples = np.random.default_rng(n).integers(-30000, 30000, n, dtype=np.int16)
     path = _write(tmp_path / "short.wav", samples)
     state = torch.get_rng_state()
-    got = RandomCrop(200)(path)
+    got = RandomCrop(200)(path, 11)
     sig = _reference(path)
     assert torch.equal(got, sig.repeat(math.ceil(crop / len(sig)))[:crop])
-    assert torch.equal(torch.get_rng_state(), state)  # no start drawn, as in the recipe
+    assert torch.equal(torch.get_rng_state(), state)  # torch's RNG plays no part
 
 
 @pytest.mark.parametrize("subtype, channels", [("PCM_24", 1), ("FLOAT", 1), ("PCM_16", 2)])
@@ -86,10 +84,8 @@ def test_other_formats_match_libsndfile(tmp_path, subtype, channels):
     rng = np.random.default_rng(1)
     samples = rng.uniform(-0.9, 0.9, (RATE, channels)).astype(np.float32)
     path = _write(tmp_path / "x.wav", samples if channels > 1 else samples[:, 0], subtype)
-    torch.manual_seed(3)
-    got = RandomCrop(10)(path)
-    torch.manual_seed(3)
-    start = int(torch.randint(0, RATE - crop_samples(10) + 1, ()).item())
+    got = RandomCrop(10)(path, 3)
+    start = _splitmix64(3) % (RATE - crop_samples(10) + 1)
     assert torch.equal(got, _reference(path, start, start + crop_samples(10)))
     assert torch.equal(FullFile()(path), _reference(path))
 
@@ -98,7 +94,7 @@ def test_full_file_and_wrong_rate(tmp_path, long_wav):
     assert torch.equal(FullFile()(long_wav), _reference(long_wav))
     bad = _write(tmp_path / "8k.wav", np.zeros(8000, np.int16), rate=8000)
     with pytest.raises(ValueError, match="8000 Hz"):
-        RandomCrop(10)(bad)
+        RandomCrop(10)(bad, 0)
 
 
 def test_wrap_around_and_stack_or_pad_match_speechbrain():
@@ -113,9 +109,7 @@ def test_wrap_around_and_stack_or_pad_match_speechbrain():
 
 
 def test_items_and_collate_pickle():
-    item = pickle.loads(pickle.dumps(random_crop_item(350)))
-    assert item.takes == ["wav"] and item.provides == ["sig"]
-    assert item.func.num_samples == crop_samples(350)
+    assert pickle.loads(pickle.dumps(RandomCrop(350))).num_samples == crop_samples(350)
     assert pickle.loads(pickle.dumps(full_file_item())).provides == ["sig"]
     assert isinstance(pickle.loads(pickle.dumps(CropCollate())), CropCollate)
 
@@ -138,17 +132,15 @@ def test_batches_hold_the_samplers_utterances_in_order(tmp_path, workers):
     table, rows = _position_corpus(tmp_path)
     frames = 2  # 560 samples: some files are shorter (wrap around), most longer
     data = sb.dataio.dataset.DynamicItemDataset.from_csv(table)
-    data.add_dynamic_item(random_crop_item(frames))
     encoder = sb.dataio.encoder.CategoricalEncoder()
     encoder.update_from_didataset(data, "spk_id")
     encoder.ignore_len()
     data.add_dynamic_item(encoder.encode_label_torch, takes="spk_id", provides="spk_id_encoded")
-    data.set_output_keys(["id", "sig", "spk_id_encoded"])
+    data.set_output_keys(["id", "wav", "spk_id_encoded"])
     speakers = [data.data[i]["spk_id"] for i in data.data_ids]
     sampler = SpeakerBatchSampler(speakers, speakers_per_batch=2, utts_per_speaker=2, seed=4)
-    loader = sb.dataio.dataloader.make_dataloader(
-        data, batch_sampler=sampler, num_workers=workers, collate_fn=CropCollate()
-    )
+    options = train_loader_options(sampler, workers, seed=0)
+    loader = sb.dataio.dataloader.make_dataloader(SeededCrops(data, frames), **options)
     by_id = {r[0]: (j, r) for j, r in enumerate(rows)}
     batches = list(loader)
     assert len(batches) == len(sampler) > 0
@@ -169,17 +161,6 @@ def test_batches_hold_the_samplers_utterances_in_order(tmp_path, workers):
                 assert torch.equal(row, sig[start : start + len(row)])
             else:
                 assert start == 0 and torch.equal(row, wrap_around(sig, len(row)))
-
-
-M64 = 2**64 - 1
-
-
-def _splitmix64(state):
-    """First output of SplitMix64 (Steele et al. 2014) seeded with ``state``."""
-    z = (state + 0x9E3779B97F4A7C15) & M64
-    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & M64
-    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & M64
-    return z ^ (z >> 31)
 
 
 def test_seeded_start_is_splitmix64_and_uniform(long_wav):

@@ -11,9 +11,9 @@ import pytest
 import torch
 
 from data_prep.demo_corpus import generate_corpus
-from maskproxy_losses.encoder import ResNetSE34L
-from maskproxy_losses.export import export_model
-from maskproxy_losses.scoring import compute_eer, compute_min_dcf
+from maskproxy_losses.inference.export import export_model
+from maskproxy_losses.models.resnetse34l import ResNetSE34L
+from maskproxy_losses.scoring.metrics import compute_eer, compute_min_dcf
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPE = ROOT / "recipes" / "VoxCeleb" / "MaskProxy"
@@ -73,7 +73,7 @@ def _shards(cache):
 
 def test_end_to_end_and_cache(setup):
     # 1. default: prepares the manifests of the corpus, cosine scoring
-    metrics = sv.main(_argv(setup, "out_cos"))
+    metrics = sv.verify(_argv(setup, "out_cos"))
     out = setup["base"] / "out_cos"
     for name in ("scores.txt", "metrics.json", "det_and_scores.png"):
         assert (out / name).is_file()
@@ -94,7 +94,7 @@ def test_end_to_end_and_cache(setup):
     first = _shards(setup["cache"])
 
     # 2. another scoring option, same embeddings: the test files come from the cache
-    metrics = sv.main(_argv(setup, "out_snorm", "--norm", "snorm"))
+    metrics = sv.verify(_argv(setup, "out_snorm", "--norm", "snorm"))
     assert metrics["embedding_cache"]["hits"] == 12
     assert metrics["embedding_cache"]["computed"] == metrics["options"]["cohort"]["utterances"]
     after = _shards(setup["cache"])
@@ -104,12 +104,12 @@ def test_end_to_end_and_cache(setup):
 
     # 3. the 10-crop protocol embeds crops (a separate cache), with AS-norm ...
     crop = ["--score_mode", "ten_crop", "--num_crops", "3", "--crop_frames", "50"]
-    metrics = sv.main(_argv(setup, "out_crop", *crop, "--norm", "asnorm", "--cohort_top_n", "2"))
+    metrics = sv.verify(_argv(setup, "out_crop", *crop, "--norm", "asnorm", "--cohort_top_n", "2"))
     assert metrics["embedding_cache"]["hits"] == 0 and metrics["options"]["num_crops"] == 3
     assert metrics["options"]["cohort"]["top_n"] == 2
     # 4. ... and rescoring it without normalisation computes nothing
     before = _shards(setup["cache"])
-    metrics = sv.main(_argv(setup, "out_crop2", *crop))
+    metrics = sv.verify(_argv(setup, "out_crop2", *crop))
     assert metrics["embedding_cache"]["computed"] == 0
     assert _shards(setup["cache"]) == before
     _, s_crop, _ = _read_scores(setup["base"] / "out_crop2" / "scores.txt")
@@ -120,14 +120,14 @@ def test_end_to_end_and_cache(setup):
 def test_auto_precision_follows_the_cpu(setup, tmp_path):
     """``precision: auto`` embeds under bfloat16 autocast where the CPU has native bfloat16
     (or ``MASKPROXY_CPU_BF16=1`` says so), in a cache folder of its own; fp32 elsewhere."""
-    from maskproxy_losses.precision import native_bf16
+    from maskproxy_losses.utils.precision import native_bf16
 
     want = "bf16" if native_bf16("cpu") else "fp32"
-    metrics = sv.main(_argv(setup, "out_auto", cache=tmp_path))
+    metrics = sv.verify(_argv(setup, "out_auto", cache=tmp_path))
     assert metrics["options"]["precision"] == want
     folders = {p.parent.name for p in tmp_path.rglob("shard-*.npz")}
     assert folders == {"full_max300s" + ("_bf16" if want == "bf16" else "")}
-    fp32 = sv.main(_argv(setup, "out_fp32", "--precision", "fp32", cache=tmp_path))
+    fp32 = sv.verify(_argv(setup, "out_fp32", "--precision", "fp32", cache=tmp_path))
     assert fp32["options"]["precision"] == "fp32"  # SpeechBrain's --precision wins
     gap = abs(metrics["EER"] - fp32["EER"])
     assert gap == 0 if want == "fp32" else gap < 10  # 40 trials: one trial moves it 5 points
@@ -144,9 +144,7 @@ def _wavs(setup):
 
 
 def _expect_exit2(setup, capsys, trials, *extra):
-    with pytest.raises(SystemExit) as err:
-        sv.main(_argv(setup, "out_bad", "--trials_file", str(trials), *extra))
-    assert err.value.code == 2
+    assert sv.main(_argv(setup, "out_bad", "--trials_file", str(trials), *extra)) == 2
     return capsys.readouterr().err
 
 
@@ -174,7 +172,9 @@ def test_bad_input(setup, capsys):
     assert "Traceback" not in err
 
     # --skip_bad: lines 1 and 6 are scored, the 4 others reported
-    metrics = sv.main(_argv(setup, "out_skip", "--trials_file", str(trials), "--skip_bad", "True"))
+    metrics = sv.verify(
+        _argv(setup, "out_skip", "--trials_file", str(trials), "--skip_bad", "True")
+    )
     assert metrics["n_trials"] == 2 and metrics["skipped"]["count"] == 4
     assert len((setup["base"] / "out_skip" / "scores.txt").read_text().splitlines()) == 2
     assert "skipped 4 bad entries" in capsys.readouterr().out
@@ -198,12 +198,14 @@ def test_relative_paths_and_test_csv(setup):
     root = setup["corpus"] / "wav"
     rel = [str(Path(p).relative_to(root)) for p in w]
     trials = _write_trials(setup, "rel.txt", [f"1 {rel[0]} {rel[1]}", f"0 {rel[0]} {rel[4]}"])
-    m = sv.main(_argv(setup, "out_rel", "--trials_file", str(trials), "--test_root", str(root)))
+    m = sv.verify(_argv(setup, "out_rel", "--trials_file", str(trials), "--test_root", str(root)))
     assert m["n_trials"] == 2 and m["embedding_cache"]["computed"] == 0  # cached already
     ids = [r.replace("/", "--")[:-4] for r in rel]
     trials = _write_trials(setup, "ids.txt", [f"1 {ids[0]} {ids[1]}", f"0 {ids[0]} {ids[4]}"])
     test_csv = setup["corpus"] / "manifests" / "test.csv"
-    m2 = sv.main(_argv(setup, "out_ids", "--trials_file", str(trials), "--test_csv", str(test_csv)))
+    m2 = sv.verify(
+        _argv(setup, "out_ids", "--trials_file", str(trials), "--test_csv", str(test_csv))
+    )
     assert m2["EER"] == m["EER"]
     assert (
         _read_scores(setup["base"] / "out_ids" / "scores.txt")[1].tolist()
@@ -229,35 +231,35 @@ def test_subprocess_exit_code(setup, tmp_path):
 def test_calibration_from_the_model_directory(setup, tmp_path):
     import shutil
 
-    from maskproxy_losses.calibration import Calibration, calibration_metrics
+    from maskproxy_losses.scoring.calibration import Calibration, calibration_metrics
 
     model = tmp_path / "model"
     shutil.copytree(setup["model"], model)
     Calibration(scale=12.0, offset=-3.0).save(model / "calibration.json")
     setup = dict(setup, model=model)
-    metrics = sv.main(_argv(setup, "out_cal"))
+    metrics = sv.verify(_argv(setup, "out_cal"))
     labels, raw, _ = _read_scores(setup["base"] / "out_cal" / "scores.txt")
     want = calibration_metrics(raw, labels, Calibration(scale=12.0, offset=-3.0))
     for key in ("Cllr", "minCllr", "actDCF_0.01", "actDCF_0.05"):
         assert metrics[key] == pytest.approx(want[key], rel=1e-12), key
     assert metrics["options"]["calibration"] == str(model / "calibration.json")
-    sv.main(_argv(setup, "out_llr", "--calibrated_scores", "True"))
+    sv.verify(_argv(setup, "out_llr", "--calibrated_scores", "True"))
     _, llr, _ = _read_scores(setup["base"] / "out_llr" / "scores.txt")
     np.testing.assert_allclose(llr, 12.0 * raw - 3.0, rtol=1e-12)
     # normalised scores are not what the calibration was fitted on: not applied
-    m = sv.main(_argv(setup, "out_sn", "--norm", "snorm"))
+    m = sv.verify(_argv(setup, "out_sn", "--norm", "snorm"))
     assert m["options"]["calibration"] is None and "Cllr" not in m and "minCllr" in m
 
 
 def test_embedding_map(setup):
-    sv.main(_argv(setup, "out_map", "--embedding_map", "True"))
+    sv.verify(_argv(setup, "out_map", "--embedding_map", "True"))
     png = setup["base"] / "out_map" / "embedding_map.png"
     assert png.read_bytes()[:4] == b"\x89PNG"
 
 
 def test_short_manifest_rows_are_named(tmp_path):
-    from maskproxy_losses.errors import InputError
-    from maskproxy_losses.trials import read_manifest_wavs, read_speaker_wavs
+    from maskproxy_losses.data.trials import read_manifest_wavs, read_speaker_wavs
+    from maskproxy_losses.utils.errors import InputError
 
     path = tmp_path / "train.csv"
     path.write_text("ID,duration,wav,spk_id\nu1,1.0,/a.wav,s1\nu2\n")

@@ -34,7 +34,7 @@ class AAMSoftmaxLoss(torch.nn.Module):
         AAM margin and scale (SpeechBrain VoxCeleb recipe: 0.2 and 30).
     margin_schedule : object, optional
         Anything with a ``margin()`` method (e.g.
-        :class:`~maskproxy_losses.schedules.WarmupExponentialLR`); in training mode each
+        :class:`~maskproxy_losses.training.schedules.WarmupExponentialLR`); in training mode each
         forward first sets the margin it returns (None: keep the current one).
     """
 

@@ -16,8 +16,7 @@ Example
 import torch
 import torch.nn.functional as F
 
-from .grouping import flatten_inputs, group_by_speaker
-from .mp import _no_autocast
+from .grouping import flatten_inputs, group_by_speaker, no_autocast
 
 __all__ = ["AngularPrototypicalLoss"]
 
@@ -42,7 +41,7 @@ class AngularPrototypicalLoss(torch.nn.Module):
         """Return the scalar loss for raw embeddings ``[N, (1,) D]`` and labels ``[N, (1)]``."""
         embeddings, labels = flatten_inputs(embeddings, labels)
         dtype = torch.float64 if embeddings.dtype == torch.float64 else torch.float32
-        with _no_autocast(embeddings.device):
+        with no_autocast(embeddings.device):
             # Labels only group the batch here: any integer ids are fine.
             speakers, ids = torch.unique(labels, return_inverse=True)
             g = group_by_speaker(embeddings.to(dtype), ids, len(speakers), self.eps)

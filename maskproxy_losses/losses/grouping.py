@@ -17,11 +17,12 @@ Example
 [[1.0, 0.0], [0.0, 1.0]]
 """
 
+import contextlib
 from typing import NamedTuple
 
 import torch
 
-__all__ = ["SpeakerGroups", "group_by_speaker", "flatten_inputs"]
+__all__ = ["SpeakerGroups", "group_by_speaker", "flatten_inputs", "no_autocast"]
 
 
 class SpeakerGroups(NamedTuple):
@@ -117,3 +118,12 @@ def group_by_speaker(embeddings, labels, n_classes, eps=1e-8):
     rest = (counts[spk_labels] - 1).to(x.dtype).unsqueeze(1)
     anchors = (sums - queries) / rest
     return SpeakerGroups(queries, anchors, spk_labels)
+
+
+def no_autocast(device):
+    """Context that disables autocast on ``device`` (a no-op where autocast is unknown):
+    the losses compute in float32 inside a bf16 / fp16 training step."""
+    try:
+        return torch.autocast(device_type=device.type, enabled=False)
+    except RuntimeError:
+        return contextlib.nullcontext()

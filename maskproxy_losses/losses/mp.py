@@ -20,12 +20,10 @@ Example
 (0, True)
 """
 
-import contextlib
-
 import torch
 import torch.nn.functional as F
 
-from .grouping import flatten_inputs, group_by_speaker
+from .grouping import flatten_inputs, group_by_speaker, no_autocast
 
 __all__ = ["ProxyLossBase", "MaskedProxyLoss"]
 
@@ -67,7 +65,7 @@ class ProxyLossBase(torch.nn.Module):
             )
         dtype = torch.float64 if embeddings.dtype == torch.float64 else torch.float32
         # The loss always runs in float32 (or float64): autocast is switched off here.
-        with _no_autocast(embeddings.device):
+        with no_autocast(embeddings.device):
             groups = group_by_speaker(embeddings.to(dtype), labels, self.n_classes, self.eps)
             loss, correct = self.objective(groups, dtype)
         self.last_accuracy = correct.to(dtype).mean().detach()
@@ -168,11 +166,3 @@ class MaskedProxyLSE(torch.autograd.Function):
         dot = (grad_present * p_sel).sum(1, keepdim=True)
         grad_p.index_add_(0, labels, grad_present * n_sel - dot * n_sel.pow(3) * p_sel)
         return grad_q, grad_p, None, None
-
-
-def _no_autocast(device):
-    """Context that disables autocast on ``device`` (a no-op where autocast is unknown)."""
-    try:
-        return torch.autocast(device_type=device.type, enabled=False)
-    except RuntimeError:
-        return contextlib.nullcontext()

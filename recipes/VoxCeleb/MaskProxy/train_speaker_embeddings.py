@@ -7,50 +7,78 @@
 Run from the repository root. With no override it trains on the built-in corpus (made
 if absent) at the yaml's ``builtin`` scale; for VoxCeleb see the recipe README.
 
-Each epoch: training on speaker-grouped batches, then the EER on the held-out dev trials
-(the best checkpoint is kept and drives ReduceLROnPlateau). At the end the best checkpoint
-is calibrated on the dev trials, exported to ``<output_folder>/model`` (EncoderClassifier
-format + ``calibration.json``), and only then scored on the test trials. Bad input stops
-the run before training with one ``error:`` line and exit code 2.
+The data flow, top to bottom in :func:`train`: lists -> manifests -> datasets and the
+speaker-grouped sampler -> ``fit`` (each epoch: training, then the EER on the held-out dev
+trials, which keeps the best checkpoint and drives ReduceLROnPlateau) -> the best
+checkpoint's dev scores -> calibration -> export to ``<output_folder>/model``
+(EncoderClassifier format + ``calibration.json``) -> test scores. Bad input stops the run
+before training with one ``error:`` line and exit code 2.
 """
 
 import json
 import logging
 import os
+import sys
 import time
+from typing import NamedTuple
 
+import numpy as np
 import speechbrain as sb
 import torch
 from speechbrain.utils.distributed import if_main_process, run_on_main
 
-from data_prep.demo_corpus import prepare_builtin
-from data_prep.voxceleb import prepare_voxceleb
-from maskproxy_losses import SpeakerBatchSampler, export_model
-from maskproxy_losses.augment import build_augmenter
-from maskproxy_losses.averaging import keep_kwargs, load_average
-from maskproxy_losses.batch_log import BatchLog
-from maskproxy_losses.calibration import CALIBRATION_FILE, calibration_metrics, fit_calibration
-from maskproxy_losses.errors import run_cli
-from maskproxy_losses.export import unwrap
-from maskproxy_losses.files import check_writable_dir
-from maskproxy_losses.hparams import load_recipe_hparams
-from maskproxy_losses.recipe_setup import dataio_prep, resolve_run_options, setup_training
-from maskproxy_losses.scoring import score_trials, verification_metrics
-from maskproxy_losses.training_data import train_loader_options
-from maskproxy_losses.trials import read_prepared_trials
+from maskproxy_losses import export_model
+from maskproxy_losses.data.augment import build_augmenter
+from maskproxy_losses.data.crops import train_loader_options
+from maskproxy_losses.data.trials import read_prepared_trials
+from maskproxy_losses.inference.export import unwrap
+from maskproxy_losses.scoring.calibration import (
+    CALIBRATION_FILE,
+    calibration_metrics,
+    fit_calibration,
+)
+from maskproxy_losses.scoring.cosine import score_trials
+from maskproxy_losses.scoring.metrics import verification_metrics
+from maskproxy_losses.training.averaging import keep_kwargs, load_average
+from maskproxy_losses.training.batch_trace import BatchTrace
+from maskproxy_losses.training.brain import GroupedBatchBrain
+from maskproxy_losses.training.hparams import load_recipe_hparams
+from maskproxy_losses.training.recipe_setup import (
+    dataio_prep,
+    prepare_manifests,
+    resolve_run_options,
+    setup_training,
+)
+from maskproxy_losses.utils.errors import run_cli
+from maskproxy_losses.utils.files import check_writable_dir
 
 logger = logging.getLogger(__name__)
 
 
-class SpeakerBrain(sb.Brain):
-    """Encoder + loss; the verification stages collect embeddings and score trials."""
+class Scored(NamedTuple):
+    """A scored trial list: ``scores``, ``labels`` and their ``metrics`` (EER in %)."""
+
+    scores: np.ndarray
+    labels: np.ndarray
+    metrics: dict
+
+
+class SpeakerBrain(GroupedBatchBrain):
+    """Encoder + loss. Verification stages collect embeddings; :meth:`score` scores them.
+
+    Beside ``sb.Brain``'s arguments: ``dev_trials`` (scored after every epoch),
+    ``augment`` (a batch augmenter or None) and ``trace`` (a :class:`BatchTrace`).
+    """
+
+    def __init__(self, *args, dev_trials, augment=None, trace=None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.dev_trials, self.augment, self.trace = dev_trials, augment, trace or BatchTrace(None)
 
     def compute_forward(self, batch, stage):
         batch = batch.to(self.device)
         wavs, lens = batch.sig
-        augment = getattr(self.hparams, "wav_augment", None)
-        if stage == sb.Stage.TRAIN and augment is not None:
-            wavs, lens = augment(wavs, lens)  # same batch size and order
+        if stage == sb.Stage.TRAIN and self.augment is not None:
+            wavs, lens = self.augment(wavs, lens)  # same batch size and order
         feats = self.modules.compute_features(wavs)
         feats = self.modules.mean_var_norm(feats, lens)
         return self.modules.embedding_model(feats, lens)
@@ -62,7 +90,7 @@ class SpeakerBrain(sb.Brain):
             )
             return torch.zeros((), device=self.device)
         labels, _ = batch.spk_id_encoded
-        self.hparams.batch_log.batch(self.hparams.epoch_counter.current, self.step, batch.id)
+        self.trace.batch(self.hparams.epoch_counter.current, self.step, batch.id)
         self._check_finite(embeddings, "the embeddings")
         loss = self.modules.loss_fn(embeddings, labels)
         self._check_finite(loss, "the loss")
@@ -93,92 +121,50 @@ class SpeakerBrain(sb.Brain):
                 "b": loss_fn.b.item() if hasattr(loss_fn, "b") else float("nan"),
                 "utt_per_s": round(self.n_utts / (time.perf_counter() - self.stage_start), 1),
             }
-            return
-        trials = self.hparams.dev_trials if stage == sb.Stage.VALID else self.eval_trials
-        self.scores, self.labels = score_trials(self.embeddings, trials)
-        metrics = verification_metrics(self.scores, self.labels)
-        stats = {
-            "EER": round(metrics["EER"], 3),
-            "minDCF_0.01": round(metrics["minDCF_0.01"], 4),
-            "minDCF_0.05": round(metrics["minDCF_0.05"], 4),
-            "threshold": round(metrics["EER_threshold"], 4),
-        }
-        if stage == sb.Stage.VALID:
+        elif stage == sb.Stage.VALID:  # the dev EER keeps the best checkpoint, drives the lr
+            stats = _log_stats(
+                verification_metrics(*score_trials(self.embeddings, self.dev_trials))
+            )
             old_lr, new_lr = self.hparams.lr_scheduler([self.optimizer], epoch, stats["EER"])
             sb.nnet.schedulers.update_learning_rate(self.optimizer, new_lr)
-            self.hparams.batch_log.valid(epoch, stats["EER"], old_lr, new_lr)
+            self.trace.valid(epoch, stats["EER"], old_lr, new_lr)
+            epoch_s = round(time.perf_counter() - self.epoch_start, 1)
             self.hparams.train_logger.log_stats(
-                stats_meta={
-                    "epoch": epoch,
-                    "lr": old_lr,
-                    "epoch_s": round(time.perf_counter() - self.epoch_start, 1),
-                },
+                stats_meta={"epoch": epoch, "lr": old_lr, "epoch_s": epoch_s},
                 train_stats=self.train_stats,
                 valid_stats=stats,
             )
             self.checkpointer.save_and_keep_only(  # the best (N best with averaging)
                 meta={"EER": stats["EER"]}, **keep_kwargs(self.hparams)
             )
-        elif self.eval_trials is self.hparams.test_trials:
-            self.test_stats = stats
-            self.hparams.train_logger.log_stats(
-                {"Epoch loaded": self.hparams.epoch_counter.current}, test_stats=stats
-            )
 
     def on_evaluate_start(self, max_key=None, min_key=None):
         super().on_evaluate_start(max_key=max_key, min_key=min_key)  # the best checkpoint
         load_average(self.checkpointer, self.hparams)  # average_checkpoints: N > 1
 
-    # Private Brain hooks, written against SpeechBrain 1.1.2 (check them on upgrades).
-    def _train_loader_specifics(self, dataset, loader_kwargs):
-        # SpeakerBatchSampler splits its batches across DDP ranks itself; SpeechBrain's
-        # generic DistributedSamplerWrapper would pad and reshuffle them.
-        sampler = loader_kwargs.get("batch_sampler")
-        if isinstance(getattr(sampler, "sampler", None), SpeakerBatchSampler):
-            self.train_sampler = sampler
-            return loader_kwargs
-        return super()._train_loader_specifics(dataset, loader_kwargs)
-
-    def _wrap_distributed(self):
-        # SpeechBrain converts BatchNorm to SyncBatchNorm, which needs GPUs: plain DDP on CPU.
-        if self.distributed_launch and str(self.device).startswith("cpu"):
-            for name, module in self.modules.items():
-                if any(p.requires_grad for p in module.parameters()):
-                    self.modules[name] = torch.nn.parallel.DistributedDataParallel(
-                        module, find_unused_parameters=self.find_unused_parameters
-                    )
-            return
-        super()._wrap_distributed()
+    def score(self, dataset, trials, loader_kwargs):
+        """:class:`Scored` trials of ``dataset`` with the best dev-EER checkpoint."""
+        self.evaluate(dataset, min_key="EER", test_loader_kwargs=loader_kwargs)
+        scores, labels = score_trials(self.embeddings, trials)
+        return Scored(scores, labels, verification_metrics(scores, labels))
 
 
-def prepare_data(hparams):
-    """Manifests of the built-in corpus (generated when absent) or of the given lists."""
-    if hparams["builtin_corpus"]:
-        return prepare_builtin(
-            hparams["data_folder"],
-            hparams["manifest_folder"],
-            corpus_seed=hparams["corpus_seed"],
-            prep_seed=hparams["prep_seed"],
-        )
-    return prepare_voxceleb(
-        hparams["manifest_folder"],
-        train_root=hparams["train_root"],
-        test_root=hparams["test_root"],
-        train_list=hparams["train_list"],
-        trials=hparams["trials_list"],
-        dev_share=hparams["dev_share"],
-        n_dev_trials=hparams["n_dev_trials"],
-        seed=hparams["prep_seed"],
-        skip_bad=hparams["skip_bad"],
-    )
+def _log_stats(m):
+    """The train log's rounded view of verification metrics ``m``."""
+    return {
+        "EER": round(m["EER"], 3),
+        "minDCF_0.01": round(m["minDCF_0.01"], 4),
+        "minDCF_0.05": round(m["minDCF_0.05"], 4),
+        "threshold": round(m["EER_threshold"], 4),
+    }
 
 
-def finish(brain, hparams, dev, test):
-    """Best checkpoint -> calibration on the dev trials -> export -> test scores."""
+def calibrate_export_and_test(brain, hparams, dev, test, dev_trials, test_trials):
+    """Best checkpoint -> dev scores -> calibration -> export -> test scores; returns
+    ``(model dir, test Scored, calibration metrics on the test trials)``."""
     loader = hparams["verification_loader"]
-    brain.eval_trials = hparams["dev_trials"]
-    brain.evaluate(dev, min_key="EER", test_loader_kwargs=loader)
-    calibration = fit_calibration(brain.scores, brain.labels, source="dev trials (best checkpoint)")
+    dev_scored = brain.score(dev, dev_trials, loader)
+    calibration = fit_calibration(*dev_scored[:2], source="dev trials (best checkpoint)")
     calibration.meta = {"score_mode": "cosine", "norm": "none"}  # what it may be applied to
     out = None
     if if_main_process():  # the model is saved before anything else can fail
@@ -190,62 +176,73 @@ def finish(brain, hparams, dev, test):
             overwrite=True,
             extra_files={CALIBRATION_FILE: json.dumps(calibration.to_dict(), indent=2)},
         )
-    brain.eval_trials = hparams["test_trials"]
-    brain.evaluate(test, min_key="EER", test_loader_kwargs=loader)
-    brain.test_calibration = calibration_metrics(brain.scores, brain.labels, calibration)
-    return out
+    test_scored = brain.score(test, test_trials, loader)
+    hparams["train_logger"].log_stats(
+        {"Epoch loaded": hparams["epoch_counter"].current},
+        test_stats=_log_stats(test_scored.metrics),
+    )
+    return out, test_scored, calibration_metrics(*test_scored[:2], calibration)
 
 
-def main(argv):
+def train(argv):
+    """Run the recipe as the command line ``argv`` says; returns the trained Brain."""
     hparams_file, run_opts, overrides = sb.parse_arguments(argv)
     hparams, overrides = load_recipe_hparams(hparams_file, overrides)
     for key in ("output_folder", "manifest_folder"):  # fail in seconds, not after data prep
         check_writable_dir(hparams[key], key)
     run_opts = resolve_run_options(hparams, run_opts)  # gloo on CPU, `precision: auto`
     sb.utils.distributed.ddp_init_group(run_opts)
-    sb.create_experiment_directory(
-        experiment_directory=hparams["output_folder"],
-        hyperparams_to_save=hparams_file,
-        overrides=overrides,
-    )
+    sb.create_experiment_directory(hparams["output_folder"], hparams_file, overrides)
     if run_opts.ckpt_interval_steps > 0:  # SpeechBrain allows one intra-epoch interval only
         hparams.pop("ckpt_interval_minutes", None)
 
-    hparams["wav_augment"] = build_augmenter(hparams)
-    hparams["batch_log"] = BatchLog(hparams["batch_log"])  # None: off
-    manifests = run_on_main(prepare_data, kwargs={"hparams": hparams})  # paths sent to every rank
-    hparams["dev_trials"] = read_prepared_trials(manifests["dev_trials"], manifests["dev_csv"])
-    hparams["test_trials"] = read_prepared_trials(manifests["trials"], manifests["test_csv"])
-    train, dev, test, sampler, n_speakers = dataio_prep(hparams, manifests)
+    manifests = run_on_main(
+        prepare_manifests, kwargs={"hparams": hparams}
+    )  # paths sent to every rank
+    dev_trials = read_prepared_trials(manifests["dev_trials"], manifests["dev_csv"])
+    test_trials = read_prepared_trials(manifests["trials"], manifests["test_csv"])
+    train_set, dev, test, sampler, n_speakers = dataio_prep(hparams, manifests)
+    setup_training(hparams, train_set, sampler, n_speakers)  # loss, schedule, pretrained; logged
 
-    setup_training(hparams, train, sampler, n_speakers)  # loss, schedule, pretrained; logged
     brain = SpeakerBrain(
         modules=hparams["modules"],
         opt_class=hparams["opt_class"],
         hparams=hparams,
         run_opts=run_opts,
         checkpointer=hparams["checkpointer"],
+        dev_trials=dev_trials,
+        augment=build_augmenter(hparams),
+        trace=BatchTrace(hparams["batch_trace"]),
     )
-    options = train_loader_options(sampler, hparams["num_workers"], hparams["seed"])
     brain.fit(
         brain.hparams.epoch_counter,
-        train_set=train,
+        train_set=train_set,
         valid_set=dev,
-        train_loader_kwargs=options,
+        train_loader_kwargs=train_loader_options(sampler, hparams["num_workers"], hparams["seed"]),
         valid_loader_kwargs=hparams["verification_loader"],
     )
-    hparams["batch_log"].save_state(brain.modules)
-    out = finish(brain, hparams, dev, test)
+    brain.trace.save_state(brain.modules)
+    out, scored, cal = calibrate_export_and_test(brain, hparams, dev, test, dev_trials, test_trials)
     if if_main_process():
-        stats, cal = brain.test_stats, brain.test_calibration
+        m = scored.metrics
         print(
-            f"[{hparams['loss_name']}] test EER {stats['EER']:.2f} %  minDCF(0.01) "
-            f"{stats['minDCF_0.01']:.4f}  minDCF(0.05) {stats['minDCF_0.05']:.4f}  Cllr "
+            f"[{hparams['loss_name']}] test EER {m['EER']:.2f} %  minDCF(0.01) "
+            f"{m['minDCF_0.01']:.4f}  minDCF(0.05) {m['minDCF_0.05']:.4f}  Cllr "
             f"{cal['Cllr']:.3f} (min {cal['minCllr']:.3f})  "
             f"(best dev-EER checkpoint, exported to {out})"
         )
     return brain
 
 
+def main(argv=None):
+    """Command-line entry point: 0, or 2 after one ``error:`` line for bad input."""
+
+    def run(args):
+        train(args)
+        return 0
+
+    return run_cli(run, sys.argv[1:] if argv is None else argv)
+
+
 if __name__ == "__main__":
-    run_cli(main)
+    sys.exit(main())

@@ -1,0 +1,143 @@
+"""Export an embedding model as a SpeechBrain inference directory.
+
+The directory holds ``hyperparams.yaml`` and ``embedding_model.ckpt`` and loads
+offline with ``EncoderClassifier.from_hparams(source=dir, savedir=...)`` or
+``SpeakerRecognition.from_hparams(...)`` from any working directory: the
+pretrainer names no path, so SpeechBrain fetches ``<source>/embedding_model.ckpt``
+from whatever ``source`` the directory is loaded from (it may be moved freely).
+"""
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import torch
+from hyperpyyaml import load_hyperpyyaml
+
+from maskproxy_losses.inference.model_dir import CKPT_FILE, HPARAMS_FILE
+from maskproxy_losses.models.frontend import frontend_spec
+from maskproxy_losses.utils.files import remove_stale_temps, temp_path, umask_mode
+
+__all__ = ["export_model", "render_hparams", "unwrap", "HPARAMS_FILE", "CKPT_FILE"]
+
+
+def unwrap(model):
+    """Strip DataParallel / DistributedDataParallel / torch.compile wrappers."""
+    while True:
+        if isinstance(model, (torch.nn.DataParallel, torch.nn.parallel.DistributedDataParallel)):
+            model = model.module
+        elif hasattr(model, "_orig_mod"):
+            model = model._orig_mod
+        else:
+            return model
+
+
+def _new(key, path, kwargs):
+    lines = [f"{key}: !new:{path}"]
+    lines += [f"    {k}: {json.dumps(v)}" for k, v in kwargs.items()]
+    return "\n".join(lines)
+
+
+def render_hparams(embedding_model, frontend="fbank", n_mels=40):
+    """Return the hyperparams.yaml text for ``embedding_model`` and a front end."""
+    model = unwrap(embedding_model)
+    kwargs = getattr(model, "init_kwargs", None)
+    if not isinstance(kwargs, dict):
+        raise TypeError(f"{type(model).__name__} has no `init_kwargs` dict to rebuild it from")
+    if kwargs.get("n_mels", n_mels) != n_mels:
+        raise ValueError(f"model expects {kwargs['n_mels']} mels, the front end gives {n_mels}")
+    (feat_path, feat_kwargs), (norm_path, norm_kwargs) = frontend_spec(frontend, n_mels)
+    cls = type(model)
+    return (
+        "\n\n".join(
+            [
+                "# SpeechBrain inference hyperparameters, written by "
+                f"maskproxy_losses.inference.export (front end: {frontend})",
+                f"sample_rate: 16000\nn_mels: {int(n_mels)}",
+                _new("compute_features", feat_path, feat_kwargs),
+                _new("mean_var_norm", norm_path, norm_kwargs),
+                _new("embedding_model", f"{cls.__module__}.{cls.__qualname__}", kwargs),
+                "modules:\n"
+                "    compute_features: !ref <compute_features>\n"
+                "    mean_var_norm: !ref <mean_var_norm>\n"
+                "    embedding_model: !ref <embedding_model>",
+                "pretrainer: !new:speechbrain.utils.parameter_transfer.Pretrainer\n"
+                "    loadables:\n"
+                "        embedding_model: !ref <embedding_model>",
+            ]
+        )
+        + "\n"
+    )
+
+
+def export_model(
+    output_dir, embedding_model, frontend="fbank", n_mels=40, overwrite=False, extra_files=None
+):
+    """Write ``embedding_model`` (+ front end preset) as a SpeechBrain inference dir.
+
+    Arguments
+    ---------
+    output_dir : str or Path
+        Directory to create. An existing non-empty one is only replaced when
+        ``overwrite`` is True.
+    embedding_model : torch.nn.Module
+        Model with an ``init_kwargs`` dict (e.g. ``ResNetSE34L``); DataParallel,
+        DDP and torch.compile wrappers are unwrapped.
+    frontend : str
+        "fbank" (SpeechBrain Fbank + sentence mean/var norm, used in training) or
+        "authors" (the authors' log-mel + instance norm).
+    n_mels : int
+        Number of mel bins of the front end.
+    overwrite : bool
+        Replace an existing non-empty ``output_dir``.
+    extra_files : dict, optional
+        ``{file name: text}`` written into the directory too (e.g. ``calibration.json``).
+
+    Returns
+    -------
+    Path
+        The absolute path of the written directory.
+
+    The directory is built in a hidden temporary folder beside ``output_dir``,
+    checked (YAML builds, state dict loads strictly), then renamed into place, so
+    no half-written ``output_dir`` is ever left behind.
+    """
+    out = Path(output_dir).absolute()
+    if out.exists() and not out.is_dir():
+        raise FileExistsError(f"{out} exists and is not a directory")
+    if out.is_dir() and any(out.iterdir()) and not overwrite:
+        raise FileExistsError(f"{out} exists and is not empty (use overwrite=True to replace it)")
+
+    text = render_hparams(embedding_model, frontend, n_mels)
+    state = {k: v.detach().cpu() for k, v in unwrap(embedding_model).state_dict().items()}
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temps(out.parent)  # left by a killed export
+    tmp = Path(temp_path(out))
+    tmp.mkdir(mode=umask_mode(0o777))
+    try:
+        (tmp / HPARAMS_FILE).write_text(text, encoding="utf-8")
+        torch.save(state, tmp / CKPT_FILE)
+        for name, content in (extra_files or {}).items():
+            (tmp / name).write_text(content, encoding="utf-8")
+        # Check the directory before it becomes visible.
+        hparams = load_hyperpyyaml(text)
+        hparams["embedding_model"].load_state_dict(
+            torch.load(tmp / CKPT_FILE, map_location="cpu", weights_only=True), strict=True
+        )
+        if out.exists():
+            old = temp_path(out, "old")
+            os.rename(out, old)
+            try:
+                os.rename(tmp, out)
+            except BaseException:
+                os.rename(old, out)
+                raise
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.rename(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out

@@ -1,0 +1,144 @@
+"""The training recipe's data and run set-up, kept out of its script.
+
+- :func:`prepare_manifests`: the manifests of the built-in corpus or of VoxCeleb lists.
+- :func:`dataio_prep`: datasets (seeded random crops for training, whole files for dev /
+  test), the label encoder and the speaker-grouped sampler; with ``speed_perturb: True``
+  the training items are read at one of 3 speeds per speaker group
+  (:mod:`maskproxy_losses.data.speed_perturb`). The training DataLoader options come from
+  :func:`maskproxy_losses.data.crops.train_loader_options`.
+- :func:`setup_training`: the loss for the number of classes, registered with the
+  checkpointer; the epoch length for a per-step lr schedule; the ``pretrained`` weights
+  (:mod:`maskproxy_losses.training.finetune`).
+"""
+
+import dataclasses
+import logging
+import os
+
+import speechbrain as sb
+import torch
+
+from maskproxy_losses.data.crops import SeededCrops, full_file_item
+from maskproxy_losses.data.sampler import SpeakerBatchSampler
+from maskproxy_losses.data.speed_perturb import SPEEDS, SpeedPerturbedCrops
+from maskproxy_losses.training.finetune import load_pretrained
+from maskproxy_losses.utils.errors import InputError
+from maskproxy_losses.utils.precision import resolve_run_precision
+
+__all__ = ["prepare_manifests", "dataio_prep", "resolve_run_options", "setup_training"]
+
+logger = logging.getLogger(__name__)
+
+
+def prepare_manifests(hparams):
+    """The manifest paths of the built-in corpus (generated when absent) or of the given
+    VoxCeleb-style lists (``data_prep``); run on the main process only."""
+    from data_prep.demo_corpus import prepare_builtin
+    from data_prep.voxceleb import prepare_voxceleb
+
+    if hparams["builtin_corpus"]:
+        seeds = {"corpus_seed": hparams["corpus_seed"], "prep_seed": hparams["prep_seed"]}
+        return prepare_builtin(hparams["data_folder"], hparams["manifest_folder"], **seeds)
+    keys = ("train_root", "test_root", "train_list", "dev_share", "n_dev_trials", "skip_bad")
+    return prepare_voxceleb(
+        hparams["manifest_folder"],
+        trials=hparams["trials_list"],
+        seed=hparams["prep_seed"],
+        **{k: hparams[k] for k in keys},
+    )
+
+
+def dataio_prep(hparams, manifests):
+    """``(train, dev, test, sampler, n_classes)``: the datasets (random crops for training,
+    full files for dev / test), the speaker-grouped sampler and the number of labels."""
+    label_encoder = sb.dataio.encoder.CategoricalEncoder()
+    train = sb.dataio.dataset.DynamicItemDataset.from_csv(manifests["train_csv"])
+    speed = bool(hparams.get("speed_perturb", False))
+    label_encoder.load_or_create(
+        os.path.join(hparams["save_folder"], "label_encoder.txt"),
+        from_didatasets=[train],
+        output_key="spk_id",
+    )
+    train.add_dynamic_item(
+        label_encoder.encode_label_torch, takes="spk_id", provides="spk_id_encoded"
+    )
+    train.set_output_keys(["id", "wav", "spk_id_encoded"])  # wav -> seeded crop below
+
+    def verification_set(csv):
+        data = sb.dataio.dataset.DynamicItemDataset.from_csv(csv)
+        data = data.filtered_sorted(sort_key="duration")
+        data.add_dynamic_item(full_file_item())
+        data.set_output_keys(["id", "sig", "wav"])
+        return data
+
+    speakers = [train.data[i]["spk_id"] for i in train.data_ids]
+    try:
+        sampler = SpeakerBatchSampler(
+            speakers,
+            speakers_per_batch=hparams["speakers_per_batch"],
+            utts_per_speaker=hparams["utts_per_speaker"],
+            max_per_speaker=hparams["max_per_speaker"],
+            seed=hparams["seed"],
+            n_speeds=len(SPEEDS) if speed else 1,
+        )
+    except ValueError as err:  # too few usable speakers for the batch, bad group sizes
+        raise InputError(
+            f"{manifests['train_csv']}: {err}; change it with --speakers_per_batch "
+            "N / --utts_per_speaker / --max_per_speaker"
+        ) from None
+    n_classes = len(label_encoder)
+    if not speed:
+        train = SeededCrops(train, hparams["crop_frames"])
+    else:
+        train = SpeedPerturbedCrops(
+            train,
+            hparams["crop_frames"],
+            n_classes,
+            SPEEDS,
+            as_new_speaker=hparams.get("speed_as_new_speaker", True),
+        )
+        n_classes = train.n_classes
+        logger.info(
+            "speed perturbation %s per speaker group: %d classes",
+            "/".join(map(str, SPEEDS)),
+            n_classes,
+        )
+    dev, test = verification_set(manifests["dev_csv"]), verification_set(manifests["test_csv"])
+    return train, dev, test, sampler, n_classes
+
+
+def resolve_run_options(hparams, run_opts):
+    """SpeechBrain run options with DDP on CPU (gloo: nccl needs GPUs) and the precision
+    made concrete (``precision: auto``, see :mod:`maskproxy_losses.utils.precision`), logged."""
+    if run_opts.distributed_backend == "nccl" and not torch.cuda.is_available():
+        run_opts = dataclasses.replace(
+            run_opts,
+            distributed_backend="gloo",
+            overridden_args=run_opts.overridden_args | {"distributed_backend"},
+        )
+    run_opts, why = resolve_run_precision(hparams, run_opts)
+    logger.info("training precision: %s (%s)", run_opts.precision, why)
+    return run_opts
+
+
+def setup_training(hparams, train, sampler, n_classes):
+    """Build the loss for ``n_classes`` (``hparams["modules"]["loss_fn"]``, checkpointed),
+    tell a per-step lr schedule the epoch length, load ``pretrained`` weights, and log
+    what the run will do."""
+    loss_fn = hparams["loss_fn"](n_classes=n_classes)
+    hparams["modules"]["loss_fn"] = loss_fn
+    hparams["checkpointer"].add_recoverable("loss_fn", loss_fn)
+    schedule = hparams.get("lr_scheduler")
+    if hasattr(schedule, "set_epoch_length"):
+        schedule.set_epoch_length(len(sampler))
+    if hparams.get("pretrained"):
+        load_pretrained(hparams["pretrained"], hparams["embedding_model"], loss_fn)
+    augment = [k[:-4] for k in ("noise_csv", "rir_csv") if hparams.get(k)]
+    logger.info(
+        "%s: %d classes, %d utterances, %d batches/epoch (per process) of %d speakers x %s "
+        "utterances, %d-frame crops; augmentation: %s; encoder %.2f M parameters",
+        hparams["loss_name"], n_classes, len(train), len(sampler), hparams["speakers_per_batch"],
+        hparams["utts_per_speaker"], hparams["crop_frames"], " + ".join(augment) or "none",
+        sum(p.numel() for p in hparams["embedding_model"].parameters()) / 1e6,
+    )  # fmt: skip
+    return loss_fn

@@ -1,0 +1,1 @@
+"""Shared plumbing: the one error type and CLI wrapper, atomic files, numeric precision."""

@@ -1,0 +1,190 @@
+"""Files that appear complete or not at all, and the clean-up of killed writes.
+
+Every file the project writes goes through a hidden temporary file in the target's
+folder (``.tmp-<pid>-...``) renamed into place, with the permissions the umask gives
+(``tempfile.mkstemp`` alone would leave 0600). A process killed mid-write leaves only
+such a temporary; :func:`remove_stale_temps` (called by the next run of the same
+command) removes those of processes that no longer run.
+
+Example
+-------
+>>> import tempfile, os
+>>> folder = tempfile.mkdtemp()
+>>> atomic_write_text(os.path.join(folder, "a.txt"), "hello\\n")
+>>> open(os.path.join(folder, "a.txt")).read()
+'hello\\n'
+>>> os.listdir(folder)
+['a.txt']
+"""
+
+import os
+import re
+import shutil
+import uuid
+
+from maskproxy_losses.utils.errors import InputError
+
+__all__ = [
+    "atomic_write_bytes",
+    "atomic_write_text",
+    "temp_path",
+    "remove_stale_temps",
+    "umask_mode",
+    "check_writable_dir",
+    "text_lines",
+    "list_fields",
+]
+
+_STALE = re.compile(r"\.(?:tmp|old)-(\d+)-")
+
+
+def umask_mode(base=0o666):
+    """``base`` with the process umask applied (what ``open`` would give a new file)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return base & ~mask
+
+
+def temp_path(target, kind="tmp"):
+    """A hidden sibling of ``target`` named after this process (``.tmp-<pid>-<hex>-<name>``),
+    for a write + rename; ``kind="old"`` names the place an old version is moved aside to."""
+    folder, name = os.path.split(os.path.abspath(target))
+    return os.path.join(folder, f".{kind}-{os.getpid()}-{uuid.uuid4().hex[:8]}-{name}")
+
+
+def atomic_write_bytes(path, data):
+    """Write ``data`` to ``path`` via a temporary file in the same folder + ``os.replace``."""
+    tmp = temp_path(path)
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, umask_mode())
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.lexists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def atomic_write_text(path, text):
+    """``atomic_write_bytes`` of ``text`` encoded as UTF-8."""
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def _pid_alive(pid):
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_stale_temps(folder):
+    """Remove the ``.tmp-<pid>-*`` / ``.old-<pid>-*`` files and folders in ``folder`` whose
+    process no longer runs (left by a killed write). Returns the names removed."""
+    removed = []
+    try:
+        names = sorted(os.listdir(folder))
+    except OSError:
+        return removed
+    for name in names:
+        match = _STALE.match(name)
+        if not match or _pid_alive(int(match[1])):
+            continue
+        path = os.path.join(folder, name)
+        try:
+            if os.path.isdir(path) and not os.path.islink(path):
+                shutil.rmtree(path)
+            else:
+                os.remove(path)
+        except OSError:
+            continue
+        removed.append(name)
+    return removed
+
+
+def check_writable_dir(folder, what="output folder"):
+    """Raise ``InputError`` naming ``folder`` unless it is a folder this process can write
+    to, or can be created as one (its nearest existing ancestor is a writable folder).
+
+    Creates nothing that stays: an existing folder is tested by creating and removing a
+    temporary file in it.
+    """
+    folder = os.path.abspath(folder)
+    base = folder
+    while not os.path.lexists(base) and os.path.dirname(base) != base:
+        base = os.path.dirname(base)
+    if not os.path.isdir(base):
+        if base == folder:
+            raise InputError(
+                f"{folder}: the {what} is an existing file, not a folder; pass the path of a folder"
+            )
+        raise InputError(f"{folder}: cannot create the {what}: {base} is a file, not a folder")
+    if base != folder:
+        if not os.access(base, os.W_OK | os.X_OK):
+            raise InputError(f"{folder}: cannot create the {what}: {base} is not writable")
+        return
+    test = temp_path(os.path.join(folder, "write-test"))
+    try:
+        os.close(os.open(test, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+        os.remove(test)
+    except OSError as err:
+        raise InputError(
+            f"{folder}: the {what} is not writable ({err.strerror}); "
+            "choose another folder or fix its permissions"
+        ) from err
+
+
+def text_lines(path):
+    r"""Yield ``(lineno, text, problem)`` for each line of the UTF-8 text file ``path``.
+
+    A line that is not valid UTF-8 gives ``text`` None and a ``problem`` naming
+    ``file:line``; other lines give ``problem`` None. A leading BOM is dropped.
+
+    >>> import tempfile
+    >>> path = os.path.join(tempfile.mkdtemp(), "list.txt")
+    >>> _ = open(path, "wb").write(b"a b\ncaf\xe9 x\n")
+    >>> [(n, t, p is None) for n, t, p in text_lines(path)]
+    [(1, 'a b\n', True), (2, None, False)]
+    >>> list(text_lines(path))[1][2].split(": ", 1)[1]
+    'not UTF-8 text (byte 0xe9 at column 4); save the list as UTF-8'
+    """
+    with open(path, "rb") as f:
+        for lineno, raw in enumerate(f, 1):
+            try:
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError as err:
+                byte = f"0x{raw[err.start]:02x}"
+                yield (
+                    lineno,
+                    None,
+                    (
+                        f"{path}:{lineno}: not UTF-8 text (byte {byte} at column "
+                        f"{err.start + 1}); save the list as UTF-8"
+                    ),
+                )
+                continue
+            yield lineno, text.lstrip("\ufeff") if lineno == 1 else text, None
+
+
+def list_fields(path, problems):
+    r"""Yield ``("file:line", fields)`` for each non-blank line of the list ``path``, split
+    on whitespace; lines that are not UTF-8 go to ``problems`` (see :func:`text_lines`).
+
+    >>> import tempfile
+    >>> path = os.path.join(tempfile.mkdtemp(), "list.txt")
+    >>> _ = open(path, "wb").write(b"a b\n\n  c \n")
+    >>> [(where.rsplit(":", 1)[1], fields) for where, fields in list_fields(path, [])]
+    [('1', ['a', 'b']), ('3', ['c'])]
+    """
+    for lineno, line, problem in text_lines(path):
+        if problem:
+            problems.append(problem)
+            continue
+        fields = line.split()
+        if fields:
+            yield f"{path}:{lineno}", fields
