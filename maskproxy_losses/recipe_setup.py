@@ -52,6 +52,12 @@ def dataio_prep(hparams, manifests):
         data.set_output_keys(["id", "sig", "wav"])
         return data
 
+    shards = hparams.get("train_shards") or manifests.get("train_shards")
+    if shards:  # sharded training data (issue 20): the dataset batches itself
+        train = sharded_train(hparams, manifests, shards, label_encoder.lab2ind)
+        dev, test = verification_set(manifests["dev_csv"]), verification_set(manifests["test_csv"])
+        return train, dev, test, train, len(label_encoder)
+
     speakers = [train.data[i]["spk_id"] for i in train.data_ids]
     try:
         sampler = SpeakerBatchSampler(
@@ -88,6 +94,43 @@ def dataio_prep(hparams, manifests):
     return train, dev, test, sampler, n_classes
 
 
+# ---- Sharded training data (issue 20)
+def sharded_train(hparams, manifests, index_path, labels):
+    """The training batches read from the shards of ``index_path``
+    (:class:`~maskproxy_losses.data.shards.ShardedSpeakerBatches`, ``labels``: speaker ->
+    label), which must have been written from this run's ``train.csv``."""
+    from data_prep.shards import manifest_sha256, read_index
+
+    from .data.shards import ShardedSpeakerBatches
+
+    if hparams.get("speed_perturb", False):
+        raise InputError(f"{index_path}: speed_perturb is not supported with train_shards")
+    index = read_index(index_path)
+    if index["manifest"]["sha256"] != manifest_sha256(manifests["train_csv"]):
+        raise InputError(
+            f"{index_path}: written from {index['manifest']['path']}, whose content differs "
+            f"from this run's {manifests['train_csv']}; rewrite the shards (python -m "
+            "data_prep.shards, or --write_shards True)"
+        )
+    try:
+        return ShardedSpeakerBatches(
+            index_path,
+            speakers_per_batch=hparams["speakers_per_batch"],
+            utts_per_speaker=hparams["utts_per_speaker"],
+            max_per_speaker=hparams["max_per_speaker"],
+            crop_frames=hparams["crop_frames"],
+            seed=hparams["seed"],
+            num_workers=hparams["num_workers"],
+            labels=labels,
+        )
+    except InputError:
+        raise
+    except ValueError as err:  # bad group sizes
+        raise InputError(
+            f"{index_path}: {err}; change --utts_per_speaker / --max_per_speaker"
+        ) from None
+
+
 def resolve_run_options(hparams, run_opts):
     """SpeechBrain run options with DDP on CPU (gloo: nccl needs GPUs) and the precision
     made concrete (``precision: auto``, see :mod:`maskproxy_losses.precision`), logged."""
@@ -118,7 +161,8 @@ def setup_training(hparams, train, sampler, n_classes):
     logger.info(
         "%s: %d classes, %d utterances, %d batches/epoch (per process) of %d speakers x %s "
         "utterances, %d-frame crops; augmentation: %s; encoder %.2f M parameters",
-        hparams["loss_name"], n_classes, len(train), len(sampler), hparams["speakers_per_batch"],
+        hparams["loss_name"], n_classes, getattr(train, "n_utterances", len(train)), len(sampler),
+        hparams["speakers_per_batch"],
         hparams["utts_per_speaker"], hparams["crop_frames"], " + ".join(augment) or "none",
         sum(p.numel() for p in hparams["embedding_model"].parameters()) / 1e6,
     )  # fmt: skip

@@ -24,13 +24,15 @@ import torch
 from speechbrain.utils.distributed import if_main_process, run_on_main
 
 from data_prep.demo_corpus import prepare_builtin
+from data_prep.shards import write_shards
 from data_prep.voxceleb import prepare_voxceleb
 from maskproxy_losses import SpeakerBatchSampler, export_model
 from maskproxy_losses.augment import build_augmenter
 from maskproxy_losses.averaging import keep_kwargs, load_average
 from maskproxy_losses.batch_log import BatchLog
 from maskproxy_losses.calibration import CALIBRATION_FILE, calibration_metrics, fit_calibration
-from maskproxy_losses.errors import run_cli
+from maskproxy_losses.data.shards import EpochStart, ShardedSpeakerBatches
+from maskproxy_losses.errors import InputError, run_cli
 from maskproxy_losses.export import unwrap
 from maskproxy_losses.files import check_writable_dir
 from maskproxy_losses.hparams import load_recipe_hparams
@@ -133,6 +135,10 @@ class SpeakerBrain(sb.Brain):
     def _train_loader_specifics(self, dataset, loader_kwargs):
         # SpeakerBatchSampler splits its batches across DDP ranks itself; SpeechBrain's
         # generic DistributedSamplerWrapper would pad and reshuffle them.
+        if isinstance(dataset, ShardedSpeakerBatches):  # issue 20: sharded training data
+            # It splits its shards by rank itself; set_epoch also tells it the step to resume at.
+            self.train_sampler = EpochStart(dataset, lambda: self.step)
+            return loader_kwargs
         sampler = loader_kwargs.get("batch_sampler")
         if isinstance(getattr(sampler, "sampler", None), SpeakerBatchSampler):
             self.train_sampler = sampler
@@ -152,6 +158,22 @@ class SpeakerBrain(sb.Brain):
 
 
 def prepare_data(hparams):
+    """Manifests of the built-in corpus (generated when absent) or of the given lists;
+    with ``write_shards`` also the training set's shards (``train_shards``)."""
+    manifests = prepare_manifests(hparams)
+    if hparams.get("write_shards"):
+        if hparams.get("train_shards"):
+            raise InputError("give train_shards (shards written before) or write_shards, not both")
+        manifests["train_shards"] = write_shards(
+            manifests["train_csv"],
+            os.path.join(hparams["manifest_folder"], "shards"),
+            shard_size=hparams["shard_size"],
+            seed=hparams["prep_seed"],
+        )
+    return manifests
+
+
+def prepare_manifests(hparams):
     """Manifests of the built-in corpus (generated when absent) or of the given lists."""
     if hparams["builtin_corpus"]:
         return prepare_builtin(

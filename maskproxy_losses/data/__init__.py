@@ -1,0 +1,1 @@
+"""Training and evaluation data: audio, crops, samplers and sharded readers."""
