@@ -8,43 +8,50 @@ from ``utts_per_speaker``), as SpeechBrain ``PaddedBatch`` objects with ``id``, 
 and ``spk_id_encoded``. The crop of an utterance is the file path's, ``RandomCrop`` with
 ``crop_seed(seed, epoch, row)`` (``row``: its row in ``train.csv``, the file path's index).
 
-An epoch is planned from the shard index alone, with no audio read (the same plan in
-every process): per speaker a group size ``k`` and the runs (a speaker's contiguous
-utterances in a shard, see ``data_prep.shards``) that fill its ``max_per_speaker``; per
-run the utterance order, cut into groups of ``k`` (the rest of a run is unused this
-epoch); the shard order, dealt round-robin to the ``world_size x max(1, num_workers)``
-*readers*, each of which reads its shards in turn, start to end. While a reader reads, the
-groups of each run join a pool; whenever it holds ``pool_speakers`` (default ``2 B``)
-speakers, a batch takes one group from each of ``B`` speakers drawn from it at random; at
-the end of the reader's shards, batches take the ``B`` speakers with the most groups left
-while ``B`` remain. Every reader then keeps the first ``M`` batches, ``M`` the fewest any
-reader formed, so each rank yields exactly ``max(1, num_workers) x M`` batches, known
-before the epoch (no collective per step; no rank waits for another at the end).
+Planning. An epoch is planned from the shard index alone (no audio read), identically in
+every process, from ``seed``, the epoch, the world size and ``W = max(1, num_workers)``:
 
-Readers: rank ``r``'s reader ``l`` serves batches ``l, l + W, l + 2W, ...`` of the rank's
-epoch, in the order PyTorch's DataLoader takes them from its ``W`` workers (round robin,
-worker 0 first). Shards are disjoint across all readers, so utterances are disjoint
-across ranks and workers. Resume: ``set_epoch(epoch, skip=s)`` (SpeechBrain's step from
-an intra-epoch checkpoint, passed by :class:`EpochStart`) makes worker ``p`` serve reader
+1. per speaker a group size ``k``; the speaker's runs (its contiguous utterances in a
+   shard, see ``data_prep.shards``) in random order fill its ``max_per_speaker`` (the last
+   run used in part); per run a random order of its utterances, cut into groups of ``k``
+   (the rest of the run is unused this epoch);
+2. the shards, in random order, each go to whichever of the ``world_size x W`` *readers*
+   has the fewest groups so far; a reader reads its shards one after another, each from
+   start to end;
+3. as a reader reads, each run's groups join a pool; whenever the pool holds
+   ``pool_speakers`` (default ``2 B``) speakers, a batch takes one group from each of
+   ``B`` speakers drawn at random; after the reader's last shard, batches take the ``B``
+   speakers with the most groups left, while ``B`` have some;
+4. every reader keeps its first ``M`` batches, ``M`` the fewest any reader formed: each
+   rank yields exactly ``W x M`` batches (``len``), known before the epoch, so no rank
+   waits for another at the end and no collective is needed per step.
+
+Reading. Rank ``r``'s reader ``l`` serves the rank's batches ``l, l + W, l + 2W, ...``:
+the order in which PyTorch's DataLoader takes batches from its ``W`` workers (round robin
+from worker 0). Readers hold disjoint shards, so ranks and workers get disjoint
+utterances. Only the utterances of kept batches are decoded, one crop each (kept as 16-bit
+PCM where exact); a crop is held until its batch is yielded, so a reader buffers at most
+about ``pool_speakers x`` (run length) crops (logged per epoch); a reader stops reading
+after the last utterance it needs. Resume: ``set_epoch(epoch, skip=s)`` (the step of an
+intra-epoch checkpoint, passed by :class:`EpochStart`) makes worker ``p`` serve reader
 ``(s + p) mod W`` from its batch ``(s + p) // W``: the rest of the epoch is the
-uninterrupted run's, and the skipped batches' audio is neither decoded nor, where a shard
-holds none of the remaining batches' utterances, read. Only the audio of utterances that
-are used is decoded, one crop each; a crop is kept until its batch is yielded.
+uninterrupted run's; the audio of the skipped batches is not decoded, and shards holding
+none of the remaining batches' utterances are not opened.
 
-Randomness per epoch, against the file path's sampler. The same: ``k`` per speaker, which
-utterances of a speaker beyond ``max_per_speaker`` are left out (here whole runs, the last
-one cut), the utterances of a group, the crops. Fixed when the shards are written: which
-utterances share a run (so a group only ever holds utterances of one run: with runs of 12
-utterances, an utterance's group mates are drawn from the same 11 in every epoch, where
-the file path draws them from all of the speaker's utterances) and which runs share a
-shard. Per epoch but different: the batches' speakers come from the pool of speakers
-whose runs were read recently (about ``pool_speakers`` of them) rather than from all
-speakers, so nearby batches share speakers; the file path deals each speaker's groups into
-rounds over all speakers and shuffles the batch order. Fewer utterances are used: the rest
-of each run beyond a multiple of ``k``, the groups left in the pool at a reader's end, and
-the batches of readers beyond ``M`` (up to about one shard per reader when the shards do
-not divide evenly among the readers; the shuffled assignment moves the loss between
-shards from epoch to epoch). The set-up logs the share used per epoch.
+Randomness, against the file path (``SpeakerBatchSampler``). Drawn per epoch on both
+paths: ``k`` per speaker, which utterances exceed ``max_per_speaker`` (here whole runs,
+there single utterances), the utterances of each group, the crops. Fixed when the shards
+are written, here only: which utterances share a run, so a group only holds utterances of
+one run (with runs of 12, an utterance's group mates come from the same 11 in every epoch;
+the file path draws them from all of the speaker's utterances), and which runs share a
+shard. Drawn per epoch but differently: the shards' order and readers, and a batch's
+speakers, which come from the about ``pool_speakers`` speakers whose runs were read last
+(nearby batches share speakers), where the file path deals every speaker's groups into
+rounds over all speakers and shuffles the batch order. Unused per epoch, here only: the
+rest of each run beyond a multiple of ``k`` (the file path: of each speaker), the groups
+left in a pool at its reader's end and the batches of readers beyond ``M`` (together a few
+per cent; the share used is logged per epoch). With ``max_per_speaker``, whole shards are
+still read (their unused utterances are skipped, not decoded).
 
 Example
 -------
@@ -111,12 +118,12 @@ def _pass_through(batch):
 
 class _Plan:
     """One epoch's plan for one rank: ``M`` batches per reader, each reader's shards and
-    batches (lists of ``(run, group)``), and the group size per speaker and used
-    utterances per run."""
+    batches (lists of ``(run, group)``), the group size per speaker, the share of the
+    usable utterances in batches and the most crops a reader buffers."""
 
-    def __init__(self, m, shards, batches, k, used, share, peak):
+    def __init__(self, m, shards, batches, k, share, peak):
         self.m, self.shards, self.batches, self.k = m, shards, batches, k
-        self.used, self.share, self.peak = used, share, peak
+        self.share, self.peak = share, peak
 
 
 class ShardedSpeakerBatches(torch.utils.data.IterableDataset):
@@ -305,7 +312,6 @@ class ShardedSpeakerBatches(torch.utils.data.IterableDataset):
             {r: shards[r] for r in mine},
             {r: formed[r][0][:m] for r in mine},
             k,
-            used,
             share,
             max(p for _, p in formed) * int(self.sizes.max()),
         )
@@ -438,6 +444,8 @@ class ShardedSpeakerBatches(torch.utils.data.IterableDataset):
                     f"{self.paths[shard]}: the shard ends before position {last}; it does "
                     f"not match {self.index_path}: rewrite the shards"
                 )
+        if nxt < len(batches):  # cannot happen: every planned utterance was read
+            raise RuntimeError(f"reader {reader} formed {nxt} of {len(batches)} batches")
 
 
 class EpochStart:
