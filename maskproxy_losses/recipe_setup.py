@@ -4,7 +4,9 @@
   test), the label encoder and the speaker-grouped sampler; with ``speed_perturb: True``
   the training items are read at one of 3 speeds per speaker group
   (:mod:`maskproxy_losses.speed_perturb`). The training DataLoader options come from
-  :func:`maskproxy_losses.training_data.train_loader_options`.
+  :func:`maskproxy_losses.training_data.train_loader_options`. With ``train_shards`` (or
+  shards written by data prep) the training set is :func:`sharded_train`'s, read from
+  WebDataset shards (:mod:`maskproxy_losses.data.shards`) and its own sampler.
 - :func:`setup_training`: the loss for the number of classes, registered with the
   checkpointer; the epoch length for a per-step lr schedule; the ``pretrained`` weights
   (:mod:`maskproxy_losses.finetune`).
@@ -24,7 +26,7 @@ from .sampler import SpeakerBatchSampler
 from .speed_perturb import SPEEDS, SpeedPerturbedCrops
 from .training_data import SeededCrops, full_file_item
 
-__all__ = ["dataio_prep", "resolve_run_options", "setup_training"]
+__all__ = ["dataio_prep", "sharded_train", "resolve_run_options", "setup_training"]
 
 logger = logging.getLogger(__name__)
 

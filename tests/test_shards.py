@@ -178,6 +178,29 @@ def test_a_changed_plan_removes_the_old_index_first(manifest, tmp_path, monkeypa
     assert not (tmp_path / "shards.json").exists()
 
 
+def test_parallel_write_and_the_command_line_give_the_same_shards(
+    manifest, shards, tmp_path, capsys
+):
+    from data_prep.shards import main
+
+    write_shards(manifest[0], tmp_path / "parallel", shard_size=10, block=4, num_workers=2)
+    assert (
+        main([str(manifest[0]), str(tmp_path / "cli"), "--shard-size", "10", "--block", "4"]) == 0
+    )
+    assert capsys.readouterr().out.strip() == str(tmp_path / "cli" / "shards.json")
+    fresh = Path(shards).parent
+    for out in (tmp_path / "parallel", tmp_path / "cli"):
+        assert sorted(os.listdir(out)) == sorted(os.listdir(fresh))
+        for name in os.listdir(fresh):
+            assert (out / name).read_bytes() == (fresh / name).read_bytes(), name
+    with pytest.raises(SystemExit) as stop:
+        main([str(tmp_path / "missing.csv"), str(tmp_path / "out")])
+    assert stop.value.code == 2
+    assert (
+        capsys.readouterr().err == f"error: {tmp_path / 'missing.csv'}: No such file or directory\n"
+    )
+
+
 def test_bad_manifest_rows_are_named_by_line(tmp_path, manifest):
     good = manifest[1][0]
     table = tmp_path / "train.csv"
@@ -485,6 +508,19 @@ def test_ddp_two_processes_on_uneven_shards(corpus, tmp_path):
     speaker = _speakers(corpus)
     (b0, _), (b1, _) = (t._read_log(f"{log}.rank{r}") for r in (0, 1))
     assert [b[:2] for b in b0] == [b[:2] for b in b1] and len(b0) >= 3  # the same steps
+    # The two readers formed different numbers of batches in some epoch; both kept M.
+    data = ShardedSpeakerBatches(
+        corpus / "manifests" / "shards" / "shards.json",
+        2,
+        [2, 3],
+        num_replicas=2,
+        rank=0,
+        seed=1986,
+    )
+    plans = {epoch: data._plan(epoch) for epoch in (1, 2, 3)}
+    assert any(len(set(plan.formed)) > 1 for plan in plans.values())
+    for epoch, plan in plans.items():
+        assert sum(b[0] == epoch for b in b0) == plan.m == min(plan.formed)
     for epoch in (1, 2, 3):
         seen = [u for b in b0 + b1 if b[0] == epoch for u in b[2]]
         assert len(seen) == len(set(seen))  # disjoint across ranks, once per epoch
@@ -506,7 +542,7 @@ def test_sharded_dev_eer_lies_within_the_file_paths_seed_spread(default_corpus, 
     of its last 3 epochs, which smooths the 180-utterance dev set's epoch-to-epoch noise)
     lies within the range of the file path's 3 runs. Measured on 2 cores: file runs 25.93,
     22.59, 22.41 %, sharded runs 23.52, 21.29, 25.74 % (mean 23.52 %). The 6 runs take about
-    5 minutes, two at a time."""
+    6.5 minutes on 2 idle cores, two at a time (11 minutes with the cores shared)."""
     from data_prep.demo_corpus import prepare_builtin
 
     root, _ = default_corpus

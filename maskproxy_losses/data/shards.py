@@ -103,7 +103,7 @@ _SCALE = 1.0 / 32768.0
 def _compact(sig):
     """``sig`` as int16 when it holds 16-bit PCM values exactly (half the memory), else
     as is; :func:`_expand` restores the float32 values bit for bit."""
-    pcm = torch.round(sig * 32768.0).clamp_(-32768, 32767).to(torch.int16)
+    pcm = (sig * 32768.0).to(torch.int16)  # exact for such values; the check catches others
     return pcm if torch.equal(pcm.to(torch.float32) * _SCALE, sig) else sig
 
 
@@ -117,12 +117,13 @@ def _pass_through(batch):
 
 
 class _Plan:
-    """One epoch's plan for one rank: ``M`` batches per reader, each reader's shards and
-    batches (lists of ``(run, group)``), the group size per speaker, the share of the
-    usable utterances in batches and the most crops a reader buffers."""
+    """One epoch's plan for one rank: ``M`` batches per reader, the batches every reader
+    formed, this rank's readers' shards and batches (lists of ``(run, group)``), the group
+    size per speaker, the share of the usable utterances in batches and the most crops a
+    reader buffers."""
 
-    def __init__(self, m, shards, batches, k, share, peak):
-        self.m, self.shards, self.batches, self.k = m, shards, batches, k
+    def __init__(self, m, formed, shards, batches, k, share, peak):
+        self.m, self.formed, self.shards, self.batches, self.k = m, formed, shards, batches, k
         self.share, self.peak = share, peak
 
 
@@ -309,6 +310,7 @@ class ShardedSpeakerBatches(torch.utils.data.IterableDataset):
         share = kept / max(1, int(self.run_count[self.usable[self.run_spk]].sum()))
         plan = _Plan(
             m,
+            [len(b) for b, _ in formed],
             {r: shards[r] for r in mine},
             {r: formed[r][0][:m] for r in mine},
             k,
@@ -329,9 +331,11 @@ class ShardedSpeakerBatches(torch.utils.data.IterableDataset):
             raise ValueError(f"cannot skip {skip} of the epoch's {total} batches")
         self._state[0], self._state[1] = int(epoch), int(skip)
         logger.info(
-            "shards, epoch %d: %d batches per rank (%d reader(s) x %d), %.1f %% of the usable "
-            "utterances; at most %d crops (%.0f MB as 16-bit PCM) buffered per reader%s",
-            epoch, total, self.readers_per_rank, plan.m, 100 * plan.share, plan.peak,
+            "shards, epoch %d: %d batches per rank (%d reader(s) x %d; readers formed %d-%d), "
+            "%.1f %% of the usable utterances; at most %d crops (%.0f MB as 16-bit PCM) "
+            "buffered per reader%s",
+            epoch, total, self.readers_per_rank, plan.m, min(plan.formed), max(plan.formed),
+            100 * plan.share, plan.peak,
             plan.peak * crop_samples(self.frames) * 2 / 1e6,
             f"; resuming after batch {skip}" if skip else "",
         )  # fmt: skip
