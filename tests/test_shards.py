@@ -328,6 +328,8 @@ def test_crops_and_labels_are_the_file_paths(manifest, shards, tmp_path):
                 wav = rows[row[uid]][2]
                 checked.add(Path(wav).suffix + sf.info(wav).subtype)
     assert checked == {".wavPCM_16", ".wavFLOAT", ".flacPCM_16"}  # every kind of file compared
+    with pytest.raises(InputError, match="speed_perturb is not supported with train_shards"):
+        dataio_prep({**hparams, "train_shards": shards, "speed_perturb": True}, manifests)
     other = tmp_path / "other.csv"
     other.write_text(table.read_text() + "extra,1.0,x.wav,s\n")
     with pytest.raises(InputError, match="whose content differs"):
