@@ -16,23 +16,24 @@ further manifest format is needed beside the one JSON index written here.
 The order: each speaker's utterances are shuffled and cut into *runs* of ``block``
 utterances (the rest in one shorter run; a rest of 1 joins the previous run); all runs are
 shuffled together (seed ``seed``) and cut into ``ceil(N / shard_size)`` shards of about
-equal size (``N`` utterances; a run is never split, so a shard may hold up to ``block - 1``
-utterances more than ``shard_size``). A shard therefore holds about ``shard_size / block``
+equal size (``N`` utterances; a run is never split, so a shard may exceed ``shard_size`` by
+up to ``block`` utterances). A shard therefore holds about ``shard_size / block``
 speakers, and a speaker's run is contiguous, so the reader
 (:mod:`maskproxy_losses.data.shards`) forms speaker groups with a small buffer.
 
 Index (``format: maskproxy-shards``, ``version: 1``): ``manifest`` (path, sha256, rows),
-``options`` (shard_size, block, seed), ``speakers`` (the manifest's speakers in order of
+``options`` (shard_size, block, seed), ``plan`` (manifest digest and options: what a rerun
+compares), ``speakers`` (the manifest's speakers in order of
 first appearance: the order of the training labels), ``utterances``, ``duration`` (s), and
 ``shards``: per shard ``path`` (relative to the index), ``utterances``, ``duration``,
 ``bytes`` and ``speakers``, the runs in shard order as ``[speaker index, count]`` pairs.
 
-Resumable and atomic: every shard is written to a temporary file renamed into place, and
-``shards.progress.json`` lists the finished ones; a rerun after a kill removes the
-killed process's temporaries and writes only the missing shards; ``shards.json`` is
-written after the last shard (a stale one is removed before any shard is rewritten), so
-an index never names a half-written or foreign shard. A rerun with the same manifest
-content and options reuses complete outputs.
+Resumable and atomic: every shard is written to a temporary file renamed into place, then
+recorded in ``shards.progress.jsonl`` (the plan, then one line per finished shard); a rerun
+after a kill removes the killed process's temporaries and writes only the missing shards;
+``shards.json`` is written after the last shard (a stale one is removed before any shard
+is rewritten), so an index never names a half-written or foreign shard. A rerun with the
+same manifest content and options reuses complete outputs.
 
 Example
 -------
@@ -88,7 +89,7 @@ logger = logging.getLogger(__name__)
 INDEX_FORMAT = "maskproxy-shards"
 INDEX_VERSION = 1
 INDEX_NAME = "shards.json"
-PROGRESS_NAME = "shards.progress.json"
+PROGRESS_NAME = "shards.progress.jsonl"
 _SHARD = re.compile(r"shard-\d{6}\.tar$")
 _FIELDS = ("ID", "duration", "wav", "spk_id")
 
@@ -233,6 +234,27 @@ def _complete(folder, shards):
     return True
 
 
+def _read_progress(path, plan):
+    """``{shard name: index entry}`` of the progress file at ``path`` when it is for
+    ``plan``, else ``{}`` (a line cut by a kill is ignored)."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return {}
+    done = {}
+    for i, line in enumerate(lines):
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if i == 0 and record != {"plan": plan}:
+            return {}
+        if i > 0 and isinstance(record, dict) and "path" in record:
+            done[record.pop("path")] = record
+    return done
+
+
 def _load_json(path):
     try:
         with open(path, encoding="utf-8") as f:
@@ -268,22 +290,23 @@ def write_shards(train_csv, output_dir, shard_size=1000, block=12, seed=0, num_w
 
     shards = layout([r[3] for r in rows], options["shard_size"], options["block"], seed)
     names = [f"shard-{i:06d}.tar" for i in range(len(shards))]
-    progress = _load_json(progress_path)
-    done = progress["done"] if progress and progress.get("plan") == plan else {}
     done = {
         name: entry
-        for name, entry in done.items()
+        for name, entry in _read_progress(progress_path, plan).items()
         if name in names and _complete(output_dir, [{**entry, "path": name}])
     }
+    lines = [{"plan": plan}] + [{"path": name, **entry} for name, entry in done.items()]
+    atomic_write_text(progress_path, "".join(json.dumps(x) + "\n" for x in lines))
     for name in os.listdir(output_dir):  # shards of another plan
         if _SHARD.match(name) and name not in done:
             os.remove(os.path.join(output_dir, name))
     todo = [i for i, name in enumerate(names) if name not in done]
     logger.info("writing %d of %d shards of %s to %s", len(todo), len(names), train_csv, output_dir)
 
-    def record(i, entry):
+    def record(i, entry):  # a shard renamed into place, then recorded
         done[names[i]] = entry
-        atomic_write_text(progress_path, json.dumps({"plan": plan, "done": done}))
+        with open(progress_path, "a", encoding="utf-8") as f:
+            f.write(json.dumps({"path": names[i], **entry}) + "\n")
 
     def job(i):
         runs = [(spk, [(r, *rows[r][:3], speakers[spk]) for r in m]) for spk, m in shards[i]]

@@ -143,8 +143,10 @@ def test_killed_write_resumes_to_the_same_shards(manifest, shards, tmp_path):
     assert proc.returncode == -signal.SIGKILL, proc.stderr.decode()[-2000:]
     names = sorted(os.listdir(out))
     assert "shards.json" not in names and len([n for n in names if n.startswith(".tmp-")]) == 1
-    progress = json.loads((out / "shards.progress.json").read_text())
-    assert len(progress["done"]) == 3 and all(n.startswith("shard-") for n in progress["done"])
+    plan, *finished = map(json.loads, (out / "shards.progress.jsonl").read_text().splitlines())
+    assert list(plan) == ["plan"] and [f["path"] for f in finished] == [
+        f"shard-{i:06d}.tar" for i in range(3)
+    ]
 
     written = []
     real = write_shards.__globals__["_write_shard"]
@@ -153,7 +155,7 @@ def test_killed_write_resumes_to_the_same_shards(manifest, shards, tmp_path):
     )
     try:
         again = write_shards(manifest[0], out, shard_size=10, block=4)
-        assert len(written) == 11 and not set(written) & set(progress["done"])
+        assert written == [f"shard-{i:06d}.tar" for i in range(3, 14)]
         assert write_shards(manifest[0], out, shard_size=10, block=4) == again
         assert len(written) == 11  # up to date: nothing rewritten
     finally:
