@@ -546,7 +546,7 @@ def test_sharded_dev_eer_lies_within_the_file_paths_seed_spread(default_corpus, 
     of its last 3 epochs, which smooths the 180-utterance dev set's epoch-to-epoch noise)
     lies within the range of the file path's 3 runs. Measured on 2 cores: file runs 25.93,
     22.59, 22.41 %, sharded runs 23.52, 21.29, 25.74 % (mean 23.52 %). The 6 runs take about
-    6.5 minutes on 2 idle cores, two at a time (11 minutes with the cores shared)."""
+    6.5 minutes on 2 idle cores, two at a time (11-13 minutes with the cores shared)."""
     from data_prep.demo_corpus import prepare_builtin
 
     root, _ = default_corpus
