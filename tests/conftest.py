@@ -1,5 +1,7 @@
 import logging
+import os
 import re
+import subprocess
 import sys
 from pathlib import Path
 
@@ -37,6 +39,37 @@ def _final_line(text):
     m = re.search(r"test EER ([\d.]+) %  minDCF\(0.01\) ([\d.]+)", text)
     assert m, text[-2000:]
     return float(m.group(1)), float(m.group(2))
+
+
+def popen_recipe(args, **kw):
+    """Start ``args`` (a recipe run) in the repository root, one thread, output unbuffered
+    and merged into ``stdout``."""
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    return subprocess.Popen(
+        args, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kw
+    )
+
+
+def read_trace(path):
+    """``([(epoch, step, ids)], [(epoch, dev EER, lr used, next lr)])`` of a batch trace
+    (the recipe's ``batch_trace`` file of one rank)."""
+    batches, valids = [], []
+    for line in Path(path).read_text().splitlines():
+        kind, epoch, *rest = line.split()
+        if kind == "batch":
+            batches.append((int(epoch), int(rest[0]), rest[2:]))
+        else:
+            valids.append((int(epoch), *map(float, rest[1:4])))
+    return batches, valids
+
+
+def assert_same_state(a, b):
+    """``a`` and ``b`` (``{module: state_dict}``) hold bit-identical tensors."""
+    assert a.keys() == b.keys()
+    for module in a:
+        assert a[module].keys() == b[module].keys(), module
+        for key in a[module]:
+            assert torch.equal(a[module][key], b[module][key]), f"{module}.{key}"
 
 
 @pytest.fixture

@@ -3,7 +3,6 @@
 import os
 import re
 import signal
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -11,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 import train_speaker_embeddings as recipe  # recipes/VoxCeleb/MaskProxy (see conftest.py)
-from conftest import RECIPE, ROOT
+from conftest import RECIPE, assert_same_state, popen_recipe, read_trace
 
 from maskproxy_losses.data.trials import read_trials
 from maskproxy_losses.scoring.cosine import score_trials
@@ -125,37 +124,10 @@ def test_best_checkpoint_not_the_last_is_exported_and_tested(
     }
     assert sorted(kept) == [2, 3]  # the best and the most recent checkpoint
     exported = torch.load(out / "model" / "embedding_model.ckpt")
-    _assert_same_state({"m": exported}, {"m": kept[2]})
+    assert_same_state({"m": exported}, {"m": kept[2]})
     assert any(not torch.equal(kept[2][k], kept[3][k]) for k in exported)  # epoch 3 trained on
     model = EncoderClassifier.from_hparams(source=str(out / "model"), savedir=str(tmp_path / "m"))
     assert _test_eer(model, corpus) == pytest.approx(test_eer, abs=0.01)
-
-
-def _run(args, **kw):
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
-    return subprocess.Popen(
-        args, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kw
-    )
-
-
-def _read_log(path):
-    """``([(epoch, step, ids)], [(epoch, dev EER, lr used, next lr)])`` of a batch_trace."""
-    batches, valids = [], []
-    for line in Path(path).read_text().splitlines():
-        kind, epoch, *rest = line.split()
-        if kind == "batch":
-            batches.append((int(epoch), int(rest[0]), rest[2:]))
-        else:
-            valids.append((int(epoch), *map(float, rest[1:4])))
-    return batches, valids
-
-
-def _assert_same_state(a, b):
-    assert a.keys() == b.keys()
-    for module in a:
-        assert a[module].keys() == b[module].keys(), module
-        for key in a[module]:
-            assert torch.equal(a[module][key], b[module][key]), f"{module}.{key}"
 
 
 @pytest.mark.slow
@@ -178,10 +150,10 @@ def test_resume_after_kill_mid_epoch_is_exact(corpus, tmp_path, recipe_args, fin
             ),
         ]
 
-    full = _run(cmd("full"))
+    full = popen_recipe(cmd("full"))
     full_text, _ = full.communicate(timeout=600)
     assert full.returncode == 0, full_text[-3000:]
-    proc, log = _run(cmd("run")), tmp_path / "run.log.rank0"
+    proc, log = popen_recipe(cmd("run")), tmp_path / "run.log.rank0"
     deadline = time.time() + 300
     while time.time() < deadline and proc.poll() is None:  # kill -9 once epoch 2 step 2 ran
         if log.is_file() and "batch 2 2 " in log.read_text():
@@ -192,19 +164,19 @@ def test_resume_after_kill_mid_epoch_is_exact(corpus, tmp_path, recipe_args, fin
     )
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    killed, _ = _read_log(log)
+    killed, _ = read_trace(log)
     (intra,) = [
         p
         for p in (tmp_path / "run" / "save").glob("CKPT*")
         if "intra_epoch" in (p / "CKPT.yaml").read_text()
     ]
     done = int(re.search(r"^step: (\d+)", (intra / "brain.ckpt").read_text(), re.M).group(1))
-    resumed = _run(cmd("run"))
+    resumed = popen_recipe(cmd("run"))
     text, _ = resumed.communicate(timeout=600)
     assert resumed.returncode == 0, text[-3000:]
     assert "Loading a checkpoint from" in text
-    want, want_valid = _read_log(tmp_path / "full.log.rank0")
-    got, got_valid = _read_log(log)
+    want, want_valid = read_trace(tmp_path / "full.log.rank0")
+    got, got_valid = read_trace(log)
     assert len(want) == 12 and len({w[0] for w in want}) == 2  # 6 steps in each epoch
     # The resumed run starts right after the checkpointed step of epoch 2: nothing is
     # repeated or skipped, and every batch holds the same utterances in the same order.
@@ -214,12 +186,12 @@ def test_resume_after_kill_mid_epoch_is_exact(corpus, tmp_path, recipe_args, fin
     assert got_valid == want_valid  # the same dev EERs and learning rates
     # Bit-identical final parameters: encoder (with BatchNorm statistics), proxies, w, b.
     final = [torch.load(tmp_path / f"{n}.log.rank0.pt") for n in ("full", "run")]
-    _assert_same_state(*final)
+    assert_same_state(*final)
     assert {"proxies", "w", "b"} <= final[0]["loss_fn"].keys()
     exported = [
         torch.load(tmp_path / n / "model" / "embedding_model.ckpt") for n in ("full", "run")
     ]
-    _assert_same_state({"m": exported[0]}, {"m": exported[1]})
+    assert_same_state({"m": exported[0]}, {"m": exported[1]})
     assert final_line(text) == final_line(full_text)
 
 
@@ -248,10 +220,10 @@ def test_ddp_two_processes_on_cpu(corpus, tmp_path, recipe_args, final_line):
             precision="fp32",  # the dev-EER trajectory below is that of float32
         ),
     ]
-    proc = _run(cmd)
+    proc = popen_recipe(cmd)
     text, _ = proc.communicate(timeout=300)  # a collective mismatch hangs: fail instead
     assert proc.returncode == 0, text[-3000:]
-    (b0, v0), (b1, v1) = (_read_log(f"{log}.rank{r}") for r in (0, 1))
+    (b0, v0), (b1, v1) = (read_trace(f"{log}.rank{r}") for r in (0, 1))
     assert [b[:2] for b in b0] == [b[:2] for b in b1] and len(b0) >= 6  # the same steps
     for epoch in (1, 2, 3):
         seen = [u for b in b0 + b1 if b[0] == epoch for u in b[2]]
@@ -271,7 +243,7 @@ def test_ddp_two_processes_on_cpu(corpus, tmp_path, recipe_args, final_line):
         assert new == pytest.approx(next_lr, rel=1e-12)
         optimizer.param_groups[0]["lr"] = new
     assert any(v[3] < v[2] for v in v0)  # seed 3: the dev EER rises once, the LR drops
-    _assert_same_state(torch.load(f"{log}.rank0.pt"), torch.load(f"{log}.rank1.pt"))
+    assert_same_state(torch.load(f"{log}.rank0.pt"), torch.load(f"{log}.rank1.pt"))
     assert (out / "model" / "embedding_model.ckpt").is_file()
     final_line(text)
 

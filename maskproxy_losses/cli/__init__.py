@@ -44,6 +44,7 @@ COMMANDS = {
     "prepare": Command("prepare", "VoxCeleb-style lists or trees -> SpeechBrain manifests"),
     "transcode": Command("transcode", "any audio tree (VoxCeleb2 m4a) -> 16 kHz mono wav"),
     "demo-corpus": Command("demo_corpus", "write the built-in synthetic corpus"),
+    "shards": Command("shards", "a training manifest -> WebDataset tar shards"),
     "embed": Command("embed", "embed audio files into an .npz (paths, embeddings)"),
     "enrol": Command("embed", "build speaker models from enrolment utterances"),
     "identify": Command("embed", "rank enrolled speakers for each audio file"),

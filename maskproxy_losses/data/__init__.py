@@ -1,2 +1,3 @@
-"""Audio conventions and reading, trial lists, the speaker-grouped sampler, training crops and
-collate, augmentation and speed perturbation."""
+"""Training and evaluation data: audio conventions and reading, trial lists, the
+speaker-grouped sampler, training crops and collate, WebDataset shards, augmentation and
+speed perturbation."""

@@ -231,7 +231,10 @@ class SeededBatches(torch.utils.data.Sampler):
 def train_loader_options(sampler, num_workers, seed):
     """Training DataLoader options for a :class:`SeededCrops` dataset: the batches of
     ``sampler`` with their crop seeds, the fast collate, and loader workers kept alive
-    across epochs (new ones every epoch cost seconds on a small CPU)."""
+    across epochs (new ones every epoch cost seconds on a small CPU). A sharded training
+    set (``maskproxy_losses.data.shards``) batches itself and gives its own options."""
+    if hasattr(sampler, "loader_options"):
+        return sampler.loader_options()
     return {
         "batch_sampler": SeededBatches(sampler, seed),
         "num_workers": num_workers,

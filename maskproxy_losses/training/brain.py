@@ -5,7 +5,9 @@
 
 - ``_train_loader_specifics``: :class:`~maskproxy_losses.data.sampler.SpeakerBatchSampler`
   splits its batches across DDP ranks itself; SpeechBrain's generic
-  ``DistributedSamplerWrapper`` would pad and reshuffle them.
+  ``DistributedSamplerWrapper`` would pad and reshuffle them. The sharded dataset
+  (:class:`~maskproxy_losses.data.shards.ShardedSpeakerBatches`) splits its shards by rank
+  and learns the step to resume at through :class:`~maskproxy_losses.data.shards.EpochStart`.
 - ``_wrap_distributed``: SpeechBrain converts BatchNorm to SyncBatchNorm, which needs
   GPUs; on CPU the modules are wrapped in plain DDP.
 """
@@ -14,6 +16,7 @@ import speechbrain as sb
 import torch
 
 from maskproxy_losses.data.sampler import SpeakerBatchSampler
+from maskproxy_losses.data.shards import EpochStart, ShardedSpeakerBatches
 
 __all__ = ["GroupedBatchBrain"]
 
@@ -22,6 +25,9 @@ class GroupedBatchBrain(sb.Brain):
     """``sb.Brain`` that trains on speaker-grouped batches, under DDP on GPUs or CPUs."""
 
     def _train_loader_specifics(self, dataset, loader_kwargs):
+        if isinstance(dataset, ShardedSpeakerBatches):  # it splits its shards by rank itself;
+            self.train_sampler = EpochStart(dataset, lambda: self.step)  # and needs the step
+            return loader_kwargs
         sampler = loader_kwargs.get("batch_sampler")
         if isinstance(getattr(sampler, "sampler", None), SpeakerBatchSampler):
             self.train_sampler = sampler

@@ -5,7 +5,9 @@
   test), the label encoder and the speaker-grouped sampler; with ``speed_perturb: True``
   the training items are read at one of 3 speeds per speaker group
   (:mod:`maskproxy_losses.data.speed_perturb`). The training DataLoader options come from
-  :func:`maskproxy_losses.data.crops.train_loader_options`.
+  :func:`maskproxy_losses.data.crops.train_loader_options`. With ``train_shards`` (or
+  shards written by data prep) the training set is :func:`sharded_train`'s, read from
+  WebDataset shards (:mod:`maskproxy_losses.data.shards`) and its own sampler.
 - :func:`setup_training`: the loss for the number of classes, registered with the
   checkpointer; the epoch length for a per-step lr schedule; the ``pretrained`` weights
   (:mod:`maskproxy_losses.training.finetune`).
@@ -25,27 +27,47 @@ from maskproxy_losses.training.finetune import load_pretrained
 from maskproxy_losses.utils.errors import InputError
 from maskproxy_losses.utils.precision import resolve_run_precision
 
-__all__ = ["prepare_manifests", "dataio_prep", "resolve_run_options", "setup_training"]
+__all__ = [
+    "prepare_manifests",
+    "dataio_prep",
+    "sharded_train",
+    "resolve_run_options",
+    "setup_training",
+]
 
 logger = logging.getLogger(__name__)
 
 
 def prepare_manifests(hparams):
     """The manifest paths of the built-in corpus (generated when absent) or of the given
-    VoxCeleb-style lists (``data_prep``); run on the main process only."""
+    VoxCeleb-style lists (``data_prep``); with ``write_shards`` also the training set's
+    WebDataset shards (``train_shards``, :mod:`data_prep.shards`). Run on the main
+    process only."""
     from data_prep.demo_corpus import prepare_builtin
+    from data_prep.shards import write_shards
     from data_prep.voxceleb import prepare_voxceleb
 
+    if hparams.get("write_shards") and hparams.get("train_shards"):
+        raise InputError("give train_shards (shards written before) or write_shards, not both")
     if hparams["builtin_corpus"]:
         seeds = {"corpus_seed": hparams["corpus_seed"], "prep_seed": hparams["prep_seed"]}
-        return prepare_builtin(hparams["data_folder"], hparams["manifest_folder"], **seeds)
-    keys = ("train_root", "test_root", "train_list", "dev_share", "n_dev_trials", "skip_bad")
-    return prepare_voxceleb(
-        hparams["manifest_folder"],
-        trials=hparams["trials_list"],
-        seed=hparams["prep_seed"],
-        **{k: hparams[k] for k in keys},
-    )
+        manifests = prepare_builtin(hparams["data_folder"], hparams["manifest_folder"], **seeds)
+    else:
+        keys = ("train_root", "test_root", "train_list", "dev_share", "n_dev_trials", "skip_bad")
+        manifests = prepare_voxceleb(
+            hparams["manifest_folder"],
+            trials=hparams["trials_list"],
+            seed=hparams["prep_seed"],
+            **{k: hparams[k] for k in keys},
+        )
+    if hparams.get("write_shards"):
+        manifests["train_shards"] = write_shards(
+            manifests["train_csv"],
+            os.path.join(hparams["manifest_folder"], "shards"),
+            shard_size=hparams["shard_size"],
+            seed=hparams["prep_seed"],
+        )
+    return manifests
 
 
 def dataio_prep(hparams, manifests):
@@ -70,6 +92,12 @@ def dataio_prep(hparams, manifests):
         data.add_dynamic_item(full_file_item())
         data.set_output_keys(["id", "sig", "wav"])
         return data
+
+    shards = hparams.get("train_shards") or manifests.get("train_shards")
+    if shards:  # sharded training data (issue 20): the dataset batches itself
+        train = sharded_train(hparams, manifests, shards, label_encoder.lab2ind)
+        dev, test = verification_set(manifests["dev_csv"]), verification_set(manifests["test_csv"])
+        return train, dev, test, train, len(label_encoder)
 
     speakers = [train.data[i]["spk_id"] for i in train.data_ids]
     try:
@@ -107,6 +135,42 @@ def dataio_prep(hparams, manifests):
     return train, dev, test, sampler, n_classes
 
 
+# ---- Sharded training data (issue 20)
+def sharded_train(hparams, manifests, index_path, labels):
+    """The training batches read from the shards of ``index_path``
+    (:class:`~maskproxy_losses.data.shards.ShardedSpeakerBatches`, ``labels``: speaker ->
+    label), which must have been written from this run's ``train.csv``."""
+    from data_prep.shards import manifest_sha256, read_index
+    from maskproxy_losses.data.shards import ShardedSpeakerBatches
+
+    if hparams.get("speed_perturb", False):
+        raise InputError(f"{index_path}: speed_perturb is not supported with train_shards")
+    index = read_index(index_path)
+    if index["manifest"]["sha256"] != manifest_sha256(manifests["train_csv"]):
+        raise InputError(
+            f"{index_path}: written from {index['manifest']['path']}, whose content differs "
+            f"from this run's {manifests['train_csv']}; rewrite the shards (python -m "
+            "data_prep.shards, or --write_shards True)"
+        )
+    try:
+        return ShardedSpeakerBatches(
+            index_path,
+            speakers_per_batch=hparams["speakers_per_batch"],
+            utts_per_speaker=hparams["utts_per_speaker"],
+            max_per_speaker=hparams["max_per_speaker"],
+            crop_frames=hparams["crop_frames"],
+            seed=hparams["seed"],
+            num_workers=hparams["num_workers"],
+            labels=labels,
+        )
+    except InputError:
+        raise
+    except ValueError as err:  # bad group sizes
+        raise InputError(
+            f"{index_path}: {err}; change --utts_per_speaker / --max_per_speaker"
+        ) from None
+
+
 def resolve_run_options(hparams, run_opts):
     """SpeechBrain run options with DDP on CPU (gloo: nccl needs GPUs) and the precision
     made concrete (``precision: auto``, see :mod:`maskproxy_losses.utils.precision`), logged."""
@@ -137,7 +201,8 @@ def setup_training(hparams, train, sampler, n_classes):
     logger.info(
         "%s: %d classes, %d utterances, %d batches/epoch (per process) of %d speakers x %s "
         "utterances, %d-frame crops; augmentation: %s; encoder %.2f M parameters",
-        hparams["loss_name"], n_classes, len(train), len(sampler), hparams["speakers_per_batch"],
+        hparams["loss_name"], n_classes, getattr(train, "n_utterances", len(train)), len(sampler),
+        hparams["speakers_per_batch"],
         hparams["utts_per_speaker"], hparams["crop_frames"], " + ".join(augment) or "none",
         sum(p.numel() for p in hparams["embedding_model"].parameters()) / 1e6,
     )  # fmt: skip
