@@ -267,3 +267,32 @@ def test_short_manifest_rows_are_named(tmp_path):
         read_speaker_wavs(path)
     with pytest.raises(InputError, match=f"{path}:3: expected 4 fields"):
         read_manifest_wavs(path)
+
+
+@pytest.mark.parametrize("mode", ["cosine", "ten_crop"])
+def test_a_file_that_embeds_to_nan_is_named_or_skipped_never_cached(setup, capsys, mode):
+    """Finite but absurd float samples pass the probe and overflow the front end: the run
+    stops naming the trial line, or with --skip_bad scores the rest; the cache stays clean."""
+    import soundfile as sf
+
+    from maskproxy_losses.inference.embedding import EmbeddingCache
+
+    w = _wavs(setup)
+    huge = setup["base"] / "huge.wav"
+    sf.write(huge, np.where(np.arange(16000) % 2, 1e20, -1e20), 16000, subtype="FLOAT")
+    lines = [f"1 {w[0]} {w[1]}", f"0 {w[0]} {huge}", f"0 {w[0]} {w[5]}", f"1 {w[4]} {w[5]}"]
+    trials = _write_trials(setup, f"huge_{mode}.txt", lines)
+    cache = setup["base"] / f"cache_nan_{mode}"
+    argv = _argv(setup, "out_nan", "--trials_file", str(trials), "--score_mode", mode, cache=cache)
+    assert sv.main(argv) == 2
+    err = capsys.readouterr().err
+    assert f"error: {trials}:2: non-finite embedding (NaN/Inf) of {huge}" in err
+    assert "Traceback" not in err
+    metrics = sv.verify([*argv, "--skip_bad", "True"])
+    assert metrics["n_trials"] == 3 and metrics["skipped"]["count"] == 1
+    assert np.isfinite(metrics["EER"])
+    labels, scores, rows = _read_scores(setup["base"] / "out_nan" / "scores.txt")
+    assert labels.tolist() == [1, 0, 1] and np.isfinite(scores).all()
+    for folder in {p.parent for p in cache.rglob("shard-*.npz")}:
+        table = EmbeddingCache(folder).table
+        assert len(table) == 4 and all(np.isfinite(e).all() for e in table.values())

@@ -25,16 +25,13 @@ import torch
 from hyperpyyaml import load_hyperpyyaml
 
 from data_prep.demo_corpus import prepare_builtin
-from maskproxy_losses.data.trials import (
-    index_trials,
-    read_manifest_wavs,
-    usable_speaker_wavs,
-    usable_trials,
-)
+from maskproxy_losses.data.trials import read_manifest_wavs, usable_speaker_wavs, usable_trials
 from maskproxy_losses.inference.embedding import (
     Embedder,
     EmbeddingCache,
     cache_folder,
+    embed_rows,
+    embed_trials,
     model_fingerprint,
 )
 from maskproxy_losses.inference.model_dir import load_encoder
@@ -86,11 +83,12 @@ def load_trials(hparams, skip_bad):
 
 
 def load_cohort(hparams, norm, skip_bad):
-    """``(cohort rows, samples by path, problems)`` for S-norm / AS-norm, or Nones."""
+    """``((cohort rows, samples by path), problems)`` for S-norm / AS-norm, or None."""
     if norm == "none":
-        return None, None, []
+        return None, []
     per_spk = int(hparams.get("cohort_utts_per_spk") or 0)
-    return usable_speaker_wavs(hparams["cohort_csv"], per_spk, skip_bad)
+    rows, lengths, problems = usable_speaker_wavs(hparams["cohort_csv"], per_spk, skip_bad)
+    return (rows, lengths), problems
 
 
 def build_embedder(hparams, device, crops):
@@ -107,24 +105,25 @@ def build_embedder(hparams, device, crops):
 
 
 def score(embed, trials, lengths, cohort, hparams, norm):
-    """``(scores, counts, cohort summary)``: raw (cosine or ten-crop) scores, normalised
-    against the cohort's speaker means when asked; counts are cache hits / computed."""
-    keys, enrol, test = index_trials([(t.enrol_path, t.test_path) for t in trials])
-    wheres = {p: t.where for t in reversed(trials) for p in (t.enrol_path, t.test_path)}
-    emb, counts = embed(keys, lengths, wheres, desc="test embeddings")
-    ten_crop = emb.ndim == 3
-    scores = (scoring.ten_crop_scores if ten_crop else scoring.cosine_scores)(emb, enrol, test)
+    """``(trials, scores, counts, cohort summary, problems)``: raw (cosine or ten-crop)
+    scores, normalised against the cohort's speaker means when asked; counts are cache hits
+    / computed; with ``skip_bad`` trials and cohort rows whose audio embeds to NaN / Inf are
+    dropped (``problems``), else such a file stops the run, named by its line."""
+    skip = bool(hparams.get("skip_bad", False))
+    trials, emb, enrol, test, counts, problems = embed_trials(
+        embed, trials, lengths, hparams["trials_file"], skip
+    )
+    scores = (scoring.ten_crop_scores if emb.ndim == 3 else scoring.cosine_scores)(emb, enrol, test)
     if cohort is None:
-        return scores, counts, None
-    rows, c_lengths = cohort
-    paths, wheres = [r[0] for r in rows], {r[0]: r[2] for r in rows}
-    c_emb, c_counts = embed(paths, c_lengths, wheres, desc="cohort embeddings")
+        return trials, scores, counts, None, problems
+    rows, c_emb, c_counts, c_problems = embed_rows(embed, *cohort, skip)
     speakers, means = scoring.speaker_means(c_emb, [r[1] for r in rows])
     top_n = int(hparams["cohort_top_n"]) if norm == "asnorm" else None
     scores = scoring.score_norm(scores, emb, enrol, test, means, top_n=top_n)
     counts = (counts[0] + c_counts[0], counts[1] + c_counts[1])
     info = {"cohort_csv": str(hparams["cohort_csv"]), "speakers": len(speakers)}
-    return scores, counts, {**info, "utterances": len(rows), "top_n": top_n}
+    info.update(utterances=len(rows), top_n=top_n)
+    return trials, scores, counts, info, problems + c_problems
 
 
 def assess(scores, labels, hparams, mode, norm):
@@ -145,7 +144,7 @@ def embedding_map(hparams, embed, out_dir):
     """Draw ``embedding_map.png``: a t-SNE map of per-speaker test utterances."""
     map_csv, per_spk = hparams["embedding_map_csv"], int(hparams["embedding_map_utts_per_spk"])
     rows, map_lengths, _ = usable_speaker_wavs(map_csv, per_spk, False, "embedding_map_csv")
-    map_emb, _ = embed([r[0] for r in rows], map_lengths, desc="embedding map")
+    rows, map_emb, _, _ = embed_rows(embed, rows, map_lengths, desc="embedding map")
     if map_emb.ndim == 3:  # ten_crop: one embedding per file, the mean of its crops
         map_emb = scoring.l2_normalize(map_emb).mean(axis=1)
     if len(map_emb) < 3:
@@ -183,10 +182,11 @@ def run(hparams, device="cpu"):
     out_dir = Path(hparams["output_folder"])
     out_dir.mkdir(parents=True, exist_ok=True)
     trials, lengths, problems = load_trials(hparams, skip_bad)
-    cohort, c_lengths, c_problems = load_cohort(hparams, norm, skip_bad)
-    problems += c_problems
-    cohort = None if cohort is None else (cohort, c_lengths)
-    scores, (hits, computed), cohort_info = score(embed, trials, lengths, cohort, hparams, norm)
+    cohort, c_problems = load_cohort(hparams, norm, skip_bad)
+    trials, scores, (hits, computed), cohort_info, bad = score(
+        embed, trials, lengths, cohort, hparams, norm
+    )
+    problems += c_problems + bad
     labels = np.array([t.label for t in trials])
     metrics, calibration, calibration_file = assess(scores, labels, hparams, mode, norm)
     calibrated = bool(calibration and hparams.get("calibrated_scores"))
