@@ -274,14 +274,14 @@ def embed_trials(embedder, trials, lengths, source, skip_bad=False, desc="test e
     ``problems`` names it (both classes must remain in ``source``'s trials)."""
     from maskproxy_losses.data.trials import check_classes, index_trials
 
-    keys, _, _ = index_trials([(t.enrol_path, t.test_path) for t in trials])
+    keys = list(dict.fromkeys(p for t in trials for p in (t.enrol_path, t.test_path)))
     wheres = {p: t.where for t in reversed(trials) for p in (t.enrol_path, t.test_path)}
     bad = {} if skip_bad else None
     emb, counts = embedder(keys, lengths, wheres, desc=desc, bad=bad)
     if bad:
         trials = [t for t in trials if t.enrol_path not in bad and t.test_path not in bad]
         check_classes(trials, source)
-    kept, enrol, test = index_trials([(t.enrol_path, t.test_path) for t in trials])
+    kept, enrol, test = index_trials((t.enrol_path, t.test_path) for t in trials)
     if len(kept) < len(keys):
         row = {k: i for i, k in enumerate(keys)}
         emb = emb[[row[k] for k in kept]]

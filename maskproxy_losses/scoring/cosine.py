@@ -122,7 +122,7 @@ def score_trials(embeddings, trials):
     """
     from maskproxy_losses.data.trials import index_trials
 
-    keys, enrol, test = index_trials([(t.enrol_path, t.test_path) for t in trials])
+    keys, enrol, test = index_trials((t.enrol_path, t.test_path) for t in trials)
     emb = np.stack([_as_np(embeddings[k]).reshape(-1) for k in keys])
     if not np.isfinite(emb).all():
         where = {p: t.where for t in reversed(trials) for p in (t.enrol_path, t.test_path)}

@@ -40,7 +40,7 @@ from maskproxy_losses.scoring.calibration import calibration_for, calibration_me
 from maskproxy_losses.scoring.metrics import verification_metrics
 from maskproxy_losses.scoring.plots import plot_det_and_scores, plot_embedding_map
 from maskproxy_losses.utils.errors import InputError, report, run_cli
-from maskproxy_losses.utils.files import atomic_write_text
+from maskproxy_losses.utils.files import atomic_write_lines, atomic_write_text
 from maskproxy_losses.utils.precision import resolve_precision
 
 logger = logging.getLogger(__name__)
@@ -207,8 +207,8 @@ def run(hparams, device="cpu"):
     metrics["embedding_cache"] = {"hits": hits, "computed": computed, "dir": str(cache.folder)}
     metrics["skipped"] = {"count": len(problems), "problems": problems[:100]}
     metrics["seconds"] = round(time.time() - t0, 2)
-    lines = (f"{t.label} {s!r} {t.enrol} {t.test}\n" for t, s in zip(trials, written.tolist()))
-    atomic_write_text(out_dir / "scores.txt", "".join(lines))
+    lines = (f"{t.label} {float(s)!r} {t.enrol} {t.test}\n" for t, s in zip(trials, written))
+    atomic_write_lines(out_dir / "scores.txt", lines)  # streamed: a long list stays small
     atomic_write_text(out_dir / "metrics.json", json.dumps(metrics, indent=2) + "\n")
     plot_det_and_scores(scores, labels, out_dir / "det_and_scores.png")
     if hparams.get("embedding_map"):
