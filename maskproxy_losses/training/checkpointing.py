@@ -57,7 +57,7 @@ from speechbrain.utils.distributed import ddp_barrier, if_main_process
 
 from maskproxy_losses.utils.errors import InputError
 
-__all__ = ["AtomicCheckpointer", "DamagedCheckpoint"]
+__all__ = ["AtomicCheckpointer", "DamagedCheckpoint", "load_weights"]
 
 logger = logging.getLogger(__name__)
 
@@ -243,6 +243,28 @@ class AtomicCheckpointer(Checkpointer):
             os.rename(folder, folder.with_name(DAMAGED + folder.name))
         except OSError as err:
             logger.warning("could not move %s aside (%s)", folder, _why(err))
+
+
+def load_weights(path):
+    """The state dict saved at ``path``, read weights-only (tensors, no pickled code);
+    anything else is one ``InputError`` naming the file.
+
+    >>> import tempfile
+    >>> path = os.path.join(tempfile.mkdtemp(), "x.ckpt")
+    >>> _ = open(path, "wb").write(b"not a checkpoint")
+    >>> try:
+    ...     load_weights(path)
+    ... except InputError as err:
+    ...     print(str(err).split(" (")[0].endswith("not a readable weights-only checkpoint"))
+    True
+    """
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # truncated, not a torch file, a pickle naming code
+        raise InputError(f"{path}: not a readable weights-only checkpoint ({_why(err)})") from None
+    if not isinstance(state, dict):
+        raise InputError(f"{path}: does not hold a state dict")
+    return state
 
 
 def _naming_failures(hook, name):

@@ -200,10 +200,16 @@ class RunLock:
 
 
 # --------------------------------------------------------------- settings and data
+def _tagged(value):
+    return isinstance(value, dict) and any(str(k).startswith("!") for k in value)
+
+
 def _update(base, changes):
-    """HyperPyYAML's override rule: mappings merge key by key, anything else replaces."""
+    """HyperPyYAML's override rule: mappings merge key by key, anything else (a tagged
+    node included) replaces."""
     for key, value in changes.items():
-        if isinstance(value, dict) and isinstance(base.get(key), dict):
+        plain = not _tagged(value) and not _tagged(base.get(key))
+        if plain and isinstance(value, dict) and isinstance(base.get(key), dict):
             _update(base[key], value)
         else:
             base[key] = value
@@ -235,7 +241,17 @@ def run_settings(hparams_file, overrides, hparams=None):
 
 
 def _flat(value, prefix=""):
-    if isinstance(value, dict) and value and not any(k.startswith("!") for k in value):
+    """``{dotted key: value}``: mappings are walked into; a tagged mapping or sequence
+    (``{"!new:X": args}``) gives its tag at its key and its arguments below it; a tagged
+    scalar is one value (``"!ref <x>"``)."""
+    if isinstance(value, dict) and len(value) == 1 and next(iter(value)).startswith("!"):
+        (tag, inner), key = next(iter(value.items())), prefix[:-1]
+        if isinstance(inner, dict):
+            return {key: tag, **(_flat(inner, prefix) if inner else {})}
+        if isinstance(inner, list):
+            return {key: tag, f"{key}.args": inner}
+        return {key: f"{tag} {inner}"}
+    if isinstance(value, dict) and value:
         out = {}
         for key, item in value.items():
             out.update(_flat(item, f"{prefix}{key}."))
@@ -490,6 +506,11 @@ def _quiet(handler, root):
     def handle_error(record):
         err = sys.exc_info()[1]
         root.removeHandler(handler)
+        stream, handler.stream = handler.stream, None  # nothing left to flush at exit
+        try:
+            stream.close()
+        except (OSError, AttributeError):
+            pass
         print(
             f"note: cannot write the log file {handler.baseFilename} ({err}); "
             "logging to the console only",
