@@ -342,3 +342,16 @@ def test_a_million_trials_over_few_files_cost_memory_per_file_not_per_trial(setu
 
     small, large = peak_kib(100), peak_kib(1_000_000)
     assert (large - small) * 1024 < 1e9, (small, large)  # 1 KB per trial at most
+
+
+def test_option_twice_and_a_missing_device_are_one_line(setup, capsys):
+    argv = _argv(setup, "out_opts", "--score_mode", "cosine", "--score_mode=ten_crop")
+    assert sv.main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --score_mode is given twice (cosine and ten_crop)")
+    if not torch.cuda.is_available():
+        argv = _argv(setup, "out_opts")
+        argv[argv.index("--device") + 1] = "cuda:0"
+        assert sv.main(argv) == 2
+        err = capsys.readouterr().err
+        assert "error: --device cuda:0: CUDA is not available" in err and "Traceback" not in err

@@ -20,12 +20,12 @@ import time
 from pathlib import Path
 
 import numpy as np
-import speechbrain as sb
 import torch
 from hyperpyyaml import load_hyperpyyaml
 
 from data_prep.demo_corpus import prepare_builtin
 from maskproxy_losses.data.trials import read_manifest_wavs, usable_speaker_wavs, usable_trials
+from maskproxy_losses.inference.api import check_device
 from maskproxy_losses.inference.embedding import (
     Embedder,
     EmbeddingCache,
@@ -39,6 +39,7 @@ from maskproxy_losses.scoring import cosine as scoring
 from maskproxy_losses.scoring.calibration import calibration_for, calibration_metrics, min_cllr
 from maskproxy_losses.scoring.metrics import verification_metrics
 from maskproxy_losses.scoring.plots import plot_det_and_scores, plot_embedding_map
+from maskproxy_losses.training.options import split_arguments
 from maskproxy_losses.utils.errors import InputError, report, run_cli
 from maskproxy_losses.utils.files import atomic_write_lines, atomic_write_text
 from maskproxy_losses.utils.precision import resolve_precision
@@ -196,8 +197,7 @@ def run(hparams, device="cpu"):
         "model_hash": model_hash,
         "trials_file": str(Path(hparams["trials_file"]).resolve()),
         "score_mode": mode,
-        "num_crops": crops[0] if crops else None,
-        "crop_frames": crops[1] if crops else None,
+        **dict(zip(("num_crops", "crop_frames"), crops or (None, None))),
         "norm": norm,
         "cohort": cohort_info,
         "calibration": calibration_file,
@@ -220,8 +220,8 @@ def run(hparams, device="cpu"):
 def load_hparams(argv):
     """``sb.parse_arguments`` + ``load_hyperpyyaml``; problems become ``InputError``. A
     ``--precision`` given to SpeechBrain's parser wins over the yaml's."""
+    hparams_file, run_opts, overrides = split_arguments(argv)  # no option twice
     try:
-        hparams_file, run_opts, overrides = sb.parse_arguments(argv)
         with open(hparams_file, encoding="utf-8") as f:
             hparams = load_hyperpyyaml(f, overrides)
     except Exception as err:  # unreadable yaml, missing --pretrained_path, ...
@@ -237,18 +237,13 @@ def verify(argv):
     """Score a trial list as the command line ``argv`` says; return the metrics."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     hparams, run_opts = load_hparams(argv)
-    device = run_opts["device"] or ("cuda:0" if torch.cuda.is_available() else "cpu")
+    device = check_device(run_opts["device"] or ("cuda:0" if torch.cuda.is_available() else "cpu"))
     return run(hparams, device)
 
 
 def main(argv=None):
     """Command-line entry point: 0, or 2 after one ``error:`` line for bad input."""
-
-    def run_(args):
-        verify(args)
-        return 0
-
-    return run_cli(run_, sys.argv[1:] if argv is None else argv)
+    return run_cli(lambda args: verify(args) and 0, sys.argv[1:] if argv is None else argv)
 
 
 if __name__ == "__main__":
