@@ -351,3 +351,22 @@ def test_ctrl_c_exits_130_and_the_rerun_resumes(corpus, tmp_path, recipe_args):
     again = subprocess.run(argv, cwd=tmp_path, env=env, capture_output=True, text=True)
     assert again.returncode == 0, again.stderr[-3000:]
     assert "Loading a checkpoint from" in again.stdout + again.stderr
+
+
+def test_weights_gone_non_finite_on_the_last_step_never_reach_a_checkpoint(
+    corpus, tmp_path, capsys, recipe_args, monkeypatch
+):
+    """The last step of an epoch leaves NaN weights (no later step's guard sees them): the
+    dev pass ends the run in one error line; no checkpoint and no model are written."""
+    import train_speaker_embeddings as recipe
+
+    def poison_after_the_last_step(self, batch, outputs, loss, should_step):
+        if self.step == len(self.train_sampler):
+            with torch.no_grad():
+                for p in self.modules.embedding_model.parameters():
+                    p.fill_(float("nan"))
+
+    monkeypatch.setattr(recipe.SpeakerBrain, "on_fit_batch_end", poison_after_the_last_step)
+    out = tmp_path / "run"
+    _one_error(*_main(recipe_args(corpus, out), capsys), "NaN")
+    assert not list((out / "save").glob("CKPT+*")) and not (out / "model").exists()

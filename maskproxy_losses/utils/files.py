@@ -62,7 +62,8 @@ def atomic_write_bytes(path, data):
 def atomic_write_chunks(path, chunks):
     """Write the byte strings ``chunks`` (any iterable, consumed as it is written, so a
     long output never sits whole in memory) to ``path`` via a temporary file in the same
-    folder + ``os.replace``; on any error the temporary is removed and ``path`` untouched."""
+    folder + ``os.replace``; on any error the temporary is removed and ``path`` untouched.
+    A write error (a full disk) names ``path``, not the temporary."""
     tmp = temp_path(path)
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, umask_mode())
@@ -70,9 +71,11 @@ def atomic_write_chunks(path, chunks):
             for chunk in chunks:
                 f.write(chunk)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
         if os.path.lexists(tmp):
             os.remove(tmp)
+        if isinstance(err, OSError) and err.filename in (None, tmp):
+            raise OSError(err.errno, err.strerror, str(path)) from err
         raise
 
 
