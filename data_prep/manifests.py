@@ -129,11 +129,15 @@ def _stat(path):
     return st.st_size, st.st_mtime_ns
 
 
-def check_files(csv_paths, workers=8):
+def _stat_all(paths):
+    return [_stat(p) for p in paths]
+
+
+def check_files(csv_paths, workers=8, chunk=4096):
     r"""The ``file:line: what`` problems of the rows of the manifests ``csv_paths`` whose
     audio is missing or changed (size or modification time) since data preparation. One
-    ``stat`` per file, in ``workers`` threads (stat releases the GIL; network file systems
-    answer several at once).
+    ``stat`` per file, ``chunk`` files per task in ``workers`` threads (stat releases the
+    GIL; a network file system answers several at once).
 
     >>> import tempfile
     >>> d = tempfile.mkdtemp(); wav = os.path.join(d, "a.wav")
@@ -149,21 +153,30 @@ def check_files(csv_paths, workers=8):
     """
     from concurrent.futures import ThreadPoolExecutor
 
-    rows = []
+    wheres, wavs, stats = [], [], []
     for path in csv_paths:
         with open(path, newline="", encoding="utf-8") as f:
-            for lineno, row in enumerate(csv.DictReader(f), 2):
-                rows.append((f"{path}:{lineno}", row["wav"], int(row["size"]), row["mtime_ns"]))
+            reader = csv.reader(f)
+            column = {name: i for i, name in enumerate(next(reader))}
+            w, s, m = column["wav"], column["size"], column["mtime_ns"]
+            for lineno, row in enumerate(reader, 2):
+                wheres.append((path, lineno))
+                wavs.append(row[w])
+                stats.append((int(row[s]), int(row[m])))
+    parts = [wavs[i : i + chunk] for i in range(0, len(wavs), chunk)]
     with ThreadPoolExecutor(workers) as pool:
-        now = list(pool.map(_stat, [r[1] for r in rows], chunksize=1024))
+        now = [st for part in pool.map(_stat_all, parts) for st in part]
     problems = []
-    for (where, wav, size, mtime_ns), stat in zip(rows, now):
+    for (path, lineno), wav, before, stat in zip(wheres, wavs, stats, now):
+        if stat == before:
+            continue
+        where = f"{path}:{lineno}"
         if stat is None:
             problems.append(f"{where}: missing since data preparation: {wav}")
-        elif stat != (size, int(mtime_ns)):
+        else:
             problems.append(
-                f"{where}: changed since data preparation (size {size} -> {stat[0]} bytes, "
-                f"mtime {'same' if stat[1] == int(mtime_ns) else 'changed'}): {wav}"
+                f"{where}: changed since data preparation (size {before[0]} -> {stat[0]} "
+                f"bytes, mtime {'same' if stat[1] == before[1] else 'changed'}): {wav}"
             )
     return problems
 

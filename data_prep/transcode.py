@@ -79,8 +79,8 @@ def convert_tree(src_dir, dst_dir, num_workers=2, ffmpeg=None):
     if not os.path.isdir(src_dir):
         raise InputError(f"{src_dir}: source folder not found")
     check_writable_dir(dst_dir, "destination folder")
-    jobs, skipped, folders, failed, notes = [], 0, set(), [], []
-    for src, rel in walk_audio(src_dir, CONVERT_EXTS, failed, notes):  # links: see tree_walk
+    jobs, skipped, folders, refused, notes = [], 0, set(), [], []
+    for src, rel in walk_audio(src_dir, CONVERT_EXTS, refused, notes):  # links: see tree_walk
         dst = os.path.join(dst_dir, os.path.splitext(rel)[0] + ".wav")
         if os.path.dirname(dst) not in folders:
             folders.add(os.path.dirname(dst))
@@ -92,6 +92,7 @@ def convert_tree(src_dir, dst_dir, num_workers=2, ffmpeg=None):
             jobs.append((src, dst))
     for note in notes:
         logger.warning(note)
+    failed = []
     with (
         ThreadPoolExecutor(max(1, num_workers)) as pool,
         tqdm(total=len(jobs), desc="converting", unit="file", disable=None) as bar,
@@ -100,4 +101,5 @@ def convert_tree(src_dir, dst_dir, num_workers=2, ffmpeg=None):
             if err:
                 failed.append(err)
             bar.update()
-    return {"converted": len(jobs) - len(failed), "skipped": skipped, "failed": failed}
+    converted = len(jobs) - len(failed)
+    return {"converted": converted, "skipped": skipped, "failed": refused + failed}

@@ -381,6 +381,17 @@ def test_convert_with_fake_ffmpeg_is_parallel_and_resumable(tmp_path, monkeypatc
     result = convert_tree(str(src), str(dst), num_workers=2)
     assert result["skipped"] == 3 and result["converted"] == 0
     assert log.read_text().split() == [str(src / "id00002/b/bad.m4a")]
+    # a symbolic link loop is walked once; a link into another speaker is not converted
+    (src / "id00001" / "a" / "loop").symlink_to(src / "id00001")
+    (src / "id00002" / "b" / "x.m4a").symlink_to(src / "id00001" / "a" / "00001.m4a")
+    result = convert_tree(str(src), str(dst), num_workers=2)
+    assert result["skipped"] == 3 and result["converted"] == 0
+    assert len(result["failed"]) == 2 and "cannot decode" in result["failed"][1]
+    assert result["failed"][0] == (
+        f"{src / 'id00002' / 'b' / 'x.m4a'}: a symbolic link out of the speaker folder id00002 "
+        f"(to {src / 'id00001' / 'a' / '00001.m4a'}); not read: copy the audio in, or link "
+        "the speaker's whole folder"
+    )
 
 
 # ----------------------------------------------------------------------------- paths round-trip

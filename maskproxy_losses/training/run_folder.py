@@ -284,11 +284,14 @@ def data_fingerprint(manifests):
     for key in ("train_csv", "dev_csv"):
         h, rows = hashlib.sha1(), 0
         with open(manifests[key], newline="", encoding="utf-8") as f:
-            for row in csv.DictReader(f):
-                h.update(f"{row['ID']},{row['spk_id']},{row['duration']}\n".encode())
+            reader = csv.reader(f)
+            column = {name: i for i, name in enumerate(next(reader))}
+            uid, spk, dur = column["ID"], column["spk_id"], column["duration"]
+            for row in reader:
+                h.update(f"{row[uid]},{row[spk]},{row[dur]}\n".encode())
                 rows += 1
                 if key == "train_csv":
-                    speakers.add(row["spk_id"])
+                    speakers.add(row[spk])
         out[key[:-4]] = {"utterances": rows, "sha1": h.hexdigest()}
     labels = "\n".join(sorted(speakers)).encode()
     out["speakers"] = {"count": len(speakers), "sha1": hashlib.sha1(labels).hexdigest()}
