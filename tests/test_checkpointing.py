@@ -148,3 +148,14 @@ def test_load_weights_refuses_in_one_line(tmp_path, monkeypatch):
     with pytest.raises(InputError, match="not a readable weights-only checkpoint") as err:
         load_weights(path)
     assert "\n" not in str(err.value) and not (tmp_path / "pwned").exists()
+
+
+def test_an_optimiser_before_its_first_step_is_counted_with_its_future_state(tmp_path):
+    model = torch.nn.Linear(1000, 1000)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    ckpt = AtomicCheckpointer(tmp_path, recoverables={"model": model, "optimizer": opt})
+    weights = 1001 * 1000 * 4
+    assert 3 * weights <= ckpt.checkpoint_bytes() < 3 * weights + 200_000  # + 2 buffers
+    model(torch.ones(1, 1000)).sum().backward()
+    opt.step()  # now the momentum buffers exist: counted as they are
+    assert 2 * weights <= ckpt.checkpoint_bytes() < 2 * weights + 200_000

@@ -120,11 +120,16 @@ class AtomicCheckpointer(Checkpointer):
 
     def checkpoint_bytes(self):
         """About the bytes a checkpoint of the recoverables takes: their tensors (the
-        optimiser's state included) plus a small overhead per file."""
+        optimiser's state included) plus a small overhead per file. Before its first step
+        an optimiser has no state yet: two buffers per parameter are counted (Adam's;
+        SGD's momentum needs one), so the check at the start is not too lenient."""
         total = 0
         for obj in self.recoverables.values():
             state = obj.state_dict() if callable(getattr(obj, "state_dict", None)) else None
             total += _tensor_bytes(state) + _OVERHEAD
+            if isinstance(obj, torch.optim.Optimizer) and not obj.state:
+                params = [p for group in obj.param_groups for p in group["params"]]
+                total += 2 * _tensor_bytes(params)
         return total
 
     def check_space(self):
