@@ -66,12 +66,11 @@ def split_arguments(argv):
             )
         seen[name] = value
     argv = list(argv)
-    for key in ("precision", "eval_precision"):
-        for i, arg in enumerate(argv):
-            if arg == f"--{key}=auto" or (arg == f"--{key}" and argv[i + 1 : i + 2] == ["auto"]):
-                del argv[i : i + (1 if "=" in arg else 2)]
-                auto.append(f"{key}: auto")
-                break
+    for i, arg in enumerate(argv):
+        if arg == "--precision=auto" or (arg == "--precision" and argv[i + 1 : i + 2] == ["auto"]):
+            del argv[i : i + (1 if "=" in arg else 2)]
+            auto.append("precision: auto")
+            break
     hparams_file, run_opts, overrides = sb.parse_arguments(argv)
     return hparams_file, run_opts, "\n".join(p for p in [overrides, *auto] if p)
 
