@@ -188,7 +188,8 @@ def prepare_voxceleb(
         csvs = [p for k, p in outputs.items() if k.endswith("_csv")]
         changed = manifests.check_files(csvs)
         if changed and not skip_bad:
-            hint = f"; prepare again (--force, or delete {manifests.OPTIONS_FILE})"
+            marker = os.path.join(output_dir, manifests.OPTIONS_FILE)
+            hint = f"; prepare again (maskproxy prepare ... --force, or delete {marker})"
             raise InputError([p + hint for p in changed])
         changed += manifests.changed_since(done.get("skipped_files") or {})
         if changed:

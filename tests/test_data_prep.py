@@ -803,7 +803,7 @@ def test_reuse_restats_every_listed_file(vox):
         prep(vox)
     assert str(info.value) == (
         f"{out['test_csv']}:3: missing since data preparation: {gone}; prepare again "
-        "(--force, or delete prep_options.json)"
+        f"(maskproxy prepare ... --force, or delete {vox / 'out' / 'prep_options.json'})"
     )
     train_rows = read_csv(out["train_csv"])
     changed = train_rows[0]["wav"]

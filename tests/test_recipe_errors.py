@@ -217,13 +217,16 @@ def test_resume_with_other_settings_or_data_is_refused_and_nothing_rewritten(
     other = recipe_args(corpus, out, train_list=other_list, number_of_epochs=2)
     _one_error(*_main(other, capsys), "other settings (train_list sha1 ")
     assert _snapshot(out) == before
-    # what may change on resume: epochs, workers, precision, where the list lies
+    # what may change on resume: workers, precision, where the list lies, ... (the
+    # 1-epoch run is complete: the resume evaluates and exports its best checkpoint again)
     same_list = tmp_path / "moved_list.txt"
     same_list.write_text("".join(lines))
-    again = recipe_args(corpus, out, number_of_epochs=2, train_list=same_list, precision="fp32")
+    again = recipe_args(corpus, out, train_list=same_list, precision="fp32", num_workers=1)
     code, err = _main(again, capsys)
     assert code == 0, err[-3000:]
-    assert "epoch: 2, lr:" in (out / "train_log.txt").read_text()
+    log = (out / "train_log.txt").read_text()
+    assert log.count("epoch: 1, lr:") == 1 and log.count("Epoch loaded: 1") == 2
+    assert json.loads((out / "run.json").read_text()) == record  # recorded once
 
 
 @pytest.mark.slow
@@ -290,7 +293,8 @@ def test_a_full_disk_stops_before_training_and_a_failed_save_leaves_nothing(
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
     monkeypatch.setitem(sb_checkpoints.DEFAULT_SAVE_HOOKS, torch.nn.Module, full)
-    line = _one_error(*_main(recipe_args(corpus, out), capsys), "cannot save a checkpoint")
+    first_step = recipe_args(corpus, out, ckpt_interval_steps=1)  # a save after one step
+    line = _one_error(*_main(first_step, capsys), "cannot save a checkpoint")
     assert line.startswith(f"error: {out / 'save' / 'CKPT+'}") and "No space left" in line
     assert not list((out / "save").glob("CKPT+*"))  # no partial checkpoint folder
 
