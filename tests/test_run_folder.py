@@ -303,3 +303,23 @@ def test_device_and_precision_without_cuda():
         check_device("gpu0", "fp32")
     check_device("cpu", "bf16")
     check_device(None, "fp32")
+
+
+def test_a_file_system_without_hard_links_or_locks_still_gets_a_lock(tmp_path, monkeypatch):
+    import fcntl
+
+    def no_link(src, dst):
+        raise OSError(1, "Operation not permitted")
+
+    def no_flock(f, op):
+        raise OSError(37, "No locks available")
+
+    monkeypatch.setattr(rf.os, "link", no_link)
+    monkeypatch.setattr(fcntl, "flock", no_flock)
+    lock = rf.RunLock(tmp_path / rf.LOCK_FILE)
+    lock.acquire()
+    assert json.loads((tmp_path / rf.LOCK_FILE).read_text())["pid"] == os.getpid()
+    owner = {"pid": 1, "host": "elsewhere"}
+    (tmp_path / rf.LOCK_FILE).write_text(json.dumps(owner))
+    with pytest.raises(InputError, match="on host elsewhere"):
+        rf.RunLock(tmp_path / rf.LOCK_FILE).acquire()

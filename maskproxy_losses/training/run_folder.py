@@ -154,9 +154,12 @@ class RunLock:
         guard = os.path.join(os.path.dirname(self.path), f".{LOCK_FILE}.guard")
         try:
             with open(guard, "a") as g:
-                fcntl.flock(g, fcntl.LOCK_EX)
                 try:
-                    os.link(tmp, self.path)
+                    fcntl.flock(g, fcntl.LOCK_EX)
+                except OSError:  # a file system without locks: the check alone
+                    pass
+                try:
+                    self._create(tmp, json.dumps(me))
                 except FileExistsError:
                     note = self._refuse_unless_stale(me)
                     os.replace(tmp, self.path)
@@ -166,6 +169,18 @@ class RunLock:
         finally:
             if os.path.lexists(tmp):
                 os.remove(tmp)
+
+    def _create(self, tmp, text):
+        """The lock as ``tmp``'s hard link (complete when visible), or written in place
+        where the file system has no hard links; ``FileExistsError`` when it exists."""
+        try:
+            os.link(tmp, self.path)
+        except FileExistsError:
+            raise
+        except OSError:  # e.g. some network or FUSE file systems
+            fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                f.write(text)
 
     def _refuse_unless_stale(self, me):
         """Raise ``InputError`` when the lock's owner may still run; else say why not."""
