@@ -159,3 +159,27 @@ def test_an_optimiser_before_its_first_step_is_counted_with_its_future_state(tmp
     model(torch.ones(1, 1000)).sum().backward()
     opt.step()  # now the momentum buffers exist: counted as they are
     assert 2 * weights <= ckpt.checkpoint_bytes() < 2 * weights + 200_000
+
+
+def test_the_speechbrain_checkpointer_pieces_relied_on_are_still_there():
+    """AtomicCheckpointer overrides or uses these private parts of SpeechBrain 1.1.2's
+    Checkpointer; a SpeechBrain release that renames them must fail here, not in a run."""
+    import inspect
+
+    from speechbrain.utils.checkpoints import Checkpointer
+
+    for name, params in {
+        "_new_checkpoint_dirpath": ["self"],
+        "_custom_checkpoint_dirpath": ["self", "name"],
+        "_save_checkpoint_metafile": ["self", "fpath", "meta_to_include", "end_of_epoch"],
+        "_list_checkpoint_dirs": ["self"],
+        "_call_load_hooks": ["self", "checkpoint"],
+    }.items():
+        assert name in vars(Checkpointer), f"speechbrain's Checkpointer has no {name}"
+        assert list(inspect.signature(getattr(Checkpointer, name)).parameters) == params, name
+    save = inspect.getsource(Checkpointer.save_checkpoint)
+    assert "self._new_checkpoint_dirpath()" in save
+    assert "self._custom_checkpoint_dirpath(name)" in save
+    assert "self.custom_load_hooks[name](obj, loadpath, end_of_epoch)" in inspect.getsource(
+        Checkpointer._call_load_hooks
+    )
