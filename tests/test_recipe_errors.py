@@ -250,7 +250,6 @@ def test_two_runs_into_one_folder_the_second_stops_at_once(corpus, tmp_path, rec
     assert not (tmp_path / "run" / "run.lock").exists()  # released at exit
 
 
-@pytest.mark.slow
 def test_damaged_checkpoint_and_label_encoder_fall_back(corpus, tmp_path, capsys, recipe_args):
     out = tmp_path / "run"
     code, err = _main(recipe_args(corpus, out, number_of_epochs=2, average_checkpoints=2), capsys)
