@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from maskproxy_losses.training import run_folder as rf
+from maskproxy_losses.training import run_lock
 from maskproxy_losses.training.options import (
     MIN_CROP_FRAMES,
     check_device,
@@ -31,8 +32,8 @@ def test_a_live_owner_is_named_a_dead_one_taken_over(tmp_path, capsys):
     path = tmp_path / rf.LOCK_FILE
     sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
-        owner = {"pid": sleeper.pid, "host": rf.socket.gethostname(), "started": "then"}
-        owner["start_ticks"] = rf._start_ticks(sleeper.pid)
+        owner = {"pid": sleeper.pid, "host": run_lock.socket.gethostname(), "started": "then"}
+        owner["start_ticks"] = run_lock._start_ticks(sleeper.pid)
         path.write_text(json.dumps(owner))
         with pytest.raises(InputError) as err:
             rf.RunLock(path).acquire()
@@ -314,7 +315,7 @@ def test_a_file_system_without_hard_links_or_locks_still_gets_a_lock(tmp_path, m
     def no_flock(f, op):
         raise OSError(37, "No locks available")
 
-    monkeypatch.setattr(rf.os, "link", no_link)
+    monkeypatch.setattr(run_lock.os, "link", no_link)
     monkeypatch.setattr(fcntl, "flock", no_flock)
     lock = rf.RunLock(tmp_path / rf.LOCK_FILE)
     lock.acquire()
