@@ -1,10 +1,15 @@
 """Read the header of every referenced audio file once, in parallel, and drop bad entries.
 
 The checks are ``maskproxy_losses.data.audio.probe``'s: the file exists, libsndfile reads it,
-16 kHz, mono, at least ``MIN_SAMPLES`` samples.
+16 kHz, mono, at least ``MIN_SAMPLES`` samples, and float files hold no NaN / Inf. Each
+usable file's size and modification time are kept for the manifests, so that a reuse can
+tell a file changed since (``data_prep.manifests.check_files``). The worker processes
+ignore Ctrl-C: the main process alone stops, with one line.
 """
 
 import multiprocessing
+import os
+import signal
 
 from tqdm import tqdm
 
@@ -13,18 +18,53 @@ from maskproxy_losses.data.audio import probe
 __all__ = ["probe_all", "check_audio"]
 
 
+def _probe_stat(path):
+    """``probe(path)`` plus the file's ``(size, mtime_ns)`` (None when unusable)."""
+    duration, err = probe(path)
+    if err is not None:
+        return duration, err, None
+    st = os.stat(path)
+    return duration, None, (st.st_size, st.st_mtime_ns)
+
+
 def _probe_chunk(paths):
-    return [probe(p) for p in paths]
+    return [_probe_stat(p) for p in paths]
+
+
+def _ignore_sigint():
+    """Pool initializer: the workers ignore Ctrl-C."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def _pool(num_workers):
+    """A process pool whose workers ignore Ctrl-C. While they are forked, a Ctrl-C is only
+    noted (a worker between its fork and its initializer notes it too, harmlessly) and is
+    raised here once they are: it can neither kill a half-started worker nor be lost in
+    the fork handlers."""
+    caught = []
+    try:
+        previous = signal.signal(signal.SIGINT, lambda *_: caught.append(True))
+    except ValueError:  # not the main thread: no handler to install
+        return multiprocessing.get_context().Pool(num_workers, _ignore_sigint)
+    try:
+        pool = multiprocessing.get_context().Pool(num_workers, _ignore_sigint)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if caught:
+        pool.terminate()
+        raise KeyboardInterrupt
+    return pool
 
 
 def probe_all(paths, num_workers=2, chunk=256):
-    """``probe`` every path, in ``num_workers`` processes, with a progress bar."""
+    """``(duration, problem, (size, mtime_ns))`` of every path (``probe`` and a stat), in
+    ``num_workers`` processes, with a progress bar."""
     chunks = [paths[i : i + chunk] for i in range(0, len(paths), chunk)]
     bar = tqdm(total=len(paths), desc="reading audio headers", unit="file", disable=None)
     results = []
     with bar:
         if num_workers > 1 and len(chunks) > 1:
-            with multiprocessing.get_context().Pool(num_workers) as pool:
+            with _pool(num_workers) as pool:
                 for part in pool.imap(_probe_chunk, chunks):
                     results += part
                     bar.update(len(part))
@@ -38,12 +78,12 @@ def probe_all(paths, num_workers=2, chunk=256):
 def check_audio(train, trials, problems, num_workers=2):
     """Probe each distinct file of ``train`` (``Utt``) and ``trials`` (``(label, Utt, Utt)``)
     once; report each bad file once per list as ``file:line: what``; return
-    ``({path: duration_s}, usable train, usable trials)``."""
+    ``({path: (duration_s, size, mtime_ns)}, usable train, usable trials)``."""
     paths = list(dict.fromkeys([u.path for u in train] + [u.path for t in trials for u in t[1:]]))
     durations, errors = {}, {}
-    for path, (dur, err) in zip(paths, probe_all(paths, num_workers)):
+    for path, (dur, err, stat) in zip(paths, probe_all(paths, num_workers)):
         if err is None:
-            durations[path] = dur
+            durations[path] = (dur, *stat)
         else:
             errors[path] = err
     reported = set()

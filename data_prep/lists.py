@@ -15,9 +15,11 @@ Example
 ['2', ' ../x.wav is not under the train root /data']
 """
 
+import logging
 import os
 import re
 
+from data_prep.tree_walk import walk_audio
 from maskproxy_losses.data.trials import read_trials
 from maskproxy_losses.utils.files import list_fields
 
@@ -31,6 +33,8 @@ __all__ = [
     "duplicate_trials",
 ]
 
+
+logger = logging.getLogger(__name__)
 
 AUDIO_EXTS = (".wav", ".flac")
 _VOX_SPK = re.compile(r"id\d+")
@@ -80,19 +84,17 @@ def read_train_list(list_path, root, problems):
 
 
 def scan_tree(root, problems):
-    """Audio files under ``root/<spk>/.../<utt>.<wav|flac>``; speaker = first folder."""
-    utts = []
-    for folder, dirs, files in os.walk(root, followlinks=True):
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-        for name in sorted(files):
-            if name.startswith(".") or not name.lower().endswith(AUDIO_EXTS):
-                continue
-            path = os.path.join(folder, name)
-            rel = os.path.relpath(path, root)
-            if os.sep not in rel:
-                problems.append(f"{path}: not inside a speaker folder <spk>/")
-                continue
-            utts.append(Utt(path, rel, rel.split(os.sep)[0], path))
+    """Audio files under ``root/<spk>/.../<utt>.<wav|flac>``; speaker = first folder.
+    Symbolic links are followed only inside the speaker's own folder, and loops are walked
+    once (:func:`data_prep.tree_walk.walk_audio`; its notes are logged)."""
+    utts, warnings = [], []
+    for path, rel in walk_audio(root, AUDIO_EXTS, problems, warnings):
+        if os.sep not in rel:
+            problems.append(f"{path}: not inside a speaker folder <spk>/")
+            continue
+        utts.append(Utt(path, rel, rel.split(os.sep)[0], path))
+    for warning in warnings:
+        logger.warning(warning)
     return utts
 
 

@@ -6,6 +6,10 @@ so a data path with a space in a shared ancestor (``/home/Jane Doe/...``) round-
 same absolute paths as the CSVs' ``wav`` column. A relative path that would still hold
 whitespace cannot be written to a whitespace-separated list and is refused.
 
+Each CSV row keeps its file's ``size`` and ``mtime_ns`` at preparation time; when the
+outputs are reused, :func:`check_files` stats every listed file again and names each one
+that is missing or changed since.
+
 Example
 -------
 >>> trials_text([(1, "/d/a b/x.wav", "/d/a b/y.wav")], "/d/a b/out")
@@ -32,11 +36,14 @@ __all__ = [
     "fingerprint",
     "tree_fingerprint",
     "read_done",
+    "check_files",
+    "stat_files",
+    "changed_since",
 ]
 
-CSV_FIELDS = ("ID", "duration", "wav", "spk_id")
+CSV_FIELDS = ("ID", "duration", "wav", "spk_id", "size", "mtime_ns")
 OPTIONS_FILE = "prep_options.json"
-FORMAT_VERSION = 2  # 2: trial-list paths relative to the output folder
+FORMAT_VERSION = 3  # 2: trial-list paths relative to the output folder; 3: size, mtime_ns
 
 
 def output_paths(output_dir, with_test):
@@ -47,13 +54,15 @@ def output_paths(output_dir, with_test):
     return {key: os.path.join(output_dir, name) for key, name in names.items()}
 
 
-def csv_text(utts, durations):
-    """``ID,duration,wav,spk_id`` rows of ``Utt`` records (absolute wav paths)."""
+def csv_text(utts, infos):
+    """``ID,duration,wav,spk_id,size,mtime_ns`` rows of ``Utt`` records (absolute wav
+    paths); ``infos`` maps a path to ``(duration_s, size, mtime_ns)``."""
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(CSV_FIELDS)
     for u in utts:
-        writer.writerow([u.uid, f"{durations[u.path]:.6f}", u.path, u.spk])
+        duration, size, mtime_ns = infos[u.path]
+        writer.writerow([u.uid, f"{duration:.6f}", u.path, u.spk, size, mtime_ns])
     return buf.getvalue()
 
 
@@ -110,3 +119,87 @@ def read_done(output_dir, options, outputs):
     except (OSError, ValueError):
         return None
     return record if isinstance(record, dict) and record.get("options") == options else None
+
+
+def _stat(path):
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_size, st.st_mtime_ns
+
+
+def _stat_all(paths):
+    return [_stat(p) for p in paths]
+
+
+def check_files(csv_paths, workers=8, chunk=4096):
+    r"""The ``file:line: what`` problems of the rows of the manifests ``csv_paths`` whose
+    audio is missing or changed (size or modification time) since data preparation. One
+    ``stat`` per file, ``chunk`` files per task in ``workers`` threads (stat releases the
+    GIL; a network file system answers several at once).
+
+    >>> import tempfile
+    >>> d = tempfile.mkdtemp(); wav = os.path.join(d, "a.wav")
+    >>> _ = open(wav, "wb").write(b"x" * 10); st = os.stat(wav)
+    >>> m = os.path.join(d, "train.csv")
+    >>> _ = open(m, "w").write(f"ID,duration,wav,spk_id,size,mtime_ns\na,1.0,{wav},s,10,"
+    ...                        f"{st.st_mtime_ns}\n")
+    >>> check_files([m])
+    []
+    >>> _ = open(wav, "ab").write(b"y")
+    >>> [p.split(": ", 1)[1][:48] for p in check_files([m])]
+    ['changed since data preparation (size 10 -> 11 by']
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    wheres, wavs, stats = [], [], []
+    for path in csv_paths:
+        with open(path, newline="", encoding="utf-8") as f:
+            reader = csv.reader(f)
+            column = {name: i for i, name in enumerate(next(reader))}
+            w, s, m = column["wav"], column["size"], column["mtime_ns"]
+            for lineno, row in enumerate(reader, 2):
+                wheres.append((path, lineno))
+                wavs.append(row[w])
+                stats.append((int(row[s]), int(row[m])))
+    parts = [wavs[i : i + chunk] for i in range(0, len(wavs), chunk)]
+    with ThreadPoolExecutor(workers) as pool:
+        now = [st for part in pool.map(_stat_all, parts) for st in part]
+    problems = []
+    for (path, lineno), wav, before, stat in zip(wheres, wavs, stats, now):
+        if stat == before:
+            continue
+        where = f"{path}:{lineno}"
+        if stat is None:
+            problems.append(f"{where}: missing since data preparation: {wav}")
+        else:
+            problems.append(
+                f"{where}: changed since data preparation (size {before[0]} -> {stat[0]} "
+                f"bytes, mtime {'same' if stat[1] == before[1] else 'changed'}): {wav}"
+            )
+    return problems
+
+
+def stat_files(paths):
+    """``{path: [size, mtime_ns] or None}`` (None: missing) of ``paths``."""
+    out = {}
+    for path in paths:
+        stat = _stat(path)
+        out[path] = None if stat is None else list(stat)
+    return out
+
+
+def changed_since(recorded):
+    """``path: what`` notes for the paths of a :func:`stat_files` record whose stat differs
+    now (a file skipped as bad that was mended, added or removed since).
+
+    >>> changed_since({"/no/such/file.wav": None}), changed_since({"/no/such/x.wav": [1, 2]})
+    ([], ['/no/such/x.wav: changed since data preparation, where it was skipped as bad'])
+    """
+    notes = []
+    for path, before in recorded.items():
+        now = _stat(path)
+        if (None if now is None else list(now)) != before:
+            notes.append(f"{path}: changed since data preparation, where it was skipped as bad")
+    return notes

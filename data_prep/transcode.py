@@ -6,6 +6,7 @@ place, so a killed run leaves no half-written wav; the next run removes such
 temporaries and converts only the missing files.
 """
 
+import logging
 import os
 import shutil
 import subprocess
@@ -13,9 +14,12 @@ from concurrent.futures import ThreadPoolExecutor
 
 from tqdm import tqdm
 
+from data_prep.tree_walk import walk_audio
 from maskproxy_losses.data.audio import SAMPLE_RATE
 from maskproxy_losses.utils.errors import InputError
 from maskproxy_losses.utils.files import check_writable_dir, remove_stale_temps, temp_path
+
+logger = logging.getLogger(__name__)
 
 __all__ = ["FfmpegNotFoundError", "CONVERT_EXTS", "convert_tree"]
 
@@ -75,23 +79,19 @@ def convert_tree(src_dir, dst_dir, num_workers=2, ffmpeg=None):
     if not os.path.isdir(src_dir):
         raise InputError(f"{src_dir}: source folder not found")
     check_writable_dir(dst_dir, "destination folder")
-    jobs, skipped, folders = [], 0, set()
-    for folder, dirs, files in os.walk(src_dir, followlinks=True):
-        dirs.sort()
-        for name in sorted(files):
-            if name.startswith(".") or not name.lower().endswith(CONVERT_EXTS):
-                continue
-            src = os.path.join(folder, name)
-            rel = os.path.splitext(os.path.relpath(src, src_dir))[0] + ".wav"
-            dst = os.path.join(dst_dir, rel)
-            if os.path.dirname(dst) not in folders:
-                folders.add(os.path.dirname(dst))
-                os.makedirs(os.path.dirname(dst), exist_ok=True)
-                remove_stale_temps(os.path.dirname(dst))
-            if os.path.isfile(dst):
-                skipped += 1
-            else:
-                jobs.append((src, dst))
+    jobs, skipped, folders, refused, notes = [], 0, set(), [], []
+    for src, rel in walk_audio(src_dir, CONVERT_EXTS, refused, notes):  # links: see tree_walk
+        dst = os.path.join(dst_dir, os.path.splitext(rel)[0] + ".wav")
+        if os.path.dirname(dst) not in folders:
+            folders.add(os.path.dirname(dst))
+            os.makedirs(os.path.dirname(dst), exist_ok=True)
+            remove_stale_temps(os.path.dirname(dst))
+        if os.path.isfile(dst):
+            skipped += 1
+        else:
+            jobs.append((src, dst))
+    for note in notes:
+        logger.warning(note)
     failed = []
     with (
         ThreadPoolExecutor(max(1, num_workers)) as pool,
@@ -101,4 +101,5 @@ def convert_tree(src_dir, dst_dir, num_workers=2, ffmpeg=None):
             if err:
                 failed.append(err)
             bar.update()
-    return {"converted": len(jobs) - len(failed), "skipped": skipped, "failed": failed}
+    converted = len(jobs) - len(failed)
+    return {"converted": converted, "skipped": skipped, "failed": refused + failed}

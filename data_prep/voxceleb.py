@@ -2,15 +2,18 @@
 
 ``prepare_voxceleb`` writes, under ``output_dir``:
 
-- ``train.csv`` / ``dev.csv``: columns ``ID,duration,wav,spk_id`` (duration in seconds,
-  absolute wav path). ``dev.csv`` holds a per-speaker held-out share of the training
-  utterances (closed set: its speakers are the training speakers).
+- ``train.csv`` / ``dev.csv``: columns ``ID,duration,wav,spk_id,size,mtime_ns``
+  (duration in seconds, absolute wav path, the file's size and modification time).
+  ``dev.csv`` holds a per-speaker held-out share of the training utterances (closed
+  set: its speakers are the training speakers).
 - ``dev_trials.txt``: a balanced target / non-target list over ``dev.csv``,
   ``label path1 path2`` per line, paths relative to ``output_dir``.
 - ``test.csv`` and ``trials.txt`` (only with ``trials``): one row per distinct file of
   the trial list, and the trial list with paths relative to ``output_dir``.
 - ``prep_options.json``: the arguments, input fingerprints and warnings, written last;
-  a rerun with the same inputs reuses the outputs.
+  a rerun with the same inputs reuses the outputs after a ``stat`` of every listed file:
+  one missing or changed since is named (``train.csv:N: ...``), or with ``skip_bad``
+  the preparation runs again, as it does when a file skipped as bad has changed since.
 
 Bad input raises ``maskproxy_losses.utils.errors.InputError`` naming each problem as
 ``file:line: what`` and writes nothing, unless ``skip_bad`` drops the bad entries.
@@ -30,7 +33,7 @@ Example
 >>> sorted(out)
 ['dev_csv', 'dev_trials', 'train_csv']
 >>> open(out["train_csv"]).readline().strip()
-'ID,duration,wav,spk_id'
+'ID,duration,wav,spk_id,size,mtime_ns'
 >>> open(out["dev_trials"]).readline().split()[1].startswith("../id0000")
 True
 """
@@ -182,10 +185,20 @@ def prepare_voxceleb(
     }
     done = manifests.read_done(output_dir, options, outputs) if skip_if_done else None
     if done is not None:
-        for warning in done.get("warnings", []):
-            logger.warning(warning)
-        logger.info("%s is up to date; skipping data preparation", output_dir)
-        return outputs
+        csvs = [p for k, p in outputs.items() if k.endswith("_csv")]
+        changed = manifests.check_files(csvs)
+        if changed and not skip_bad:
+            marker = os.path.join(output_dir, manifests.OPTIONS_FILE)
+            hint = f"; prepare again (maskproxy prepare ... --force, or delete {marker})"
+            raise InputError([p + hint for p in changed])
+        changed += manifests.changed_since(done.get("skipped_files") or {})
+        if changed:
+            logger.warning("preparing again; %s", report(changed))
+        else:
+            for warning in done.get("warnings", []):
+                logger.warning(warning)
+            logger.info("%s is up to date; skipping data preparation", output_dir)
+            return outputs
 
     _check_relative(
         output_dir, [("train root", train_root)] + ([("test root", test_root)] if trials else [])
@@ -205,7 +218,9 @@ def prepare_voxceleb(
         )
     }
     trial_rows = [t for t in trial_rows if t[1].path in usable and t[2].path in usable]
+    referenced = {u.path for u in train} | {u.path for t in trial_rows for u in t[1:]}
     durations, train, trial_rows = check_audio(train, trial_rows, problems, num_workers)
+    skipped_files = manifests.stat_files(sorted(referenced - durations.keys()))
     test = lists.drop_duplicates(
         list({u.path: u for t in trial_rows for u in t[1:]}.values()), problems
     )
@@ -251,7 +266,12 @@ def prepare_voxceleb(
         "trials": len(trial_rows),
         "skipped_problems": len(problems),
     }
-    record = {"options": options, "summary": summary, "warnings": warnings}
+    record = {
+        "options": options,
+        "summary": summary,
+        "warnings": warnings,
+        "skipped_files": skipped_files,  # re-stated on reuse: a mended file is taken in
+    }
     atomic_write_text(done_marker, json.dumps(record, indent=2))
     logger.info("data preparation done: %s", summary)
     return outputs

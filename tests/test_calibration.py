@@ -161,6 +161,17 @@ def test_pav_matches_a_naive_pooling_with_ties():
     np.testing.assert_allclose(pav(scores, labels), ref, atol=1e-12)
 
 
+def test_pav_and_min_cllr_on_scores_one_ulp_apart():
+    """Trials of a file against itself score 1.0 or 1.0000000000000002: scikit-learn's
+    IsotonicRegression.predict interpolated those to NaN (a traceback in the recipe)."""
+    rng = np.random.default_rng(3)
+    scores = np.r_[rng.uniform(-1, 0.9, 60), np.full(5, 1.0), np.full(5, np.nextafter(1.0, 2))]
+    labels = np.r_[rng.integers(0, 2, 60), [1, 1, 0, 1, 1], [1, 0, 1, 1, 1]]
+    ref = _naive_pav(scores.tolist(), labels.tolist())
+    np.testing.assert_allclose(pav(scores, labels), ref, atol=1e-12)
+    assert np.isfinite(min_cllr(scores, labels))
+
+
 def test_min_cllr_hand_example():
     # PAV of labels 0, 1, 0, 1 (scores 1 < 2 < 3 < 4) pools the middle pair: posteriors
     # 0, 1/2, 1/2, 1; the empirical prior is 1/2 so LLRs are -inf, 0, 0, +inf. Cllr:

@@ -1,9 +1,15 @@
-"""An interrupted checkpoint save never hides the previous checkpoint."""
+"""An interrupted checkpoint save never hides the previous checkpoint; a damaged one is
+passed over; a full disk is one line and leaves no partial checkpoint."""
+
+import os
+import pickle
 
 import pytest
 import torch
 
-from maskproxy_losses.training.checkpointing import AtomicCheckpointer
+from maskproxy_losses.training import checkpointing
+from maskproxy_losses.training.checkpointing import AtomicCheckpointer, load_weights
+from maskproxy_losses.utils.errors import InputError
 
 
 def test_interrupted_save_is_ignored_by_recovery(tmp_path):
@@ -31,3 +37,149 @@ def test_interrupted_save_is_ignored_by_recovery(tmp_path):
     recovered = ckpt.recover_if_possible()  # ... but recovery takes the complete one
     assert recovered.path == good.path and recovered.meta["n"] == 1
     assert torch.all(model.weight == 1.0)
+
+
+# ------------------------------------------------- damaged checkpoints, a full disk
+
+
+def _three_checkpoints(tmp_path):
+    """Checkpoints 1, 2, 3 (model weights 1.0, 2.0, 3.0; newest = 3)."""
+    model = torch.nn.Linear(3, 3)
+    ckpt = AtomicCheckpointer(tmp_path / "save", recoverables={"model": model})
+    saved = []
+    for n in (1, 2, 3):
+        with torch.no_grad():
+            model.weight.fill_(float(n))
+        saved.append(ckpt.save_checkpoint(meta={"n": n, "EER": 10.0 * n}))
+    return model, ckpt, saved
+
+
+class _Boom:
+    def __reduce__(self):  # a pickle that would run code when loaded
+        return (os.system, ("touch pwned",))
+
+
+def test_recovery_falls_back_past_damaged_checkpoints(tmp_path, caplog, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    model, ckpt, saved = _three_checkpoints(tmp_path)
+    newest = saved[2].paramfiles["model"]
+    newest.write_bytes(newest.read_bytes()[:100])  # truncated
+    middle = saved[1].paramfiles["model"]
+    middle.write_bytes(pickle.dumps({"weight": _Boom()}))  # not weights-only
+    got = ckpt.recover_if_possible()
+    assert got.meta["n"] == 1 and torch.all(model.weight == 1.0)
+    assert not (tmp_path / "pwned").exists()
+    assert "damaged checkpoint" in caplog.text and "resuming from" in caplog.text
+    assert "Weights only load failed" in caplog.text or "weights_only" in caplog.text
+    # the damaged ones are moved aside: never picked again, never kept as "the best"
+    names = sorted(p.name for p in (tmp_path / "save").iterdir())
+    assert sum(n.startswith("damaged+CKPT+") for n in names) == 2
+    assert [c.meta["n"] for c in ckpt.list_checkpoints()] == [1]
+    # by dev EER (the final evaluation) the same fallback applies
+    assert ckpt.recover_if_possible(min_key="EER").meta["n"] == 1
+
+
+def test_no_intact_checkpoint_is_one_line_naming_the_file(tmp_path):
+    _, ckpt, saved = _three_checkpoints(tmp_path)
+    for checkpoint in saved:
+        checkpoint.paramfiles["model"].write_bytes(b"")
+    with pytest.raises(InputError) as err:
+        ckpt.recover_if_possible()
+    assert str(err.value).startswith(f"{saved[2].paramfiles['model']}: ")
+    assert "none of the 3 checkpoint(s)" in str(err.value) and "\n" not in str(err.value)
+    assert len(list((tmp_path / "save").glob("CKPT+*"))) == 3  # nothing moved: all damaged
+
+
+def test_a_damaged_meta_file_is_skipped(tmp_path, caplog):
+    _, ckpt, saved = _three_checkpoints(tmp_path)
+    (saved[2].path / "CKPT.yaml").write_text("{{{ not yaml")
+    (saved[1].path / "CKPT.yaml").write_text("- a list\n")
+    assert ckpt.recover_if_possible().meta["n"] == 1
+    assert caplog.text.count("ignoring") >= 2
+
+
+def test_a_checkpoint_of_other_settings_is_refused_not_set_aside(tmp_path):
+    _, _, saved = _three_checkpoints(tmp_path)
+    other = AtomicCheckpointer(tmp_path / "save", recoverables={"model": torch.nn.Linear(3, 4)})
+    with pytest.raises(InputError, match="does not fit this run's model .*size mismatch"):
+        other.recover_if_possible()
+    assert len(other.list_checkpoints()) == 3
+
+
+def test_disk_full_during_a_save_names_the_folder_and_leaves_no_partial(tmp_path):
+    model, ckpt, saved = _three_checkpoints(tmp_path)
+
+    def to_a_full_disk(obj, path):  # a real ENOSPC: /dev/full
+        with open("/dev/full", "wb") as f:
+            f.write(b"x" * 100_000)
+            f.flush()
+
+    ckpt.custom_save_hooks["model"] = to_a_full_disk
+    with pytest.raises(InputError) as err:
+        ckpt.save_checkpoint(meta={"n": 4})
+    message = str(err.value)
+    assert message.startswith(str(tmp_path / "save" / "CKPT+")) and "No space left" in message
+    assert "MB free on its disk, about 0.1 MB needed" in message
+    assert len(list((tmp_path / "save").glob("CKPT+*"))) == 3  # the partial one is gone
+    del ckpt.custom_save_hooks["model"]
+    assert ckpt.recover_if_possible().meta["n"] == 3
+
+
+def test_free_space_is_checked_before_a_save_and_at_start(tmp_path, monkeypatch):
+    model = torch.nn.Linear(1000, 1000)  # 4 MB of weights
+    ckpt = AtomicCheckpointer(tmp_path / "save", recoverables={"model": model})
+    assert 4_000_000 <= ckpt.checkpoint_bytes() < 4_200_000
+    real = checkpointing.shutil.disk_usage
+
+    def small(path):
+        return real(path)._replace(free=3_000_000)
+
+    monkeypatch.setattr(checkpointing.shutil, "disk_usage", small)
+    for call in (ckpt.recover_if_possible, ckpt.save_checkpoint):
+        with pytest.raises(InputError, match=r"save: 3.0 MB free on its disk, a checkpoint needs"):
+            call()
+    assert not list((tmp_path / "save").iterdir())  # nothing written
+
+
+def test_load_weights_refuses_in_one_line(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    path = tmp_path / "x.ckpt"
+    path.write_bytes(pickle.dumps({"w": _Boom()}))
+    with pytest.raises(InputError, match="not a readable weights-only checkpoint") as err:
+        load_weights(path)
+    assert "\n" not in str(err.value) and not (tmp_path / "pwned").exists()
+
+
+def test_an_optimiser_before_its_first_step_is_counted_with_its_future_state(tmp_path):
+    model = torch.nn.Linear(1000, 1000)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    ckpt = AtomicCheckpointer(tmp_path, recoverables={"model": model, "optimizer": opt})
+    weights = 1001 * 1000 * 4
+    assert 3 * weights <= ckpt.checkpoint_bytes() < 3 * weights + 200_000  # + 2 buffers
+    model(torch.ones(1, 1000)).sum().backward()
+    opt.step()  # now the momentum buffers exist: counted as they are
+    assert 2 * weights <= ckpt.checkpoint_bytes() < 2 * weights + 200_000
+
+
+def test_the_speechbrain_checkpointer_pieces_relied_on_are_still_there():
+    """AtomicCheckpointer overrides or uses these private parts of SpeechBrain 1.1.2's
+    Checkpointer; a SpeechBrain release that renames them must fail here, not in a run."""
+    import inspect
+
+    from speechbrain.utils.checkpoints import Checkpointer
+
+    for name, params in {
+        "_new_checkpoint_dirpath": ["self"],
+        "_custom_checkpoint_dirpath": ["self", "name"],
+        "_save_checkpoint_metafile": ["self", "fpath", "meta_to_include", "end_of_epoch"],
+        "_list_checkpoint_dirs": ["self"],
+        "_call_load_hooks": ["self", "checkpoint"],
+    }.items():
+        assert name in vars(Checkpointer), f"speechbrain's Checkpointer has no {name}"
+        assert list(inspect.signature(getattr(Checkpointer, name)).parameters) == params, name
+    save = inspect.getsource(Checkpointer.save_checkpoint)
+    assert "self._new_checkpoint_dirpath()" in save
+    assert "self._custom_checkpoint_dirpath(name)" in save
+    assert "self.custom_load_hooks[name](obj, loadpath, end_of_epoch)" in inspect.getsource(
+        Checkpointer._call_load_hooks
+    )

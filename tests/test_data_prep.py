@@ -103,11 +103,14 @@ def test_outputs_layout(vox):
         ["train.csv", "dev.csv", "dev_trials.txt", "test.csv", "trials.txt", "prep_options.json"]
     )
     train, dev = read_csv(out["train_csv"]), read_csv(out["dev_csv"])
-    assert list(train[0]) == ["ID", "duration", "wav", "spk_id"]
+    assert list(train[0]) == ["ID", "duration", "wav", "spk_id", "size", "mtime_ns"]
     assert {r["ID"] for r in train + dev} >= {"id00001--s0--00001", "id00003--s1--00002"}
     assert all(
         os.path.isabs(r["wav"]) and abs(float(r["duration"]) - 0.2) < 1e-6 for r in train + dev
     )
+    for r in train + dev:  # the file as it was when prepared, for the checks on reuse
+        st = os.stat(r["wav"])
+        assert (int(r["size"]), int(r["mtime_ns"])) == (st.st_size, st.st_mtime_ns)
     for spk in ("id00001", "id00002", "id00003"):
         assert sum(r["spk_id"] == spk for r in train) == 2
         assert sum(r["spk_id"] == spk for r in dev) == 2
@@ -325,7 +328,9 @@ def test_parallel_header_reads_match_serial(tmp_path):
     serial = audio_check.probe_all(paths, 1)
     assert audio_check.probe_all(paths, num_workers=2, chunk=64) == serial
     assert serial[0][1].startswith("too short to embed: 160 samples")  # 0.01 s
-    assert serial[240] == (0.01 + 240 / SR, None) and serial[-1][1].startswith("missing file")
+    st = os.stat(paths[240])
+    assert serial[240] == (0.01 + 240 / SR, None, (st.st_size, st.st_mtime_ns))
+    assert serial[-1][1].startswith("missing file") and serial[-1][2] is None
 
 
 # ----------------------------------------------------------------------------- convert
@@ -376,6 +381,17 @@ def test_convert_with_fake_ffmpeg_is_parallel_and_resumable(tmp_path, monkeypatc
     result = convert_tree(str(src), str(dst), num_workers=2)
     assert result["skipped"] == 3 and result["converted"] == 0
     assert log.read_text().split() == [str(src / "id00002/b/bad.m4a")]
+    # a symbolic link loop is walked once; a link into another speaker is not converted
+    (src / "id00001" / "a" / "loop").symlink_to(src / "id00001")
+    (src / "id00002" / "b" / "x.m4a").symlink_to(src / "id00001" / "a" / "00001.m4a")
+    result = convert_tree(str(src), str(dst), num_workers=2)
+    assert result["skipped"] == 3 and result["converted"] == 0
+    assert len(result["failed"]) == 2 and "cannot decode" in result["failed"][1]
+    assert result["failed"][0] == (
+        f"{src / 'id00002' / 'b' / 'x.m4a'}: a symbolic link out of the speaker folder id00002 "
+        f"(to {src / 'id00001' / 'a' / '00001.m4a'}); not read: copy the audio in, or link "
+        "the speaker's whole folder"
+    )
 
 
 # ----------------------------------------------------------------------------- paths round-trip
@@ -719,3 +735,106 @@ def test_kill_9_mid_run_then_rerun_cleans_up(tmp_path):
     assert names == ["dev.csv", "dev_trials.txt", "prep_options.json", "train.csv"]
     assert {stat.S_IMODE(os.stat(out / n).st_mode) for n in names} == {0o644}
     assert len(read_csv(out / "train.csv")) + len(read_csv(out / "dev.csv")) == 3000
+
+
+# ------------------------------------------------------ non-finite audio, links, reuse
+
+
+def test_float_wav_with_nan_or_inf_is_refused_by_line(vox, caplog):
+    """Only float files can hold NaN / Inf, so only they are read in full (PCM: header)."""
+    x = np.random.default_rng(0).normal(0, 0.1, 3200)
+    x[100], bad = np.nan, vox / "train" / "id00001" / "s0" / "00001.wav"
+    sf.write(bad, x, SR, subtype="FLOAT")
+    y = x.copy()
+    y[100], inf = 0.0, vox / "test" / "id10001" / "v0" / "00002.wav"
+    y[3000] = np.inf
+    sf.write(inf, y, SR, subtype="DOUBLE")
+    expect_error(
+        vox,
+        f"train_list.txt:1: non-finite sample (NaN/Inf) at sample 100 (0.006 s): {bad}",
+        f"trials.txt:1: non-finite sample (NaN/Inf) at sample 3000 (0.188 s): {inf}",
+    )
+    out = prep(vox, skip_bad=True, dev_share=0)  # --skip-bad drops them
+    assert str(bad) not in {r["wav"] for r in read_csv(out["train_csv"])}
+    assert str(inf) not in {r["wav"] for r in read_csv(out["test_csv"])}
+    x[100] = 0.0
+    sf.write(bad, x, SR, subtype="FLOAT")  # a finite float file is accepted
+    assert str(bad) in {
+        r["wav"] for r in read_csv(prep(vox, dev_share=0, skip_bad=True)["train_csv"])
+    }
+
+
+def test_tree_scan_never_follows_links_out_of_a_speaker_or_round_a_loop(vox, caplog):
+    root = vox / "train"
+    (root / "id00001" / "s0" / "loop").symlink_to(root / "id00001")  # a loop: walked once
+    (root / "id00001" / "s1" / "again").symlink_to(root / "id00001" / "s0")  # a second path
+    # a link into another speaker's folder would relabel its audio
+    (root / "id00002" / "s0" / "stolen.wav").symlink_to(root / "id00003" / "s0" / "00001.wav")
+    (root / "id00002" / "far").symlink_to(vox / "test")  # foreign audio
+    (root / "id00004").symlink_to(root / "id00003")  # a speaker that is another one
+    elsewhere = vox / "elsewhere" / "id00005"  # a speaker folder that is a link: fine
+    write_wav(str(elsewhere / "s0" / "00001.wav"))
+    write_wav(str(elsewhere / "s0" / "00002.wav"))
+    (root / "id00005").symlink_to(elsewhere)
+    err = expect_error(vox, train_list=None, trials=None)
+    assert sorted(p.split(": ", 1)[1][:60] for p in err.problems) == sorted(
+        [
+            "a symbolic link out of the speaker folder id00002 (to " + str(vox)[:6],
+            "a symbolic link out of the speaker folder id00002 (to " + str(vox)[:6],
+            "the speaker folder id00004 is the folder of speaker id00003 ",
+        ]
+    ), err.problems
+    caplog.set_level(logging.WARNING)
+    out = prep(vox, train_list=None, trials=None, skip_bad=True, dev_share=0)
+    ids = sorted(r["ID"] for r in read_csv(out["train_csv"]))
+    want = [
+        f"id0000{s}--{sess}--0000{u}" for s in (1, 2, 3) for sess in ("s0", "s1") for u in (1, 2)
+    ]
+    assert ids == sorted(want + ["id00005--s0--00001", "id00005--s0--00002"])  # 4 x 3 + 2
+    assert "already walked through another path" in caplog.text
+
+
+def test_reuse_restats_every_listed_file(vox):
+    out = prep(vox)
+    test_rows = read_csv(out["test_csv"])
+    gone = test_rows[1]["wav"]
+    os.remove(gone)
+    with pytest.raises(InputError) as info:
+        prep(vox)
+    assert str(info.value) == (
+        f"{out['test_csv']}:3: missing since data preparation: {gone}; prepare again "
+        f"(maskproxy prepare ... --force, or delete {vox / 'out' / 'prep_options.json'})"
+    )
+    train_rows = read_csv(out["train_csv"])
+    changed = train_rows[0]["wav"]
+    write_wav(changed, seconds=0.3)  # replaced by another file
+    with pytest.raises(InputError) as info:
+        prep(vox)
+    assert info.value.problems[0].startswith(
+        f"{out['train_csv']}:2: changed since data preparation (size "
+    )
+    assert len(info.value.problems) == 2
+    out = prep(vox, skip_bad=True)  # prepares again, without the missing file
+    assert gone not in {r["wav"] for r in read_csv(out["test_csv"])}
+    assert {r["wav"]: r["duration"] for r in read_csv(out["train_csv"])}.get(changed) in (
+        None,
+        "0.300000",
+    )
+
+
+def test_ctrl_c_during_header_reads_is_one_line_and_exit_130(tmp_path):
+    root, out = tmp_path / "wav", tmp_path / "out"
+    (tmp_path / "list.txt").write_text("".join(write_tiny_wavs(root, 60, 50)))  # 3000 files
+    proc = python_m(
+        "maskproxy_losses",
+        *("prepare", "--train-list", tmp_path / "list.txt", "--train-root", root),
+        *("--output-dir", out, "--num-workers", "2"),
+        start_new_session=True,
+    )
+    while proc.poll() is None and not children(proc.pid):  # header-reading workers started
+        time.sleep(0.002)
+    os.killpg(proc.pid, signal.SIGINT)  # as a terminal does: the CLI and its workers
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    assert err.strip().splitlines()[-1] == "interrupted (Ctrl-C)" and "Traceback" not in err
+    assert not (out / "prep_options.json").exists()

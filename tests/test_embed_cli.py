@@ -437,3 +437,43 @@ def test_wav_list_with_a_bom(tmp_path):
         ("a.wav", str(tmp_path / "a.wav"), f"{path}:1"),
         ("sub/b.wav", str(tmp_path / "sub/b.wav"), f"{path}:4"),
     ]
+
+
+def test_nan_audio_never_reaches_a_speaker_model_or_a_ranking(env, tmp_path, capsys):
+    """A float wav with NaN samples (refused by the probe) and one with absurd finite
+    samples (refused at its NaN embedding) are named by their list line; --skip-bad drops
+    them and the speaker keeps the model of its good utterances."""
+    base = env["base"]
+    x = np.random.default_rng(3).normal(0, 0.1, 12000)
+    x[500] = np.nan
+    sf.write(tmp_path / "nan.wav", x, 16000, subtype="FLOAT")
+    sf.write(tmp_path / "huge.wav", np.where(np.arange(12000) % 2, 1e20, -1e20), 16000, "FLOAT")
+    lines = [f"ann {base / 'wavs' / n}" for n in SPEAKERS["ann"]] + [
+        f"ann {tmp_path / 'nan.wav'}",
+        f"bo {base / 'wavs' / 'bo0.wav'}",
+        f"bo {tmp_path / 'huge.wav'}",
+    ]
+    (tmp_path / "enrol.txt").write_text("\n".join(lines) + "\n")
+    argv = ["enrol", env["model"], "--speakers", tmp_path / "enrol.txt", "--no-cache"]
+    code, _, err = _run([*argv, "--output", tmp_path / "s.npz"], capsys)
+    assert code == 2 and "Traceback" not in err and not (tmp_path / "s.npz").exists()
+    assert err.startswith(f"error: {tmp_path / 'enrol.txt'}:3: non-finite sample (NaN/Inf)")
+    code, _, err = _run([*argv, "--output", tmp_path / "s.npz", "--skip-bad"], capsys)
+    assert code == 0, err
+    assert f"enrol.txt:3: non-finite sample (NaN/Inf) at sample 500 (0.031 s): {tmp_path}" in err
+    assert f"enrol.txt:5: non-finite embedding (NaN/Inf) of {tmp_path / 'huge.wav'}" in err
+    with np.load(tmp_path / "s.npz") as z:
+        assert z["counts"].tolist() == [2, 1] and np.isfinite(z["models"]).all()
+        want = np.mean([_unit(env["direct"][n]) for n in SPEAKERS["ann"]], axis=0)
+        np.testing.assert_allclose(z["models"][0], want, rtol=1e-5, atol=1e-5)
+    ident = ["identify", env["model"], "--speakers", tmp_path / "s.npz", "--no-cache"]
+    wavs = [base / "wavs" / "ann1.wav", tmp_path / "huge.wav"]
+    code, _, err = _run([*ident, *wavs], capsys)
+    assert code == 2 and "Traceback" not in err
+    assert f"error: argument 2: non-finite embedding (NaN/Inf) of {tmp_path / 'huge.wav'}" in err
+    code, out, err = _run([*ident, *wavs, "--skip-bad"], capsys)
+    assert code == 0 and "huge.wav" not in out and "argument 2: non-finite embedding" in err
+    assert [row.split("\t")[:3] for row in out.splitlines()[1:]] == [
+        [str(wavs[0]), "1", "ann"],
+        [str(wavs[0]), "2", "bo"],
+    ]

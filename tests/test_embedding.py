@@ -10,6 +10,7 @@ from maskproxy_losses.inference.embedding import Embedder, EmbeddingCache, file_
 from maskproxy_losses.inference.export import export_model
 from maskproxy_losses.inference.model_dir import load_encoder
 from maskproxy_losses.models.resnetse34l import ResNetSE34L
+from maskproxy_losses.utils.errors import InputError
 
 
 @pytest.fixture(scope="module")
@@ -89,3 +90,52 @@ def test_bf16_extraction_has_its_own_cache_and_stays_close(setup):
     assert not np.array_equal(fp32, bf16)  # autocast really ran in bfloat16
     cos = (fp32 * bf16).sum(1) / np.linalg.norm(fp32, axis=1) / np.linalg.norm(bf16, axis=1)
     assert cos.min() > 0.99
+
+
+def _float_wav(path, values):
+    sf.write(path, np.asarray(values, dtype=np.float64), 16000, subtype="FLOAT")
+    return str(path)
+
+
+def test_non_finite_audio_or_embedding_is_named_and_never_cached(setup, tmp_path):
+    rng = np.random.default_rng(1)
+    x = rng.uniform(-0.5, 0.5, 16000)
+    nan = x.copy()
+    nan[4000] = np.nan
+    # finite samples, but so large that the log-mel front end overflows to NaN
+    huge = np.where(np.arange(16000) % 2, 1e20, -1e20)
+    paths = [
+        setup["wavs"][0],
+        _float_wav(tmp_path / "nan.wav", nan),
+        _float_wav(tmp_path / "huge.wav", huge),
+    ]
+    lengths = {p: 16000 for p in paths}
+    wheres = {paths[1]: "list.txt:2", paths[2]: "list.txt:3"}
+    embed = Embedder(setup["encoder"], EmbeddingCache(tmp_path / "cache"), None, 100, 300)
+    with pytest.raises(InputError) as err:
+        embed(paths, lengths, wheres)
+    assert err.value.problems == [
+        f"list.txt:2: non-finite sample (NaN/Inf) at sample 4000: {paths[1]}",
+        f"list.txt:3: non-finite embedding (NaN/Inf) of {paths[2]}; check this audio file",
+    ]
+    # only the good file was cached (and the next run finds it there)
+    cache = EmbeddingCache(tmp_path / "cache")
+    assert set(cache.table) == {file_key(paths[0])}
+    bad = {}  # --skip-bad: reported, NaN rows for the caller to drop
+    emb, (hits, computed) = embed(paths, lengths, wheres, bad=bad)
+    assert (hits, computed) == (1, 2) and sorted(bad) == sorted(paths[1:])
+    assert np.isfinite(emb[0]).all() and np.isnan(emb[1:]).all()
+    with pytest.raises(ValueError, match="refusing to cache a non-finite"):
+        cache.put("k", np.array([np.nan], np.float32))
+
+
+def test_cached_nan_from_an_older_version_is_ignored(tmp_path):
+    import io
+
+    folder = tmp_path / "cache"
+    folder.mkdir()
+    buf = io.BytesIO()  # a shard as the writer made it before non-finite values were refused
+    np.savez(buf, keys=np.array(["good", "bad"]), emb=np.array([[1.0, 2.0], [np.nan, 0.0]]))
+    (folder / "shard-old.npz").write_bytes(buf.getvalue())
+    cache = EmbeddingCache(folder)
+    assert list(cache.table) == ["good"] and cache.get("bad") is None

@@ -72,3 +72,22 @@ def test_text_lines_names_each_undecodable_line(tmp_path):
         (3, None, f"{path}:3: not UTF-8 text (byte 0x80 at column 1); save the list as UTF-8"),
         (4, "é\n", None),
     ]
+
+
+def test_a_full_disk_names_the_target_and_leaves_nothing(tmp_path, monkeypatch):
+    """Writes to /dev/full fail with ENOSPC, as on a full disk: the error names the file
+    the user asked for (not the hidden temporary), and no temporary is left."""
+    from maskproxy_losses.utils import files
+
+    real = files.os.fdopen
+
+    def full(fd, mode):
+        os.close(fd)
+        return real(os.open("/dev/full", os.O_WRONLY), mode)
+
+    monkeypatch.setattr(files.os, "fdopen", full)
+    target = tmp_path / "scores.txt"
+    with pytest.raises(OSError) as err:
+        files.atomic_write_lines(target, (f"{i}\n" for i in range(100_000)))
+    assert err.value.filename == str(target) and err.value.errno == errno.ENOSPC
+    assert list(tmp_path.iterdir()) == []

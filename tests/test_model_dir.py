@@ -165,3 +165,39 @@ def test_plain_values_and_refs_never_run_code(model_dir, tmp_path, extra):
     else:  # the value stays an inert string and the model is the exported one
         assert torch.equal(encoder.mods.embedding_model.fc.weight, model.fc.weight)
     assert not marker.exists()
+
+
+def test_yaml_anchors_and_aliases_are_refused_before_they_expand(model_dir):
+    """A 'billion laughs' file: 9 levels of 10 aliases each would build 10**9 list items
+    (the old loader spent 45 s and 3 GB before a MemoryError); it is refused from the event
+    stream, as is a single alias and an oversized file."""
+    path, _ = model_dir
+    yaml_path = path / "hyperparams.yaml"
+    exported = yaml_path.read_text()
+    lines = ['a0: &a0 ["lol"]']
+    lines += [f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 10)}]" for i in range(1, 10)]
+    yaml_path.write_text(exported + "\n".join(lines) + "\n")
+    first = len(exported.splitlines()) + 1
+    with pytest.raises(InputError) as err:
+        load_encoder(path)
+    assert str(err.value).startswith(
+        f"{yaml_path}:{first}: YAML anchor &a0: anchors and aliases are refused"
+    )
+    assert str(err.value).endswith("; 100 in this file")  # 10 anchors, 90 aliases
+    yaml_path.write_text(exported + "n_mels2: *x\n")  # an alias alone (undefined, too)
+    with pytest.raises(InputError, match=r"hyperparams.yaml:\d+: YAML alias \*x"):
+        check_hparams(path)
+    yaml_path.write_text(exported + "# " + "x" * (1 << 20) + "\n")
+    with pytest.raises(InputError, match="more than the 1048576 a model directory's"):
+        check_hparams(path)
+    yaml_path.write_text(exported)
+    load_encoder(path)  # the export itself has neither
+
+
+def test_non_finite_weights_are_refused(model_dir):
+    path, model = model_dir
+    state = model.state_dict()
+    key = next(k for k, v in state.items() if v.is_floating_point())
+    state[key] = state[key].clone().fill_(float("nan"))
+    torch.save(state, path / "embedding_model.ckpt")
+    _expect(path, f"{path / 'embedding_model.ckpt'}: 1 weight tensor(s) hold NaN/Inf ({key})")

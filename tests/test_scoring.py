@@ -269,3 +269,47 @@ def test_speaker_means():
     # crop embeddings: each file's crops are averaged first
     spk, means = speaker_means(np.array([[[1.0, 0.0], [0.0, 1.0]]]), ["x"])
     np.testing.assert_allclose(means, [[2**-0.5, 2**-0.5]])
+
+
+# ------------------------------------------------------- long lists, non-finite input
+def test_cosine_scores_in_chunks_equal_one_pass_and_memory_follows_the_files():
+    import tracemalloc
+
+    rng = np.random.default_rng(5)
+    emb = rng.normal(size=(16, 64))
+    e, t = rng.integers(0, 16, 5000), rng.integers(0, 16, 5000)
+    unit = emb / np.linalg.norm(emb, axis=1, keepdims=True)
+    one_pass = np.einsum("ij,ij->i", unit[e], unit[t])  # the [n_trials, D] gathers
+    for chunk in (1, 7, 4096, 10**6):
+        np.testing.assert_array_equal(cosine_scores(emb, e, t, chunk=chunk), one_pass)
+    # 400,000 trials over 16 files: one pass would gather 2 x 400k x 64 float64 = 410 MB;
+    # in chunks the peak is the scores (3.2 MB) plus one chunk's gathers (16 MB)
+    n = 400_000
+    e, t = rng.integers(0, 16, n), rng.integers(0, 16, n)
+    tracemalloc.start()
+    try:
+        cosine_scores(emb, e, t)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 40e6, peak
+
+
+def test_score_trials_refuses_non_finite_embeddings_by_line():
+    from maskproxy_losses.data.trials import Trial
+    from maskproxy_losses.scoring.cosine import score_trials
+    from maskproxy_losses.utils.errors import InputError
+
+    trials = [
+        Trial(1, "a.wav", "b.wav", "/a.wav", "/b.wav", "dev_trials.txt:1"),
+        Trial(0, "a.wav", "c.wav", "/a.wav", "/c.wav", "dev_trials.txt:2"),
+    ]
+    emb = {"/a.wav": np.ones(3), "/b.wav": np.ones(3), "/c.wav": np.array([1.0, np.nan, 0.0])}
+    with pytest.raises(InputError) as err:
+        score_trials(emb, trials)
+    assert str(err.value) == (
+        "dev_trials.txt:2: non-finite embedding (NaN/Inf) of /c.wav; check this audio file"
+    )
+    emb = {k: np.full(3, np.inf) for k in emb}  # every file: the model, not the audio
+    with pytest.raises(InputError, match="embeddings of all 3 files are NaN/Inf: the model"):
+        score_trials(emb, trials)

@@ -267,3 +267,91 @@ def test_short_manifest_rows_are_named(tmp_path):
         read_speaker_wavs(path)
     with pytest.raises(InputError, match=f"{path}:3: expected 4 fields"):
         read_manifest_wavs(path)
+
+
+@pytest.mark.parametrize("mode", ["cosine", "ten_crop"])
+def test_a_file_that_embeds_to_nan_is_named_or_skipped_never_cached(setup, capsys, mode):
+    """Finite but absurd float samples pass the probe and overflow the front end: the run
+    stops naming the trial line, or with --skip_bad scores the rest; the cache stays clean."""
+    import soundfile as sf
+
+    from maskproxy_losses.inference.embedding import EmbeddingCache
+
+    w = _wavs(setup)
+    huge = setup["base"] / "huge.wav"
+    sf.write(huge, np.where(np.arange(16000) % 2, 1e20, -1e20), 16000, subtype="FLOAT")
+    lines = [f"1 {w[0]} {w[1]}", f"0 {w[0]} {huge}", f"0 {w[0]} {w[5]}", f"1 {w[4]} {w[5]}"]
+    trials = _write_trials(setup, f"huge_{mode}.txt", lines)
+    cache = setup["base"] / f"cache_nan_{mode}"
+    argv = _argv(setup, "out_nan", "--trials_file", str(trials), "--score_mode", mode, cache=cache)
+    assert sv.main(argv) == 2
+    err = capsys.readouterr().err
+    assert f"error: {trials}:2: non-finite embedding (NaN/Inf) of {huge}" in err
+    assert "Traceback" not in err
+    metrics = sv.verify([*argv, "--skip_bad", "True"])
+    assert metrics["n_trials"] == 3 and metrics["skipped"]["count"] == 1
+    assert np.isfinite(metrics["EER"])
+    labels, scores, rows = _read_scores(setup["base"] / "out_nan" / "scores.txt")
+    assert labels.tolist() == [1, 0, 1] and np.isfinite(scores).all()
+    for folder in {p.parent for p in cache.rglob("shard-*.npz")}:
+        table = EmbeddingCache(folder).table
+        assert len(table) == 4 and all(np.isfinite(e).all() for e in table.values())
+
+
+@pytest.mark.slow
+def test_a_million_trials_over_few_files_cost_memory_per_file_not_per_trial(setup, tmp_path):
+    """1,000,000 trials over 12 files with a 512-d model: the run's peak RSS exceeds that
+    of a 100-trial run over the same files by the trial records, the scores and the
+    metrics' sorting (about 550 MB with these long test paths), not by [n_trials, D]
+    gathers (two of 1M x 512 float64: 8 GB). The absolute figure is in
+    docs/reliability.md (benchmarks/bench_long_list.py)."""
+    import textwrap
+
+    torch.manual_seed(0)
+    model = ResNetSE34L(channels=(8, 8, 16, 16), blocks=(1, 1, 1, 1), emb_dim=512).eval()
+    model_dir = export_model(tmp_path / "model512", model, frontend="fbank")
+    w = _wavs(setup)
+    rng = np.random.default_rng(0)
+
+    def peak_kib(n):
+        a, b = rng.integers(0, len(w), n), rng.integers(0, len(w), n)
+        lines = [f"{int(i % 2 == j % 2)} {w[i]} {w[j]}\n" for i, j in zip(a, b)]
+        (tmp_path / f"t{n}.txt").write_text("".join(lines))
+        argv = _argv(setup, f"out_{n}", "--trials_file", str(tmp_path / f"t{n}.txt"))
+        argv[argv.index("--pretrained_path") + 1] = str(model_dir)
+        argv += ["--precision", "fp32"]
+        code = textwrap.dedent(
+            f"""
+            import resource, runpy, sys
+            sys.argv = [{str(SCRIPT)!r}] + {argv!r}
+            try:
+                runpy.run_path({str(SCRIPT)!r}, run_name="__main__")
+            except SystemExit as stop:
+                assert not stop.code, stop.code
+            print("peak_kib", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+            """
+        )
+        proc = subprocess.run(
+            [sys.executable, "-c", code],
+            capture_output=True,
+            text=True,
+            env={**__import__("os").environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"},
+        )
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        return int(proc.stdout.split("peak_kib")[1].split()[0])
+
+    small, large = peak_kib(100), peak_kib(1_000_000)
+    assert (large - small) * 1024 < 1e9, (small, large)  # 1 KB per trial at most
+
+
+def test_option_twice_and_a_missing_device_are_one_line(setup, capsys):
+    argv = _argv(setup, "out_opts", "--score_mode", "cosine", "--score_mode=ten_crop")
+    assert sv.main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --score_mode is given twice (cosine and ten_crop)")
+    if not torch.cuda.is_available():
+        argv = _argv(setup, "out_opts")
+        argv[argv.index("--device") + 1] = "cuda:0"
+        assert sv.main(argv) == 2
+        err = capsys.readouterr().err
+        assert "error: --device cuda:0: CUDA is not available" in err and "Traceback" not in err

@@ -53,6 +53,12 @@ def _audio_options(parser, inputs):
     )
     parser.add_argument("--no-cache", action="store_true", help="neither read nor write the cache")
     parser.add_argument(
+        "--skip-bad",
+        action="store_true",
+        help="drop bad audio files (missing, unreadable, too short, NaN / Inf samples or "
+        "embedding) with a warning instead of stopping",
+    )
+    parser.add_argument(
         "--batch-seconds",
         type=number,
         default=200.0,
@@ -164,20 +170,26 @@ def _load(args):
 
 
 def _embed_entries(args, model, entries):
+    """``(embeddings, stats, kept entries)``; with ``--skip-bad`` the bad files are
+    dropped, and named in one warning."""
     from maskproxy_losses.inference.api import embed_files
+    from maskproxy_losses.utils.errors import report
 
     stats = {}
     emb = embed_files(
         model,
-        [e[1] for e in entries],
+        [e[-2] for e in entries],
         cache_dir=None if args.no_cache else args.cache_dir,
         batch_seconds=args.batch_seconds,
         max_seconds=args.max_seconds,
-        wheres=[e[2] for e in entries],
+        wheres=[e[-1] for e in entries],
         stats=stats,
         precision=args.precision,
+        skip_bad=args.skip_bad,
     )
-    return emb, stats
+    if stats["skipped"]:
+        print(f"warning: skipping bad files; {report(stats['skipped'])}", file=sys.stderr)
+    return emb, stats, [entries[i] for i in stats["kept"]]
 
 
 def _summary(what, emb, stats, t0):
@@ -197,7 +209,7 @@ def _run_embed(args):
     entries = _inputs(args)
     check_output(args.output)
     model = _load(args)
-    emb, stats = _embed_entries(args, model, entries)
+    emb, stats, entries = _embed_entries(args, model, entries)
     buf = io.BytesIO()
     np.savez(
         buf,
@@ -219,8 +231,11 @@ def _run_enrol(args):
     rows = read_speaker_list(args.speakers)
     check_output(args.output)
     model = _load(args)
-    emb, stats = _embed_entries(args, model, [r[1:] for r in rows])
-    ids, models, counts = enrol_speakers(emb, [r[0] for r in rows])
+    emb, stats, kept = _embed_entries(args, model, rows)
+    lost = sorted({r[0] for r in rows} - {r[0] for r in kept})
+    if lost:
+        print(f"warning: not enrolled (no usable utterance): {', '.join(lost)}", file=sys.stderr)
+    ids, models, counts = enrol_speakers(emb, [r[0] for r in kept])
     save_speakers(args.output, ids, models, counts, model.fingerprint)
     print(_summary("enrolment utterances", emb, stats, t0))
     print(
@@ -259,7 +274,7 @@ def _run_identify(args):
     model = _load(args)
     ids, models, _ = load_speakers(args.speakers, model.fingerprint)
     calibration = _calibration(args)
-    emb, stats = _embed_entries(args, model, entries)
+    emb, stats, entries = _embed_entries(args, model, entries)
     k = min(args.top_k, len(ids))
     header = ["path", "rank", "speaker", "score"]
     threshold = None

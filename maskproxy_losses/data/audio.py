@@ -3,6 +3,9 @@
 A crop of ``F`` frames is ``F * 160 + 240`` samples (10 ms hop, 25 ms window), as in
 the authors' code; :data:`MIN_SAMPLES` is the shortest signal the front ends and the
 encoder can embed (shorter files are refused by data preparation and scoring).
+:func:`probe` also refuses non-finite samples: only float files (``FLOAT`` / ``DOUBLE``
+subtypes) can hold NaN / Inf, so those are read once in blocks; integer PCM, FLAC and
+the like (all of VoxCeleb after ``maskproxy transcode``) cost a header read only.
 
 Example
 -------
@@ -23,7 +26,9 @@ __all__ = [
     "HOP",
     "WIN_EXTRA",
     "MIN_SAMPLES",
+    "FLOAT_SUBTYPES",
     "crop_samples",
+    "first_non_finite",
     "probe",
     "read_wav",
     "pad_batch",
@@ -40,6 +45,7 @@ WIN_EXTRA = 240  # a crop of F frames is F * 160 + 240 samples
 # samples per side, which must be shorter than the signal; 256 raises RuntimeError).
 # 400 = one full 25 ms analysis window, the next round value above 257.
 MIN_SAMPLES = 400
+FLOAT_SUBTYPES = ("FLOAT", "DOUBLE")  # the sample formats that can hold NaN / Inf
 
 
 def crop_samples(num_frames):
@@ -51,11 +57,33 @@ def crop_samples(num_frames):
     return int(num_frames) * HOP + WIN_EXTRA
 
 
+def first_non_finite(path, block=1 << 20):
+    """Index of the first sample of ``path`` that is NaN / Inf once read as float32 (a
+    float64 sample beyond float32's range counts), or None; read ``block`` frames at a time.
+
+    >>> import tempfile, numpy as np
+    >>> path = os.path.join(tempfile.mkdtemp(), "x.wav")
+    >>> sf.write(path, np.array([0.0, 0.5, np.nan, 0.1]), 16000, subtype="FLOAT")
+    >>> first_non_finite(path), first_non_finite(path, block=2)
+    (2, 2)
+    """
+    import numpy as np
+
+    done = 0
+    for part in sf.blocks(path, blocksize=block, dtype="float32", always_2d=True):
+        finite = np.isfinite(part).all(axis=1)
+        if not finite.all():
+            return done + int(np.argmin(finite))
+        done += len(part)
+    return None
+
+
 def probe(path, min_samples=MIN_SAMPLES):
     """``(duration_s, None)`` from the header of ``path``, or ``(None, what is wrong)``.
 
-    A file is usable when it exists, libsndfile reads its header, it is 16 kHz mono and
-    it holds at least ``min_samples`` samples.
+    A file is usable when it exists, libsndfile reads its header, it is 16 kHz mono, it
+    holds at least ``min_samples`` samples and, when its samples are floats
+    (:data:`FLOAT_SUBTYPES`), every sample is finite (the only case that reads the data).
     """
     if not os.path.isfile(path):
         return None, f"missing file {path}"
@@ -74,6 +102,16 @@ def probe(path, min_samples=MIN_SAMPLES):
             f"too short to embed: {info.frames} samples, at least {min_samples} "
             f"({min_samples / SAMPLE_RATE * 1000:g} ms) needed: {path}"
         )
+    if info.subtype in FLOAT_SUBTYPES:
+        try:
+            bad = first_non_finite(path)
+        except Exception as err:  # truncated data behind a valid header
+            return None, f"unreadable audio {path} ({str(err).strip()})"
+        if bad is not None:
+            return None, (
+                f"non-finite sample (NaN/Inf) at sample {bad} "
+                f"({bad / SAMPLE_RATE:.3f} s): {path}"
+            )
     return info.frames / info.samplerate, None
 
 

@@ -63,6 +63,7 @@ def read_trials(trials_file, test_root=None, id_to_wav=None):
     root = Path(test_root) if test_root else Path(trials_file).parent
     id_to_wav = id_to_wav or {}
     trials, problems = [], []
+    known = {}  # token -> (token, path): one string per distinct file, however many trials
     for where, fields in list_fields(trials_file, problems):
         if len(fields) != 3:
             problems.append(f"{where}: expected 3 fields 'label path1 path2', got {len(fields)}")
@@ -70,15 +71,20 @@ def read_trials(trials_file, test_root=None, id_to_wav=None):
         if fields[0] not in ("0", "1"):
             problems.append(f"{where}: label must be 0 or 1, got {fields[0]!r}")
             continue
-        paths = [
-            os.path.abspath(id_to_wav.get(tok) or os.path.join(root, tok)) for tok in fields[1:]
-        ]
-        trials.append(Trial(int(fields[0]), fields[1], fields[2], *paths, where))
+        (e, e_path), (t, t_path) = (
+            known.get(tok)
+            or known.setdefault(
+                tok, (tok, os.path.abspath(id_to_wav.get(tok) or os.path.join(root, tok)))
+            )
+            for tok in fields[1:]
+        )
+        trials.append(Trial(int(fields[0]), e, t, e_path, t_path, where))
     return trials, problems
 
 
 def index_trials(pairs):
-    """Map ``(enrol_key, test_key)`` pairs to ``(keys, enrol_idx, test_idx)``.
+    """Map ``(enrol_key, test_key)`` pairs (any iterable, read once) to ``(keys, enrol_idx,
+    test_idx)``.
 
     ``keys`` lists each distinct key once, in order of first appearance; the index
     arrays point into it (and into an embedding matrix built in that order).
@@ -187,7 +193,7 @@ def usable_trials(trials_file, test_root=None, id_to_wav=None, skip_bad=False):
 
     trials, problems = read_trials(trials_file, test_root, id_to_wav)
     lengths, audio_problems, bad = probe_entries(
-        [(t.where, (t.enrol_path, t.test_path)) for t in trials]
+        (t.where, (t.enrol_path, t.test_path)) for t in trials
     )
     problems += audio_problems
     if problems and not skip_bad:

@@ -47,7 +47,7 @@ from maskproxy_losses.inference.embedding import (
 from maskproxy_losses.inference.model_dir import load_encoder
 from maskproxy_losses.scoring.calibration import bayes_threshold, load_model_calibration
 from maskproxy_losses.scoring.cosine import cosine_scores
-from maskproxy_losses.utils.errors import InputError
+from maskproxy_losses.utils.errors import InputError, problem_key
 from maskproxy_losses.utils.files import check_writable_dir
 from maskproxy_losses.utils.precision import resolve_precision
 
@@ -123,18 +123,23 @@ def embed_files(
     wheres=None,
     stats=None,
     precision="auto",
+    skip_bad=False,
 ):
     """Embeddings ``[N, D]`` (float32) of the audio files ``paths``, in order.
 
     ``model_dir`` is a model directory or a :class:`Model` from :func:`load_model`. Every
     file is probed first and all bad ones are reported in one ``InputError`` (each as
     ``wheres[i]: what``, e.g. ``list.txt:3: missing file x.wav``) before anything is
-    embedded. Batches hold at most ``batch_seconds`` of padded audio (0: one file per
-    batch, no padding); files over ``max_seconds`` are embedded as the mean of chunks of at
-    most that length (bounded memory). With ``cache_dir`` embeddings are cached there as
-    the verification recipe does; ``stats`` (a dict) receives ``hits``, ``computed``,
-    ``fingerprint``, ``cache`` (the folder or None) and ``precision``. ``precision``:
-    ``auto`` (bfloat16 autocast where the device does it natively), ``fp32`` or ``bf16``.
+    embedded; a file whose samples or embedding are NaN / Inf is reported the same way
+    once the others are embedded. With ``skip_bad`` bad files are dropped instead: the
+    rows are those of the kept files, and ``stats`` gets ``kept`` (their indices into
+    ``paths``) and ``skipped`` (the problems). Batches hold at most ``batch_seconds`` of
+    padded audio (0: one file per batch, no padding); files over ``max_seconds`` are
+    embedded as the mean of chunks of at most that length (bounded memory). With
+    ``cache_dir`` embeddings are cached there as the verification recipe does; ``stats``
+    (a dict) receives ``hits``, ``computed``, ``fingerprint``, ``cache`` (the folder or
+    None) and ``precision``. ``precision``: ``auto`` (bfloat16 autocast where the device
+    does it natively), ``fp32`` or ``bf16``.
     """
     if batch_seconds < 0:
         raise InputError(f"--batch-seconds must be >= 0, got {batch_seconds:g}")
@@ -146,7 +151,7 @@ def embed_files(
         raise InputError("no audio files to embed")
     wheres = [""] * len(paths) if wheres is None else [str(w) for w in wheres]
     samples, problems, _ = probe_entries([(w, [p]) for p, w in zip(paths, wheres)])
-    if problems:
+    if problems and not skip_bad:
         raise InputError(problems)
     try:
         precision, _ = resolve_precision(precision, str(model.encoder.device))
@@ -158,13 +163,20 @@ def embed_files(
         folder = cache_folder(cache_dir, model.fingerprint, None, max_seconds, precision)
         check_writable_dir(folder, "embedding cache folder")
         cache = EmbeddingCache(folder)
-    unique = list(dict.fromkeys(paths))
+    unique = list(dict.fromkeys(p for p in paths if p in samples))
     where_of = {}
     for p, w in zip(paths, wheres):
         where_of.setdefault(p, w or p)
     embedder = Embedder(model.encoder, cache, None, batch_seconds, max_seconds, precision)
-    emb, (hits, computed) = embedder(unique, samples, where_of, desc="embedding")
-    row = {p: i for i, p in enumerate(unique)}
+    bad = {} if skip_bad else None
+    if unique:
+        emb, (hits, computed) = embedder(unique, samples, where_of, desc="embedding", bad=bad)
+    else:
+        emb, hits, computed = np.zeros((0, 0), np.float32), 0, 0
+    row = {p: i for i, p in enumerate(unique) if not (bad and p in bad)}
+    kept = [i for i, p in enumerate(paths) if p in row]
+    if skip_bad and not kept:
+        raise InputError(["no usable audio file left; every one is bad:", *problems, *bad.values()])
     if stats is not None:
         stats.update(
             hits=hits,
@@ -172,8 +184,10 @@ def embed_files(
             fingerprint=model.fingerprint,
             cache=None if cache.folder is None else str(cache.folder),
             precision=precision,
+            kept=kept,
+            skipped=problems + sorted((bad or {}).values(), key=problem_key),
         )
-    return emb[[row[p] for p in paths]].astype(np.float32)
+    return emb[[row[paths[i]] for i in kept]].astype(np.float32)
 
 
 # ------------------------------------------------------------- verification

@@ -6,7 +6,10 @@ keeps every embedding in an :class:`EmbeddingCache`: one folder per model and ex
 mode (:func:`cache_folder`), entries keyed by each audio file's path, mtime and size
 (:func:`file_key`), so a second run with
 another scoring option embeds nothing again. Used by the verification recipe and the
-``maskproxy_losses.inference.api`` command.
+``maskproxy_losses.inference.api`` command. A non-finite (NaN / Inf) embedding is never
+cached nor returned as a value: it is reported with the ``list:line`` that named its file
+(see :meth:`Embedder.__call__`), and cache entries that are not finite (written by an
+older version) are ignored.
 
 Example
 -------
@@ -32,11 +35,19 @@ from tqdm import tqdm
 
 from maskproxy_losses.data.audio import SAMPLE_RATE, crop_samples, pad_batch, read_wav
 from maskproxy_losses.scoring.cosine import make_crops
-from maskproxy_losses.utils.errors import InputError
+from maskproxy_losses.utils.errors import InputError, problem_key
 from maskproxy_losses.utils.files import atomic_write_bytes, remove_stale_temps
 from maskproxy_losses.utils.precision import autocast_for
 
-__all__ = ["model_fingerprint", "file_key", "cache_folder", "EmbeddingCache", "Embedder"]
+__all__ = [
+    "model_fingerprint",
+    "file_key",
+    "cache_folder",
+    "EmbeddingCache",
+    "Embedder",
+    "embed_trials",
+    "embed_rows",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -84,18 +95,27 @@ class EmbeddingCache:
         self.folder.mkdir(parents=True, exist_ok=True)
         remove_stale_temps(self.folder)
         self.table = {}
+        dropped = 0
         for shard in sorted(self.folder.glob("shard-*.npz")):
             try:
-                with np.load(shard) as z:
-                    self.table.update(zip(z["keys"].tolist(), z["emb"]))
+                with np.load(shard, allow_pickle=False) as z:
+                    keys, emb = z["keys"].tolist(), z["emb"]
             except Exception as err:  # a damaged shard is only a cache miss
                 logger.warning("ignoring unreadable cache shard %s (%s)", shard, err)
+                continue
+            finite = np.isfinite(emb.reshape(len(emb), -1)).all(axis=1)
+            dropped += int((~finite).sum())
+            self.table.update((k, e) for k, e, ok in zip(keys, emb, finite) if ok)
+        if dropped:
+            logger.warning("ignoring %d non-finite cached embedding(s) in %s", dropped, self.folder)
         self.pending = {}
 
     def get(self, key):
         return self.table.get(key)
 
     def put(self, key, emb):
+        if not np.isfinite(emb).all():
+            raise ValueError(f"refusing to cache a non-finite embedding (key {key})")
         self.table[key] = emb
         self.pending[key] = emb
 
@@ -166,32 +186,45 @@ class Embedder:
             yield batch
 
     def _embed_batch(self, paths, wheres):
-        wavs = []
-        for p in paths:
+        """The embedding of each path, or a problem (str) for audio with NaN / Inf samples
+        (read, but kept out of the batch)."""
+        wavs, out = [], [None] * len(paths)
+        for i, p in enumerate(paths):
             try:
-                wavs.append(read_wav(p))
+                wav = read_wav(p)
             except Exception as err:
                 raise InputError(f"{wheres.get(p, p)}: unreadable audio {p} ({err})") from None
-        if self.crops:
+            finite = torch.isfinite(wav)
+            if not bool(finite.all()):
+                out[i] = f"non-finite sample (NaN/Inf) at sample {int((~finite).nonzero()[0])}"
+            wavs.append(wav)
+        todo = [i for i in range(len(paths)) if out[i] is None]
+        if self.crops and todo:
             k, frames = self.crops
-            crops = torch.cat([make_crops(w, frames, k) for w in wavs])
-            return list(self._encode(crops).reshape(len(wavs), k, -1))
-        out = [None] * len(wavs)
-        short = [i for i, w in enumerate(wavs) if w.shape[0] <= self.max_len]
-        for i, w in enumerate(wavs):
-            if w.shape[0] > self.max_len:
-                out[i] = self._full(w)
+            crops = torch.cat([make_crops(wavs[i], frames, k) for i in todo])
+            for i, e in zip(todo, self._encode(crops).reshape(len(todo), k, -1)):
+                out[i] = e
+            return out
+        short = [i for i in todo if wavs[i].shape[0] <= self.max_len]
+        for i in todo:
+            if wavs[i].shape[0] > self.max_len:
+                out[i] = self._full(wavs[i])
         if short:
             for i, e in zip(short, self._encode(*pad_batch([wavs[i] for i in short]))):
                 out[i] = e
         return out
 
-    def __call__(self, paths, lengths, wheres=None, desc="embedding", flush_every=2000):
+    def __call__(self, paths, lengths, wheres=None, desc="embedding", flush_every=2000, bad=None):
         """Embeddings of ``paths`` (``[N, D]`` or ``[N, K, D]``) and ``(hits, computed)``.
 
         ``lengths`` gives each file's samples (for batching); ``wheres`` maps a path to
-        the ``file:line`` that named it (for error messages).
+        the ``file:line`` that named it (for error messages). A file whose embedding is
+        not finite is never cached: by default every such file is named in one
+        ``InputError`` once the others are embedded (and cached); given a dict ``bad``
+        (``--skip-bad``), each goes into it as ``{path: problem}`` and its row is NaN, for
+        the caller to drop.
         """
+        wheres = wheres or {}
         keys = [file_key(p) for p in paths]
         todo = [i for i, k in enumerate(keys) if self.cache.get(k) is None]
         hits = len(paths) - len(todo)
@@ -202,16 +235,68 @@ class Embedder:
             len(paths),
             len(todo),
         )
-        todo_paths = [paths[i] for i in todo]
+        todo_paths = list(dict.fromkeys(paths[i] for i in todo))
         key_of = {paths[i]: keys[i] for i in todo}
-        done = 0
-        with tqdm(total=len(todo), desc=desc, unit="file", disable=not todo) as bar:
+        found = {}
+        with tqdm(total=len(todo_paths), desc=desc, unit="file", disable=not todo) as bar:
             for batch in self._batches(todo_paths, [lengths[p] for p in todo_paths]):
-                for p, e in zip(batch, self._embed_batch(batch, wheres or {})):
-                    self.cache.put(key_of[p], e.astype(np.float32))
+                for p, e in zip(batch, self._embed_batch(batch, wheres)):
+                    if isinstance(e, str):
+                        found[p] = f"{wheres.get(p, p)}: {e}: {p}"
+                    elif np.isfinite(e).all():
+                        self.cache.put(key_of[p], e.astype(np.float32))
+                    else:
+                        found[p] = (
+                            f"{wheres.get(p, p)}: non-finite embedding (NaN/Inf) of {p}; "
+                            "check this audio file"
+                        )
                 bar.update(len(batch))
-                done += len(batch)
                 if len(self.cache.pending) >= flush_every:
                     self.cache.flush()
         self.cache.flush()
-        return np.stack([self.cache.get(k) for k in keys]), (hits, len(todo))
+        if found and bad is None:
+            raise InputError(sorted(found.values(), key=problem_key))
+        if bad is not None:
+            bad.update(found)
+        rows = [self.cache.get(k) for k in keys]
+        shape = next((r.shape for r in rows if r is not None), None)
+        if shape is None:  # every file was bad
+            return np.zeros((len(paths), 0), np.float32), (hits, len(todo))
+        nan = np.full(shape, np.nan, np.float32)
+        return np.stack([nan if r is None else r for r in rows]), (hits, len(todo))
+
+
+def embed_trials(embedder, trials, lengths, source, skip_bad=False, desc="test embeddings"):
+    """``(trials, emb, enrol_idx, test_idx, (hits, computed), problems)``: the embeddings of
+    the distinct files of ``trials`` (:class:`~maskproxy_losses.data.trials.Trial`) and each
+    trial's rows. A file whose samples or embedding are not finite stops the run, named by
+    the first trial line that uses it; with ``skip_bad`` its trials are dropped instead and
+    ``problems`` names it (both classes must remain in ``source``'s trials)."""
+    from maskproxy_losses.data.trials import check_classes, index_trials
+
+    keys = list(dict.fromkeys(p for t in trials for p in (t.enrol_path, t.test_path)))
+    wheres = {p: t.where for t in reversed(trials) for p in (t.enrol_path, t.test_path)}
+    bad = {} if skip_bad else None
+    emb, counts = embedder(keys, lengths, wheres, desc=desc, bad=bad)
+    if bad:
+        trials = [t for t in trials if t.enrol_path not in bad and t.test_path not in bad]
+        check_classes(trials, source)
+    kept, enrol, test = index_trials((t.enrol_path, t.test_path) for t in trials)
+    if len(kept) < len(keys):
+        row = {k: i for i, k in enumerate(keys)}
+        emb = emb[[row[k] for k in kept]]
+    return trials, emb, enrol, test, counts, sorted((bad or {}).values(), key=problem_key)
+
+
+def embed_rows(embedder, rows, lengths, skip_bad=False, desc="cohort embeddings"):
+    """``(rows, emb, (hits, computed), problems)`` for ``(path, speaker, where)`` rows (a
+    cohort, an embedding map): as :func:`embed_trials`, a non-finite embedding stops the
+    run naming its line, or with ``skip_bad`` drops its row."""
+    bad = {} if skip_bad else None
+    emb, counts = embedder([r[0] for r in rows], lengths, {r[0]: r[2] for r in rows}, desc, bad=bad)
+    if bad:
+        keep = [i for i, r in enumerate(rows) if r[0] not in bad]
+        if not keep:
+            raise InputError(["no usable utterance left:", *bad.values()])
+        rows, emb = [rows[i] for i in keep], emb[keep]
+    return rows, emb, counts, sorted((bad or {}).values(), key=problem_key)

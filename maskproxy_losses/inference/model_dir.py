@@ -8,10 +8,14 @@ someone else could therefore run anything on load. So an untrusted file never re
 HyperPyYAML: :func:`read_model_hparams` reads it with PyYAML's safe loader and builds the
 objects itself, accepting only what this project's export writes: ``!new:`` of the
 classes in :data:`ALLOWED_CONSTRUCTORS` with plain arguments, and ``!ref <key>`` of a
-whole top-level key. Anything else is refused with its ``file:line`` unless the caller
-passes ``trust=True`` (``--trust_model_dir True`` / ``--trust-model-dir`` on the command
-lines), which loads the file with HyperPyYAML as SpeechBrain would. The checkpoint is
-read with ``torch.load(weights_only=True)``: tensors only, no pickle.
+whole top-level key. YAML anchors and aliases (``&a`` / ``*a``, which the export never
+writes and which can expand without bound) and files over :data:`MAX_HPARAMS_BYTES` are
+refused from the event stream, before anything is built. Anything else is refused with
+its ``file:line`` unless the caller passes ``trust=True`` (``--trust_model_dir True`` /
+``--trust-model-dir`` on the command lines), which loads the file with HyperPyYAML as
+SpeechBrain would. The checkpoint is read with ``torch.load(weights_only=True)``: tensors
+only, no pickle; weights that are not finite are refused (the model would embed every
+file to NaN).
 
 Example
 -------
@@ -36,6 +40,7 @@ from maskproxy_losses.utils.errors import InputError
 __all__ = [
     "ALLOWED_CONSTRUCTORS",
     "HPARAMS_FILE",
+    "MAX_HPARAMS_BYTES",
     "CKPT_FILE",
     "MODULE_KEYS",
     "check_hparams",
@@ -46,6 +51,7 @@ __all__ = [
 
 HPARAMS_FILE = "hyperparams.yaml"
 CKPT_FILE = "embedding_model.ckpt"
+MAX_HPARAMS_BYTES = 1 << 20  # an exported hyperparams.yaml is about 1 KB
 
 # Every class the project's export (maskproxy_losses.inference.export) and converter may name:
 # today's homes, and the pre-0.2 module paths that directories exported earlier name.
@@ -127,10 +133,37 @@ def _refuse(path, problems):
     )
 
 
+def _anchors(text):
+    """``[(line, what)]`` of the anchors and aliases in the YAML ``text``, read from its
+    event stream (linear in its length: nothing is expanded)."""
+    found = []
+    for event in yaml.parse(text, Loader=yaml.SafeLoader):
+        if isinstance(event, yaml.AliasEvent):
+            found.append((event.start_mark.line + 1, f"alias *{event.anchor}"))
+        elif getattr(event, "anchor", None):
+            found.append((event.start_mark.line + 1, f"anchor &{event.anchor}"))
+    return found
+
+
 def _parse(path):
     """The safe parse of ``path``: ``(top-level dict with markers, [(line, problem)])``."""
     try:
-        loader = _ModelYamlLoader(path.read_text(encoding="utf-8"))
+        size = path.stat().st_size
+        if size > MAX_HPARAMS_BYTES:
+            raise InputError(
+                f"{path}: {size} bytes, more than the {MAX_HPARAMS_BYTES} a model directory's "
+                f"{HPARAMS_FILE} may have (the export writes about 1 KB); refusing to read it"
+            )
+        text = path.read_text(encoding="utf-8")
+        anchors = _anchors(text)
+        if anchors:
+            line, what = anchors[0]
+            raise InputError(
+                f"{path}:{line}: YAML {what}: anchors and aliases are refused in a model "
+                f"directory (the export never writes them; they can expand without bound); "
+                f"{len(anchors)} in this file"
+            )
+        loader = _ModelYamlLoader(text)
         loader.problems = []
         try:
             data = loader.get_single_data()
@@ -248,6 +281,12 @@ def load_modules(model_dir, trust=False):
         raise InputError(
             [f"{ckpt}: does not fit the model in {HPARAMS_FILE}:"] + lines[:20]
         ) from None
+    bad = [k for k, v in state.items() if v.is_floating_point() and not bool(v.isfinite().all())]
+    if bad:
+        raise InputError(
+            f"{ckpt}: {len(bad)} weight tensor(s) hold NaN/Inf ({', '.join(bad[:3])}); "
+            "this model would embed every file to NaN"
+        )
     for module in modules.values():
         module.eval()
     return hparams, modules

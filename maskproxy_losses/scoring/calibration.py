@@ -264,15 +264,23 @@ def cllr(llr, labels):
 def pav(scores, labels):
     """Pool-adjacent-violators: the non-decreasing target fraction fitted to ``labels``
     as a function of ``scores`` (tied scores share one value; scikit-learn's
-    ``IsotonicRegression``). Returned in the input order.
+    ``isotonic_regression`` on the per-score target fractions, weighted by their counts).
+    Returned in the input order. Each score gets its own block's value directly: no
+    interpolation, which in ``IsotonicRegression.predict`` turns scores one ulp apart
+    (a file scored against itself, 1.0 and 1.0000000000000002) into NaN.
 
     >>> pav([1.0, 2.0, 3.0, 4.0], [0, 1, 0, 1]).tolist()
     [0.0, 0.5, 0.5, 1.0]
+    >>> pav([1.0, 1.0000000000000002, 0.5], [1, 1, 0]).tolist()
+    [1.0, 1.0, 0.0]
     """
-    from sklearn.isotonic import IsotonicRegression
+    from sklearn.isotonic import isotonic_regression
 
     scores, labels = check_scores(scores, labels)
-    return IsotonicRegression(increasing=True).fit(scores, labels).predict(scores)
+    values, inverse, counts = np.unique(scores, return_inverse=True, return_counts=True)
+    fractions = np.bincount(inverse, weights=labels, minlength=len(values)) / counts
+    fitted = isotonic_regression(fractions, sample_weight=counts.astype(np.float64))
+    return fitted[inverse]
 
 
 def min_cllr(scores, labels):

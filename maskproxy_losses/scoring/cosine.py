@@ -19,6 +19,7 @@ from maskproxy_losses.data.audio import crop_samples
 __all__ = [
     "l2_normalize",
     "cosine_scores",
+    "check_finite",
     "score_trials",
     "crop_starts",
     "make_crops",
@@ -48,14 +49,16 @@ def _as_np(emb):
     return np.asarray(emb)
 
 
-def cosine_scores(emb, enrol_idx, test_idx):
+def cosine_scores(emb, enrol_idx, test_idx, chunk=16384):
     """Cosine similarity of each trial: rows of ``emb`` ([N, D]) picked by the indices.
 
-    Rows are L2-normalised once, then each trial is a row-wise dot product.
-    Returns float64 scores of shape ``[n_trials]``.
+    Rows are L2-normalised once, then each trial is a row-wise dot product, ``chunk``
+    trials at a time: memory grows with the N distinct embeddings, not with the trials
+    (a [n_trials, D] gather of a long list would not fit). Returns float64 scores of
+    shape ``[n_trials]``.
 
     >>> emb = np.array([[1.0, 0.0], [1.0, 1.0], [0.0, 2.0]])
-    >>> np.round(cosine_scores(emb, [0, 0, 1], [1, 2, 2]), 4).tolist()
+    >>> np.round(cosine_scores(emb, [0, 0, 1], [1, 2, 2], chunk=2), 4).tolist()
     [0.7071, 0.0, 0.7071]
     """
     emb = _as_np(emb)
@@ -64,13 +67,52 @@ def cosine_scores(emb, enrol_idx, test_idx):
     if emb.ndim != 2:
         raise ValueError(f"embeddings must be [N, D], got {emb.shape}")
     emb = l2_normalize(emb.astype(np.float64))
-    e, t = np.asarray(enrol_idx), np.asarray(test_idx)
-    return np.einsum("ij,ij->i", emb[e], emb[t])
+    e, t = np.asarray(enrol_idx, dtype=np.int64), np.asarray(test_idx, dtype=np.int64)
+    if e.shape != t.shape or e.ndim != 1:
+        raise ValueError(f"index arrays must be 1-D of one length, got {e.shape}, {t.shape}")
+    out = np.empty(len(e))
+    for s in range(0, len(e), chunk):
+        out[s : s + chunk] = np.einsum("ij,ij->i", emb[e[s : s + chunk]], emb[t[s : s + chunk]])
+    return out
+
+
+def check_finite(emb, keys, where):
+    """Raise ``InputError`` naming each non-finite row of ``emb`` (one per key of ``keys``)
+    as ``where[key]: non-finite embedding (NaN/Inf) of key``; when every row is, the model is
+    named instead (its weights, not one file, are at fault).
+
+    >>> check_finite(np.ones((2, 3)), ["a", "b"], {})
+    >>> try:
+    ...     check_finite(np.array([[1.0], [np.nan]]), ["a.wav", "b.wav"], {"b.wav": "t.txt:4"})
+    ... except ValueError as err:
+    ...     print(err)
+    t.txt:4: non-finite embedding (NaN/Inf) of b.wav; check this audio file
+    """
+    from maskproxy_losses.utils.errors import InputError
+
+    emb = _as_np(emb)
+    finite = np.isfinite(emb.reshape(len(emb), -1)).all(axis=1)
+    if finite.all():
+        return
+    if not finite.any() and len(emb) > 1:
+        raise InputError(
+            f"the embeddings of all {len(emb)} files are NaN/Inf: the model's weights (or "
+            "its input pipeline) are not finite, not one file"
+        )
+    raise InputError(
+        [
+            f"{where.get(k, k)}: non-finite embedding (NaN/Inf) of {k}; check this audio file"
+            for k, ok in zip(keys, finite)
+            if not ok
+        ]
+    )
 
 
 def score_trials(embeddings, trials):
     """Cosine scores and labels of ``trials`` (as :func:`maskproxy_losses.data.trials.read_trials`
-    returns them) with ``embeddings`` a ``{absolute wav path: embedding}`` mapping.
+    returns them) with ``embeddings`` a ``{absolute wav path: embedding}`` mapping. A
+    non-finite embedding is refused (:func:`check_finite`, naming the trial line), never
+    scored.
 
     >>> from maskproxy_losses.data.trials import Trial
     >>> emb = {"/a.wav": np.array([1.0, 0.0]), "/b.wav": np.array([1.0, 1.0])}
@@ -80,8 +122,11 @@ def score_trials(embeddings, trials):
     """
     from maskproxy_losses.data.trials import index_trials
 
-    keys, enrol, test = index_trials([(t.enrol_path, t.test_path) for t in trials])
+    keys, enrol, test = index_trials((t.enrol_path, t.test_path) for t in trials)
     emb = np.stack([_as_np(embeddings[k]).reshape(-1) for k in keys])
+    if not np.isfinite(emb).all():
+        where = {p: t.where for t in reversed(trials) for p in (t.enrol_path, t.test_path)}
+        check_finite(emb, keys, where)
     return cosine_scores(emb, enrol, test), np.array([t.label for t in trials])
 
 

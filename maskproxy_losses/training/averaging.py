@@ -47,7 +47,9 @@ def average_checkpoints(paths):
     paths = list(paths)
     if not paths:
         raise ValueError("average_checkpoints needs at least one checkpoint")
-    states = [torch.load(p, map_location="cpu", weights_only=True) for p in paths]
+    from maskproxy_losses.training.checkpointing import load_weights
+
+    states = [load_weights(p) for p in paths]
     keys = list(states[0])
     for path, state in zip(paths[1:], states[1:]):
         if list(state) != keys or any(state[k].shape != states[0][k].shape for k in keys):

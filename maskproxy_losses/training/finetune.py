@@ -12,7 +12,8 @@
   (same loss class, same number of classes); otherwise it starts fresh and the log says
   why (another loss, speed perturbation changing the number of classes, ...).
 
-Only weights are taken (``torch.load(weights_only=True)``); the optimiser, the lr
+Only weights are taken (``torch.load(weights_only=True)``; any other file is refused in
+one line naming it); the optimiser, the lr
 schedule and the epoch counter start anew. When the new run's own ``save/`` folder has
 checkpoints (a resumed fine-tuning run), SpeechBrain's recovery loads those on top, so
 a restart continues the fine-tuning instead of starting it again.
@@ -21,9 +22,8 @@ a restart continues the fine-tuning instead of starting it again.
 import logging
 from pathlib import Path
 
-import torch
-
 from maskproxy_losses.inference.model_dir import CKPT_FILE
+from maskproxy_losses.training.checkpointing import load_weights
 from maskproxy_losses.utils.errors import InputError
 
 __all__ = ["resolve_pretrained", "load_pretrained"]
@@ -32,11 +32,11 @@ logger = logging.getLogger(__name__)
 
 
 def _best_checkpoint(save_dir):
-    from speechbrain.utils.checkpoints import Checkpointer
+    from maskproxy_losses.training.checkpointing import AtomicCheckpointer
 
     if not save_dir.is_dir():
         return None
-    return Checkpointer(save_dir).find_checkpoint(min_key="EER")
+    return AtomicCheckpointer(save_dir).find_checkpoint(min_key="EER")  # damaged meta: skipped
 
 
 def resolve_pretrained(path):
@@ -67,7 +67,7 @@ def load_pretrained(path, embedding_model, loss_fn=None):
     available and compatible, into ``loss_fn``. Returns ``(encoder file, loss file or
     None)``, the files actually loaded."""
     encoder_file, loss_file = resolve_pretrained(path)
-    state = torch.load(encoder_file, map_location="cpu", weights_only=True)
+    state = load_weights(encoder_file)
     try:
         embedding_model.load_state_dict(state, strict=True)
     except RuntimeError as err:
@@ -81,7 +81,7 @@ def load_pretrained(path, embedding_model, loss_fn=None):
     if loss_file is None:
         logger.info("pretrained: no loss checkpoint in %s; the loss starts fresh", path)
         return encoder_file, None
-    loss_state = torch.load(loss_file, map_location="cpu", weights_only=True)
+    loss_state = load_weights(loss_file)
     if not _compatible(loss_fn, loss_state):
         logger.warning(
             "pretrained: %s does not match this loss (another loss or number of "

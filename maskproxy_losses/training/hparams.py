@@ -1,13 +1,19 @@
 """Loading a training recipe's hyperparameters: checked overrides, the built-in scale.
 
 :func:`load_recipe_hparams` reads a HyperPyYAML recipe file with command-line
-overrides, after three checks that would otherwise fail late or silently:
+overrides, after four checks that would otherwise fail late or silently:
 
 - every override names a key of the file (a typo gets the closest valid keys),
 - ``loss_name`` is one the library builds,
 - with ``builtin_corpus: True``, the file's ``builtin`` block (the built-in corpus's
   batch, crop and epoch values) is merged into the overrides *before* loading, so every
-  ``!ref`` sees the scaled values; values given on the command line win.
+  ``!ref`` sees the scaled values; values given on the command line win,
+- the values are in range (:func:`maskproxy_losses.training.options.check_values`: a
+  positive lr, at least one epoch, crops the model can embed, ...).
+
+Anything HyperPyYAML still cannot build from the file is one line naming the file.
+:func:`read_tagged_yaml` reads a file with its tags kept as values (``{"!new:X": args}``),
+for comparing two runs' settings (:mod:`maskproxy_losses.training.run_folder`).
 
 Example
 -------
@@ -21,9 +27,10 @@ import logging
 
 import yaml
 
+from maskproxy_losses.training.options import check_values
 from maskproxy_losses.utils.errors import InputError
 
-__all__ = ["read_plain_yaml", "check_override_keys", "load_recipe_hparams"]
+__all__ = ["read_plain_yaml", "read_tagged_yaml", "check_override_keys", "load_recipe_hparams"]
 
 logger = logging.getLogger(__name__)
 
@@ -51,6 +58,36 @@ def read_plain_yaml(text):
     loader.tags = []
     try:
         return loader.get_single_data(), loader.tags
+    finally:
+        loader.dispose()
+
+
+class _TagKeeper(yaml.SafeLoader):
+    """A safe YAML loader that keeps every application tag in the value it builds."""
+
+
+def _keep(loader, tag_suffix, node):
+    if isinstance(node, yaml.MappingNode):
+        value = loader.construct_mapping(node, deep=True)
+    elif isinstance(node, yaml.SequenceNode):
+        value = loader.construct_sequence(node, deep=True)
+    else:
+        value = loader.construct_scalar(node)
+    return {f"!{tag_suffix}": value}
+
+
+_TagKeeper.add_multi_constructor("!", _keep)
+
+
+def read_tagged_yaml(text):
+    r"""The YAML ``text`` read safely, each tagged node as ``{"!tag": value}``.
+
+    >>> read_tagged_yaml("m: !new:torch.nn.Linear {in_features: 2}\nn: !ref <m>\n")
+    {'m': {'!new:torch.nn.Linear': {'in_features': 2}}, 'n': {'!ref': '<m>'}}
+    """
+    loader = _TagKeeper(text)
+    try:
+        return loader.get_single_data()
     finally:
         loader.dispose()
 
@@ -109,6 +146,9 @@ def load_recipe_hparams(hparams_file, overrides="", losses=None):
                     "built-in corpus: %s = %s (VoxCeleb setting: %s)", key, value, raw.get(key)
                 )
                 scale[key] = value
+    problems = check_values({**raw, **scale, **given})
+    if problems:
+        raise InputError(problems)
     # The command line's own text stays as HyperPyYAML reads it (YAML 1.2: 1e30 is a float).
     merged = "\n".join(
         part for part in (overrides or "", yaml.safe_dump(scale) if scale else "") if part
@@ -119,4 +159,12 @@ def load_recipe_hparams(hparams_file, overrides="", losses=None):
         raise InputError(
             f"{err.filename}: cannot create this folder ({err.strerror}); "
             "check output_folder and the other paths"
+        ) from None
+    except InputError:
+        raise
+    except Exception as err:  # a constructor refusing its arguments, a bad !ref, ...
+        detail = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        raise InputError(
+            f"{hparams_file}: cannot build the recipe from it and the overrides "
+            f"({type(err).__name__}: {detail})"
         ) from None

@@ -24,6 +24,7 @@ from maskproxy_losses.data.crops import SeededCrops, full_file_item
 from maskproxy_losses.data.sampler import SpeakerBatchSampler
 from maskproxy_losses.data.speed_perturb import SPEEDS, SpeedPerturbedCrops
 from maskproxy_losses.training.finetune import load_pretrained
+from maskproxy_losses.training.options import check_device
 from maskproxy_losses.utils.errors import InputError
 from maskproxy_losses.utils.precision import resolve_run_precision
 
@@ -173,14 +174,21 @@ def sharded_train(hparams, manifests, index_path, labels):
 
 def resolve_run_options(hparams, run_opts):
     """SpeechBrain run options with DDP on CPU (gloo: nccl needs GPUs) and the precision
-    made concrete (``precision: auto``, see :mod:`maskproxy_losses.utils.precision`), logged."""
+    made concrete (``precision: auto``, see :mod:`maskproxy_losses.utils.precision`), logged;
+    a device that is not here, or a precision it cannot train in, is refused
+    (:func:`maskproxy_losses.training.options.check_device`)."""
     if run_opts.distributed_backend == "nccl" and not torch.cuda.is_available():
         run_opts = dataclasses.replace(
             run_opts,
             distributed_backend="gloo",
             overridden_args=run_opts.overridden_args | {"distributed_backend"},
         )
-    run_opts, why = resolve_run_precision(hparams, run_opts)
+    check_device(run_opts.device, None)
+    try:
+        run_opts, why = resolve_run_precision(hparams, run_opts)
+    except ValueError as err:  # an unknown precision in the yaml
+        raise InputError(f"--precision: {err}") from None
+    check_device(run_opts.device, run_opts.precision)
     logger.info("training precision: %s (%s)", run_opts.precision, why)
     return run_opts
 

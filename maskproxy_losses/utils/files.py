@@ -26,7 +26,9 @@ from maskproxy_losses.utils.errors import InputError
 
 __all__ = [
     "atomic_write_bytes",
+    "atomic_write_chunks",
     "atomic_write_text",
+    "atomic_write_lines",
     "temp_path",
     "remove_stale_temps",
     "umask_mode",
@@ -54,21 +56,56 @@ def temp_path(target, kind="tmp"):
 
 def atomic_write_bytes(path, data):
     """Write ``data`` to ``path`` via a temporary file in the same folder + ``os.replace``."""
+    atomic_write_chunks(path, [data])
+
+
+def atomic_write_chunks(path, chunks):
+    """Write the byte strings ``chunks`` (any iterable, consumed as it is written, so a
+    long output never sits whole in memory) to ``path`` via a temporary file in the same
+    folder + ``os.replace``; on any error the temporary is removed and ``path`` untouched.
+    A write error (a full disk) names ``path``, not the temporary."""
     tmp = temp_path(path)
     try:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, umask_mode())
         with os.fdopen(fd, "wb") as f:
-            f.write(data)
+            for chunk in chunks:
+                f.write(chunk)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
         if os.path.lexists(tmp):
             os.remove(tmp)
+        if isinstance(err, OSError) and err.filename in (None, tmp):
+            raise OSError(err.errno, err.strerror, str(path)) from err
         raise
 
 
 def atomic_write_text(path, text):
     """``atomic_write_bytes`` of ``text`` encoded as UTF-8."""
     atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_lines(path, lines, batch=10000):
+    r"""``atomic_write_chunks`` of the text ``lines`` (an iterable of str), UTF-8 encoded
+    ``batch`` lines at a time.
+
+    >>> import tempfile
+    >>> path = os.path.join(tempfile.mkdtemp(), "scores.txt")
+    >>> atomic_write_lines(path, (f"{i}\n" for i in range(3)), batch=2)
+    >>> open(path).read()
+    '0\n1\n2\n'
+    """
+
+    def chunks():
+        part = []
+        for line in lines:
+            part.append(line)
+            if len(part) >= batch:
+                yield "".join(part).encode("utf-8")
+                part = []
+        if part:
+            yield "".join(part).encode("utf-8")
+
+    atomic_write_chunks(path, chunks())
 
 
 def _pid_alive(pid):

@@ -20,21 +20,18 @@ import time
 from pathlib import Path
 
 import numpy as np
-import speechbrain as sb
 import torch
 from hyperpyyaml import load_hyperpyyaml
 
 from data_prep.demo_corpus import prepare_builtin
-from maskproxy_losses.data.trials import (
-    index_trials,
-    read_manifest_wavs,
-    usable_speaker_wavs,
-    usable_trials,
-)
+from maskproxy_losses.data.trials import read_manifest_wavs, usable_speaker_wavs, usable_trials
+from maskproxy_losses.inference.api import check_device
 from maskproxy_losses.inference.embedding import (
     Embedder,
     EmbeddingCache,
     cache_folder,
+    embed_rows,
+    embed_trials,
     model_fingerprint,
 )
 from maskproxy_losses.inference.model_dir import load_encoder
@@ -42,8 +39,9 @@ from maskproxy_losses.scoring import cosine as scoring
 from maskproxy_losses.scoring.calibration import calibration_for, calibration_metrics, min_cllr
 from maskproxy_losses.scoring.metrics import verification_metrics
 from maskproxy_losses.scoring.plots import plot_det_and_scores, plot_embedding_map
+from maskproxy_losses.training.options import split_arguments
 from maskproxy_losses.utils.errors import InputError, report, run_cli
-from maskproxy_losses.utils.files import atomic_write_text
+from maskproxy_losses.utils.files import atomic_write_lines, atomic_write_text
 from maskproxy_losses.utils.precision import resolve_precision
 
 logger = logging.getLogger(__name__)
@@ -86,11 +84,12 @@ def load_trials(hparams, skip_bad):
 
 
 def load_cohort(hparams, norm, skip_bad):
-    """``(cohort rows, samples by path, problems)`` for S-norm / AS-norm, or Nones."""
+    """``((cohort rows, samples by path), problems)`` for S-norm / AS-norm, or None."""
     if norm == "none":
-        return None, None, []
+        return None, []
     per_spk = int(hparams.get("cohort_utts_per_spk") or 0)
-    return usable_speaker_wavs(hparams["cohort_csv"], per_spk, skip_bad)
+    rows, lengths, problems = usable_speaker_wavs(hparams["cohort_csv"], per_spk, skip_bad)
+    return (rows, lengths), problems
 
 
 def build_embedder(hparams, device, crops):
@@ -107,24 +106,25 @@ def build_embedder(hparams, device, crops):
 
 
 def score(embed, trials, lengths, cohort, hparams, norm):
-    """``(scores, counts, cohort summary)``: raw (cosine or ten-crop) scores, normalised
-    against the cohort's speaker means when asked; counts are cache hits / computed."""
-    keys, enrol, test = index_trials([(t.enrol_path, t.test_path) for t in trials])
-    wheres = {p: t.where for t in reversed(trials) for p in (t.enrol_path, t.test_path)}
-    emb, counts = embed(keys, lengths, wheres, desc="test embeddings")
-    ten_crop = emb.ndim == 3
-    scores = (scoring.ten_crop_scores if ten_crop else scoring.cosine_scores)(emb, enrol, test)
+    """``(trials, scores, counts, cohort summary, problems)``: raw (cosine or ten-crop)
+    scores, normalised against the cohort's speaker means when asked; counts are cache hits
+    / computed; with ``skip_bad`` trials and cohort rows whose audio embeds to NaN / Inf are
+    dropped (``problems``), else such a file stops the run, named by its line."""
+    skip = bool(hparams.get("skip_bad", False))
+    trials, emb, enrol, test, counts, problems = embed_trials(
+        embed, trials, lengths, hparams["trials_file"], skip
+    )
+    scores = (scoring.ten_crop_scores if emb.ndim == 3 else scoring.cosine_scores)(emb, enrol, test)
     if cohort is None:
-        return scores, counts, None
-    rows, c_lengths = cohort
-    paths, wheres = [r[0] for r in rows], {r[0]: r[2] for r in rows}
-    c_emb, c_counts = embed(paths, c_lengths, wheres, desc="cohort embeddings")
+        return trials, scores, counts, None, problems
+    rows, c_emb, c_counts, c_problems = embed_rows(embed, *cohort, skip)
     speakers, means = scoring.speaker_means(c_emb, [r[1] for r in rows])
     top_n = int(hparams["cohort_top_n"]) if norm == "asnorm" else None
     scores = scoring.score_norm(scores, emb, enrol, test, means, top_n=top_n)
     counts = (counts[0] + c_counts[0], counts[1] + c_counts[1])
     info = {"cohort_csv": str(hparams["cohort_csv"]), "speakers": len(speakers)}
-    return scores, counts, {**info, "utterances": len(rows), "top_n": top_n}
+    info.update(utterances=len(rows), top_n=top_n)
+    return trials, scores, counts, info, problems + c_problems
 
 
 def assess(scores, labels, hparams, mode, norm):
@@ -145,7 +145,7 @@ def embedding_map(hparams, embed, out_dir):
     """Draw ``embedding_map.png``: a t-SNE map of per-speaker test utterances."""
     map_csv, per_spk = hparams["embedding_map_csv"], int(hparams["embedding_map_utts_per_spk"])
     rows, map_lengths, _ = usable_speaker_wavs(map_csv, per_spk, False, "embedding_map_csv")
-    map_emb, _ = embed([r[0] for r in rows], map_lengths, desc="embedding map")
+    rows, map_emb, _, _ = embed_rows(embed, rows, map_lengths, desc="embedding map")
     if map_emb.ndim == 3:  # ten_crop: one embedding per file, the mean of its crops
         map_emb = scoring.l2_normalize(map_emb).mean(axis=1)
     if len(map_emb) < 3:
@@ -183,10 +183,11 @@ def run(hparams, device="cpu"):
     out_dir = Path(hparams["output_folder"])
     out_dir.mkdir(parents=True, exist_ok=True)
     trials, lengths, problems = load_trials(hparams, skip_bad)
-    cohort, c_lengths, c_problems = load_cohort(hparams, norm, skip_bad)
-    problems += c_problems
-    cohort = None if cohort is None else (cohort, c_lengths)
-    scores, (hits, computed), cohort_info = score(embed, trials, lengths, cohort, hparams, norm)
+    cohort, c_problems = load_cohort(hparams, norm, skip_bad)
+    trials, scores, (hits, computed), cohort_info, bad = score(
+        embed, trials, lengths, cohort, hparams, norm
+    )
+    problems += c_problems + bad
     labels = np.array([t.label for t in trials])
     metrics, calibration, calibration_file = assess(scores, labels, hparams, mode, norm)
     calibrated = bool(calibration and hparams.get("calibrated_scores"))
@@ -196,8 +197,7 @@ def run(hparams, device="cpu"):
         "model_hash": model_hash,
         "trials_file": str(Path(hparams["trials_file"]).resolve()),
         "score_mode": mode,
-        "num_crops": crops[0] if crops else None,
-        "crop_frames": crops[1] if crops else None,
+        **dict(zip(("num_crops", "crop_frames"), crops or (None, None))),
         "norm": norm,
         "cohort": cohort_info,
         "calibration": calibration_file,
@@ -207,8 +207,8 @@ def run(hparams, device="cpu"):
     metrics["embedding_cache"] = {"hits": hits, "computed": computed, "dir": str(cache.folder)}
     metrics["skipped"] = {"count": len(problems), "problems": problems[:100]}
     metrics["seconds"] = round(time.time() - t0, 2)
-    lines = (f"{t.label} {s!r} {t.enrol} {t.test}\n" for t, s in zip(trials, written.tolist()))
-    atomic_write_text(out_dir / "scores.txt", "".join(lines))
+    lines = (f"{t.label} {float(s)!r} {t.enrol} {t.test}\n" for t, s in zip(trials, written))
+    atomic_write_lines(out_dir / "scores.txt", lines)  # streamed: a long list stays small
     atomic_write_text(out_dir / "metrics.json", json.dumps(metrics, indent=2) + "\n")
     plot_det_and_scores(scores, labels, out_dir / "det_and_scores.png")
     if hparams.get("embedding_map"):
@@ -220,8 +220,8 @@ def run(hparams, device="cpu"):
 def load_hparams(argv):
     """``sb.parse_arguments`` + ``load_hyperpyyaml``; problems become ``InputError``. A
     ``--precision`` given to SpeechBrain's parser wins over the yaml's."""
+    hparams_file, run_opts, overrides = split_arguments(argv)  # no option twice
     try:
-        hparams_file, run_opts, overrides = sb.parse_arguments(argv)
         with open(hparams_file, encoding="utf-8") as f:
             hparams = load_hyperpyyaml(f, overrides)
     except Exception as err:  # unreadable yaml, missing --pretrained_path, ...
@@ -237,18 +237,13 @@ def verify(argv):
     """Score a trial list as the command line ``argv`` says; return the metrics."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     hparams, run_opts = load_hparams(argv)
-    device = run_opts["device"] or ("cuda:0" if torch.cuda.is_available() else "cpu")
+    device = check_device(run_opts["device"] or ("cuda:0" if torch.cuda.is_available() else "cpu"))
     return run(hparams, device)
 
 
 def main(argv=None):
     """Command-line entry point: 0, or 2 after one ``error:`` line for bad input."""
-
-    def run_(args):
-        verify(args)
-        return 0
-
-    return run_cli(run_, sys.argv[1:] if argv is None else argv)
+    return run_cli(lambda args: verify(args) and 0, sys.argv[1:] if argv is None else argv)
 
 
 if __name__ == "__main__":

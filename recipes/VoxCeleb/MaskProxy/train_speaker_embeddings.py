@@ -43,14 +43,15 @@ from maskproxy_losses.training.averaging import keep_kwargs, load_average
 from maskproxy_losses.training.batch_trace import BatchTrace
 from maskproxy_losses.training.brain import GroupedBatchBrain
 from maskproxy_losses.training.hparams import load_recipe_hparams
+from maskproxy_losses.training.options import split_arguments
 from maskproxy_losses.training.recipe_setup import (
     dataio_prep,
     prepare_manifests,
     resolve_run_options,
     setup_training,
 )
+from maskproxy_losses.training.run_folder import open_run_folder
 from maskproxy_losses.utils.errors import run_cli
-from maskproxy_losses.utils.files import check_writable_dir
 
 logger = logging.getLogger(__name__)
 
@@ -186,19 +187,17 @@ def calibrate_export_and_test(brain, hparams, dev, test, dev_trials, test_trials
 
 def train(argv):
     """Run the recipe as the command line ``argv`` says; returns the trained Brain."""
-    hparams_file, run_opts, overrides = sb.parse_arguments(argv)
-    hparams, overrides = load_recipe_hparams(hparams_file, overrides)
-    for key in ("output_folder", "manifest_folder"):  # fail in seconds, not after data prep
-        check_writable_dir(hparams[key], key)
+    hparams_file, run_opts, overrides = split_arguments(argv)  # no option twice
+    hparams, overrides = load_recipe_hparams(hparams_file, overrides)  # keys, value ranges
     run_opts = resolve_run_options(hparams, run_opts)  # gloo on CPU, `precision: auto`
+    run = open_run_folder(hparams, hparams_file, overrides)  # writable, locked, same settings
     sb.utils.distributed.ddp_init_group(run_opts)
-    sb.create_experiment_directory(hparams["output_folder"], hparams_file, overrides)
     if run_opts.ckpt_interval_steps > 0:  # SpeechBrain allows one intra-epoch interval only
         hparams.pop("ckpt_interval_minutes", None)
-
-    manifests = run_on_main(
-        prepare_manifests, kwargs={"hparams": hparams}
-    )  # paths sent to every rank
+    manifests = run_on_main(prepare_manifests, kwargs={"hparams": hparams})  # to every rank
+    run.check_data(manifests)  # same data and labels on resume; nothing rewritten before
+    sb.create_experiment_directory(hparams["output_folder"], hparams_file, overrides)
+    run.started()  # partial checkpoints removed, log-file errors as one note
     dev_trials = read_prepared_trials(manifests["dev_trials"], manifests["dev_csv"])
     test_trials = read_prepared_trials(manifests["trials"], manifests["test_csv"])
     train_set, dev, test, sampler, n_speakers = dataio_prep(hparams, manifests)
@@ -231,6 +230,7 @@ def train(argv):
             f"{cal['Cllr']:.3f} (min {cal['minCllr']:.3f})  "
             f"(best dev-EER checkpoint, exported to {out})"
         )
+    run.release()
     return brain
 
 

@@ -1,0 +1,175 @@
+"""The training recipe's command line and environment, checked before any work.
+
+- :func:`split_arguments`: SpeechBrain's ``parse_arguments`` after two fixes: an option
+  given twice is refused in one line (SpeechBrain would hand YAML a duplicate key and
+  fail with a traceback), and ``--precision auto`` (the yamls' default, which
+  SpeechBrain's parser does not accept) becomes the yaml override ``precision: auto``.
+- :func:`check_values`: value ranges of the recipe's settings, read from the plain YAML
+  and the overrides *before* HyperPyYAML builds anything (``--number_of_epochs 0`` would
+  otherwise divide by zero in ``ap.yaml``'s decay, or export an untrained model).
+- :func:`check_device`: the device exists here and supports the precision.
+
+Every problem is an :class:`~maskproxy_losses.utils.errors.InputError` naming the option.
+
+Example
+-------
+>>> split_arguments(["mp.yaml", "--precision", "auto", "--seed", "3"])[2]
+'seed: 3\\nprecision: auto'
+>>> try:
+...     split_arguments(["mp.yaml", "--lr", "0.1", "--lr=0.2"])
+... except InputError as err:
+...     print(err)
+--lr is given twice (0.1 and 0.2); give each option once
+>>> check_values({"lr": "1e-3", "number_of_epochs": 0, "crop_frames": 200})
+['--number_of_epochs 0: must be an integer of at least 1']
+>>> check_values({"lr": -0.1, "crop_frames": 0})[1][:45]
+'--crop_frames 0: must be an integer of at lea'
+"""
+
+import math
+import numbers
+import re
+
+import speechbrain as sb
+
+from maskproxy_losses.data.audio import HOP, MIN_SAMPLES, WIN_EXTRA
+from maskproxy_losses.utils.errors import InputError
+
+__all__ = ["split_arguments", "check_values", "check_device", "MIN_CROP_FRAMES"]
+
+# the shortest crop the front ends and the encoder embed (data.audio.MIN_SAMPLES)
+MIN_CROP_FRAMES = max(1, math.ceil((MIN_SAMPLES - WIN_EXTRA) / HOP))
+
+
+def _given(argv):
+    """``[(name, value or None)]`` of the ``--name value`` / ``--name=value`` options."""
+    out = []
+    for i, arg in enumerate(argv):
+        if not arg.startswith("--"):
+            continue
+        name, eq, value = arg[2:].partition("=")
+        if not eq:
+            nxt = argv[i + 1] if i + 1 < len(argv) else None
+            value = None if nxt is None or nxt.startswith("--") else nxt
+        out.append((name, value))
+    return out
+
+
+def split_arguments(argv):
+    """``(hparams file, run options, overrides)`` as ``sb.parse_arguments`` returns them,
+    after refusing repeated options and turning ``--precision auto`` into an override."""
+    seen, auto = {}, []
+    for name, value in _given(argv):
+        if name in seen and value is not None:
+            raise InputError(
+                f"--{name} is given twice ({seen[name]} and {value}); give each option once"
+            )
+        seen[name] = value
+    argv = list(argv)
+    for i, arg in enumerate(argv):
+        if arg == "--precision=auto" or (arg == "--precision" and argv[i + 1 : i + 2] == ["auto"]):
+            del argv[i : i + (1 if "=" in arg else 2)]
+            auto.append("precision: auto")
+            break
+    hparams_file, run_opts, overrides = sb.parse_arguments(argv)
+    return hparams_file, run_opts, "\n".join(p for p in [overrides, *auto] if p)
+
+
+_YAML12_NUMBER = re.compile(r"[-+]?(\.[0-9]+|[0-9]+(\.[0-9]*)?)([eE][-+]?[0-9]+)?")
+
+
+def _yaml12(value):
+    """``value`` as HyperPyYAML (YAML 1.2) reads it: ``1e30`` is a float there, a string
+    for PyYAML's safe loader (YAML 1.1), which read the plain settings."""
+    if isinstance(value, str) and _YAML12_NUMBER.fullmatch(value.strip()):
+        text = value.strip()
+        return float(text) if any(c in text for c in ".eE") else int(text)
+    return value
+
+
+def _number(value):
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def _integer(value):
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+# key: (test, what it must be); a key absent from a yaml, or given as a !ref, is skipped
+_RULES = {
+    "lr": (lambda v: _number(v) and v > 0, "a number above 0"),
+    "final_lr": (lambda v: _number(v) and v > 0, "a number above 0"),
+    "number_of_epochs": (lambda v: _integer(v) and v >= 1, "an integer of at least 1"),
+    "crop_frames": (
+        lambda v: _integer(v) and v >= MIN_CROP_FRAMES,
+        f"an integer of at least {MIN_CROP_FRAMES} (a crop of F frames is F * {HOP} + "
+        f"{WIN_EXTRA} samples; the model needs {MIN_SAMPLES})",
+    ),
+    "speakers_per_batch": (lambda v: _integer(v) and v >= 1, "an integer of at least 1"),
+    "max_per_speaker": (lambda v: v is None or (_integer(v) and v >= 2), "an integer >= 2"),
+    "num_workers": (lambda v: _integer(v) and v >= 0, "an integer of at least 0"),
+    "emb_dim": (lambda v: _integer(v) and v >= 1, "an integer of at least 1"),
+    "n_mels": (lambda v: _integer(v) and v >= 1, "an integer of at least 1"),
+    "seed": (_integer, "an integer"),
+    "dev_share": (lambda v: _number(v) and v >= 0, "a share in [0, 1) or a count"),
+    "n_dev_trials": (lambda v: _integer(v) and v >= 2, "an integer of at least 2"),
+    "augment_prob": (lambda v: _number(v) and 0 <= v <= 1, "a share in [0, 1]"),
+    "average_checkpoints": (lambda v: _integer(v) and v >= 0, "an integer of at least 0"),
+    "ckpt_interval_minutes": (lambda v: _number(v) and v >= 0, "a number of at least 0"),
+    "warmup_epochs": (lambda v: _number(v) and v >= 0, "a number of at least 0"),
+}
+
+
+def check_values(settings):
+    """The problems (``--key value: must be ...``) of the plain ``settings`` (a mapping
+    of the yaml's top-level keys, overrides applied)."""
+    settings = {key: _yaml12(value) for key, value in settings.items()}
+    problems = []
+    for key, (test, what) in _RULES.items():
+        value = settings.get(key)
+        if key not in settings or (isinstance(value, str) and "<" in value):
+            continue  # not in this yaml, or derived (!ref): checked where it comes from
+        if not test(value):
+            problems.append(f"--{key} {value}: must be {what}")
+    share = settings.get("dev_share")
+    if _number(share) and not _integer(share) and share >= 1:
+        problems.append(f"--dev_share {share}: a share must be below 1 (or give a count: 3)")
+    low, high = settings.get("snr_low"), settings.get("snr_high")
+    if _number(low) and _number(high) and low > high:
+        problems.append(f"--snr_low {low} --snr_high {high}: snr_low must not exceed snr_high")
+    utts = settings.get("utts_per_speaker")
+    most = settings.get("max_per_speaker")
+    if _integer(utts) and _integer(most) and most < utts:
+        problems.append(f"--max_per_speaker {most}: must be at least utts_per_speaker ({utts})")
+    return problems
+
+
+def check_device(device, precision):
+    """Raise ``InputError`` unless ``device`` (a torch device string, or None for
+    SpeechBrain's choice) exists here and runs ``precision`` (fp32 / bf16 / fp16)."""
+    import torch
+
+    if device is None:
+        device = "cuda:0" if torch.cuda.is_available() else "cpu"
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise InputError(f"--device {device}: not a torch device (cpu, cuda, cuda:1)") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise InputError(
+                f"--device {device}: CUDA is not available on this machine; leave --device "
+                "out (or give --device cpu) to train on the CPU"
+            )
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise InputError(
+                f"--device {device}: this machine has {torch.cuda.device_count()} CUDA "
+                "device(s) (cuda:0 ...)"
+            )
+    elif dev.type != "cpu":
+        raise InputError(f"--device {device}: the recipe trains on cpu or cuda devices")
+    if precision == "fp16" and dev.type != "cuda":
+        raise InputError(
+            f"--precision fp16: float16 training needs a CUDA device (its gradient scaler), "
+            f"not {device}; use --precision bf16, fp32 or auto"
+        )
