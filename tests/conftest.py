@@ -122,6 +122,15 @@ def assert_ddp_run(log, out, text):
     _final_line(text)
 
 
+def tiny_model_dir(path, seed):
+    """Export a small random ResNetSE34L (16-d embeddings) to ``path``; return the path."""
+    from maskproxy_losses import ResNetSE34L, export_model
+
+    torch.manual_seed(seed)
+    model = ResNetSE34L(channels=(8, 8, 16, 16), blocks=(1, 1, 1, 1), emb_dim=16).eval()
+    return str(export_model(path, model))
+
+
 @pytest.fixture
 def recipe_args():
     """``recipe_args(corpus, out, name="mp_balance", **overrides)``: the training recipe's

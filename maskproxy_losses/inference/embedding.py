@@ -172,6 +172,11 @@ class Embedder:
                 wavs.append(read_wav(p))
             except Exception as err:
                 raise InputError(f"{wheres.get(p, p)}: unreadable audio {p} ({err})") from None
+        return self.embed_waveforms(wavs)
+
+    def embed_waveforms(self, wavs):
+        """Embeddings of the 1-D waveforms of one batch (as :meth:`_batches` groups files;
+        the extraction job reads them in loader workers), a list of arrays."""
         if self.crops:
             k, frames = self.crops
             crops = torch.cat([make_crops(w, frames, k) for w in wavs])
