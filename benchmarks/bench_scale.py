@@ -11,7 +11,8 @@ they reach their size: every list has the same per-speaker shape. Tree and lists
 made once under ``--work-dir`` and reused.
 
 Each measurement runs in a fresh child process, which times its stage (wall and CPU
-seconds, with the header-reading processes it waited for) and measures its peak resident
+seconds, with the header-reading processes it waited for; the least of ``--repeat`` runs
+for the short stages: CPU time is what shared cores disturb least) and measures its peak resident
 memory above what the process held before the stage (Linux's high-water mark, reset
 before the stage; the header-reading processes not included). The parent also reads the
 child's whole peak (``wait4``'s ``ru_maxrss``; the imports of torch and SpeechBrain alone
@@ -29,9 +30,12 @@ take about 0.7 GB).
   file's bytes), read and planned by ``ShardedSpeakerBatches`` for 1 rank x 1 reader,
   2 ranks x 4 readers and (1 M entries and more) 8 ranks x 8 readers.
 
-Then ``--read`` compares what one loader worker delivers from tar shards and from files,
-on a corpus of real files (``bench_data_path.make_corpus``, written under ``--work-dir``)
-and its shards: utterances per second for 1..``--workers`` workers, page cache warm.
+Then one uncapped epoch with a heavy-tailed speaker (300 speakers x 50 utterances and one
+with 10,000 to 40,000), timed with the sampler's batching and, as the baseline in the same
+run, with its first loop (quadratic in the groups that wait); and (unless ``--no-read``)
+what loader workers deliver from tar shards and from files, on a corpus of real files
+(``bench_data_path.make_corpus``, written under ``--work-dir``) and its shards:
+utterances per second for 1..``--workers`` workers, page cache warm.
 
     python benchmarks/bench_scale.py [--work-dir DIR] [--sizes 100000 300000 1092009]
 """
@@ -149,6 +153,17 @@ def _timed(work):
     return result, {"seconds": seconds, "cpu_s": cpu, "peak_mb": (_memory_kb("VmHWM") - rss) / 1024}
 
 
+def _best(work, repeat):
+    """:func:`_timed` ``repeat`` times: the last result, the least seconds and CPU seconds
+    (the least disturbed by other processes) and the largest peak."""
+    costs = []
+    for _ in range(max(1, repeat)):
+        result, cost = _timed(work)
+        costs.append(cost)
+    best = {key: min(c[key] for c in costs) for key in ("seconds", "cpu_s")}
+    return result, {**best, "peak_mb": max(c["peak_mb"] for c in costs)}
+
+
 def _child_prep(a):
     import data_prep.voxceleb as vox
 
@@ -185,7 +200,7 @@ def _child_manifest(a):
         encoder.update_from_didataset(data, "spk_id")
         return [data.data[i]["spk_id"] for i in data.data_ids]
 
-    speakers, cost = _timed(load)
+    speakers, cost = _best(load, a.repeat)
     return {**cost, "rows": len(speakers)}
 
 
@@ -203,7 +218,7 @@ def _child_epoch(a):
         sampler.set_epoch(epoch)
         return sampler, sampler._epoch_batches()
 
-    (sampler, batches), cost = _timed(lambda: one_epoch(1))
+    (sampler, batches), cost = _best(lambda: one_epoch(1), a.repeat)
     del sampler, batches
     tracemalloc.start()  # a second epoch, for the memory it allocates (slower when traced)
     sampler, batches = one_epoch(2)
@@ -242,7 +257,7 @@ def _write_index(csv_path, index_path, shard_size=1000):
 def _child_index(a):
     from maskproxy_losses.data.shards import ShardedSpeakerBatches
 
-    data, cost = _timed(
+    data, cost = _best(
         lambda: ShardedSpeakerBatches(
             a.index,
             speakers_per_batch=200,
@@ -251,7 +266,8 @@ def _child_index(a):
             num_workers=a.readers,
             num_replicas=a.ranks,
             rank=0,
-        )
+        ),
+        a.repeat,
     )
     return {**cost, "batches_per_rank": len(data)}
 
@@ -290,6 +306,57 @@ def run_child(stage, **options):
     result = json.loads(out.strip().splitlines()[-1])
     result["peak_rss_mb"] = usage.ru_maxrss / 1024
     return result
+
+
+# ------------------------------------------------------------------ a heavy tail
+def _first_fill(groups, size):
+    """The sampler's first batching loop (one list of waiting groups, scanned for every
+    new group): the baseline of :func:`heavy_tail`."""
+    batches, current, seen, waiting = [], [], set(), []
+    for group in groups:
+        for cand in waiting + [group]:
+            if cand[2] in seen:
+                continue
+            if cand is not group:
+                waiting.remove(cand)
+            current.append(cand[3])
+            seen.add(cand[2])
+            if len(current) == size:
+                batches.append(np.concatenate(current).tolist())
+                current, seen = [], set()
+            if cand is group:
+                break
+        else:
+            waiting.append(group)
+    return batches
+
+
+def heavy_tail(tails=(10_000, 20_000, 40_000)):
+    """CPU seconds of one uncapped epoch (B = 200, k = 2) of 300 speakers x 50 utterances
+    plus one speaker with ``tail`` utterances, with the sampler's batching and with its
+    first loop (same groups, same batches)."""
+    from maskproxy_losses.data import sampler as module
+
+    rows = []
+    for tail in tails:
+        speakers = [f"s{i}" for i in range(300) for _ in range(50)] + ["big"] * tail
+        times = []
+        for fill in (module._fill_batches, _first_fill):
+            original, module._fill_batches = module._fill_batches, fill
+            try:
+                sampler = module.SpeakerBatchSampler(speakers, 200, 2, max_per_speaker=None)
+                start = time.process_time()
+                batches = sampler._epoch_batches()
+                times.append(time.process_time() - start)
+            finally:
+                module._fill_batches = original
+            if fill is _first_fill:
+                assert (
+                    batches == module.SpeakerBatchSampler(speakers, 200, 2, None)._epoch_batches()
+                )
+        rows.append((tail, *times))
+        print(f"  tail {tail:6d}: {times[0]:6.2f} s, first loop {times[1]:6.2f} s", flush=True)
+    return rows
 
 
 # ------------------------------------------------------------------ read rates
@@ -357,6 +424,9 @@ def main():
     p.add_argument("--workers", type=int, default=2, help="header readers / loader workers")
     p.add_argument("--no-read", action="store_true", help="skip the shard / file read rates")
     p.add_argument("--json", help="also write the figures here")
+    p.add_argument(
+        "--repeat", type=int, default=3, help="runs of each short stage (the least time is kept)"
+    )
     # child options
     p.add_argument("--child", choices=sorted(CHILDREN), help=argparse.SUPPRESS)
     for name in ("list", "out", "csv", "index", "sizes-text"):
@@ -383,15 +453,19 @@ def main():
         shutil.rmtree(out, ignore_errors=True)
         res = {"prep": run_child("prep", list=lst, out=out, work_dir=a.work_dir, workers=a.workers)}
         train_csv = os.path.join(out, "train.csv")
-        res["manifest"] = run_child("manifest", csv=train_csv)
+        res["manifest"] = run_child("manifest", csv=train_csv, repeat=a.repeat)
         for label, sizes, cap in (("k2_cap100", "2", 100), ("k23_cap100", "2,3", 100)):
-            res[f"epoch_{label}"] = run_child("epoch", csv=train_csv, sizes_text=sizes, cap=cap)
-        res["epoch_k2_uncapped"] = run_child("epoch", csv=train_csv, sizes_text="2", cap=0)
+            res[f"epoch_{label}"] = run_child(
+                "epoch", csv=train_csv, sizes_text=sizes, cap=cap, repeat=a.repeat
+            )
+        res["epoch_k2_uncapped"] = run_child(
+            "epoch", csv=train_csv, sizes_text="2", cap=0, repeat=a.repeat
+        )
         index = os.path.join(a.work_dir, f"index_{size}.json")
         _write_index(train_csv, index)
         for ranks, readers in ((1, 1), (2, 4)) + (((8, 8),) if size >= 1_000_000 else ()):
             res[f"index_{ranks}x{readers}"] = run_child(
-                "index", index=index, ranks=ranks, readers=readers
+                "index", index=index, ranks=ranks, readers=readers, repeat=a.repeat
             )
         with open(train_csv, encoding="utf-8") as f:
             rows = sum(1 for _ in f) - 1
@@ -416,6 +490,8 @@ def main():
                     f"  {name:18s} x{r1['cpu_s'] / r0['cpu_s']:5.1f} CPU time, "
                     f"x{r1['peak_mb'] / max(r0['peak_mb'], 0.1):4.1f} peak memory"
                 )
+    print("an uncapped epoch with one heavy-tailed speaker (300 x 50 utterances + the tail):")
+    figures["heavy_tail"] = heavy_tail()
     if not a.no_read:
         print("read rates (page cache warm), 200-frame crops, batches of 20 speakers x 2:")
         figures["read"] = read_rates(a.work_dir, a.workers)

@@ -166,3 +166,36 @@ def test_fill_batches_equals_the_first_written_loop(seed):
     size = int(rng.integers(1, min(n_speakers, 12) + 1))
     want = _reference_fill(groups, size)
     assert _fill_batches(groups, size) == want and len(want) > 0
+
+
+def _reference_epoch(sampler, epoch):
+    """An epoch as the sampler first drew it (groups sorted by ``(round, key)`` with
+    ``list.sort``, then ``_reference_fill``, then the shuffle)."""
+    import numpy as np
+
+    rng = np.random.default_rng([sampler.seed, epoch])
+    groups = []
+    for spk, utts in enumerate(sampler.utts):
+        utts = rng.permutation(utts)[: sampler.max_per_speaker]
+        size = int(rng.choice(sampler.sizes))
+        for j in range(len(utts) // size):
+            group = utts[j * size : (j + 1) * size]
+            if sampler.n_speeds > 1:
+                group = group + int(rng.integers(sampler.n_speeds)) * sampler.n_items
+            groups.append((j, rng.random(), spk, group))
+    groups.sort(key=lambda g: (g[0], g[1]))
+    batches = _reference_fill(groups, sampler.speakers_per_batch)
+    return [batches[i] for i in rng.permutation(len(batches))]
+
+
+@pytest.mark.parametrize(
+    "sizes, cap, speeds", [(2, 100, 1), ((2, 3), 8, 1), (2, None, 3), ((2, 3), None, 1)]
+)
+def test_epochs_are_the_first_written_samplers(sizes, cap, speeds):
+    """Batch for batch, epoch by epoch: what the faster sort and fill give is what the first
+    sampler gave (so seeds keep their batches)."""
+    spk = _speakers(COUNTS * 3 + [60, 45])
+    sampler = SpeakerBatchSampler(spk, 5, sizes, max_per_speaker=cap, seed=7, n_speeds=speeds)
+    for epoch in (0, 1, 2):
+        sampler.set_epoch(epoch)
+        assert sampler._epoch_batches() == _reference_epoch(sampler, epoch)

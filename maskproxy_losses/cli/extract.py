@@ -11,6 +11,14 @@ holds every embedding in memory and writes one ``.npz``; this job writes Kaldi a
 parts as it goes, in several processes, and resumes. The job is
 :mod:`maskproxy_losses.inference.extract`; the model is loaded by
 :func:`maskproxy_losses.inference.api.load_model`.
+
+Example
+-------
+>>> from maskproxy_losses.cli import build_parser
+>>> parser, _ = build_parser("extract")
+>>> args = parser.parse_args(["model", "--wav-scp", "w.scp", "--output-dir", "o", "--shard", "1/4"])
+>>> args.shard, args.part_size, args.num_workers, args.batch_seconds
+('1/4', 10000, 2, 200.0)
 """
 
 import os

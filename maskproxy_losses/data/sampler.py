@@ -143,7 +143,8 @@ class SpeakerBatchSampler(Sampler):
                 groups.append((j, rng.random(), spk, group))
         # 2. Round by round (every speaker's j-th group), random order within a round;
         #    a group whose speaker is already in the open batch waits for the next one.
-        groups.sort(key=lambda g: (g[0], g[1]))
+        rounds, keys = (np.fromiter((g[i] for g in groups), float, len(groups)) for i in (0, 1))
+        groups = [groups[i] for i in np.lexsort((keys, rounds))]  # = sorted by (round, key)
         batches = _fill_batches(groups, self.speakers_per_batch)
         # 3. Batch order shuffled so that rounds do not line up with time.
         batches = [batches[i] for i in rng.permutation(len(batches))]
