@@ -34,8 +34,10 @@ Then one uncapped epoch with a heavy-tailed speaker (300 speakers x 50 utterance
 with 10,000 to 40,000), timed with the sampler's batching and, as the baseline in the same
 run, with its first loop (quadratic in the groups that wait); and (unless ``--no-read``)
 what loader workers deliver from tar shards and from files, on a corpus of real files
-(``bench_data_path.make_corpus``, written under ``--work-dir``) and its shards:
-utterances per second for 1..``--workers`` workers, page cache warm.
+(``bench_data_path.make_corpus``: 150 speakers x 40 files of 3 to 8 s, written under
+``--work-dir``) and its shards (100 files each): utterances per second of 200-frame crops
+in batches of 20 speakers x 2 within an epoch, and per CPU second of the workers, for
+1..``--workers`` workers, page cache warm.
 
     python benchmarks/bench_scale.py [--work-dir DIR] [--sizes 100000 300000 1092009]
 """
@@ -360,17 +362,50 @@ def heavy_tail(tails=(10_000, 20_000, 40_000)):
 
 
 # ------------------------------------------------------------------ read rates
-def read_rates(work, workers, batches=40, warmup=5):
-    """utt/s from files (the recipe's loader) and from tar shards, 1..``workers`` workers."""
+def _shard_rate(index, workers, batches, warmup):
+    """``(utt/s, utt per worker CPU second, seconds to the first batch)`` of the sharded
+    loader within its first epoch (after ``warmup`` batches)."""
+    import torch
+    from bench_data_path import _cpu_seconds
+
+    from maskproxy_losses.data.shards import ShardedSpeakerBatches
+
+    data = ShardedSpeakerBatches(index, 20, 2, 100, crop_frames=200, num_workers=workers)
+    loader = torch.utils.data.DataLoader(data, **data.loader_options())
+
+    def stream():
+        epoch = 0
+        while True:
+            epoch += 1
+            data.set_epoch(epoch)  # before iter(): persistent workers read it then
+            yield from loader
+
+    batches_in, start = stream(), time.perf_counter()
+    next(batches_in)
+    first = time.perf_counter() - start
+    for _ in range(warmup - 1):
+        next(batches_in)
+    pids = [w.pid for w in loader._iterator._workers]  # torch internals
+    cpu0, utts, start = _cpu_seconds(pids), 0, time.perf_counter()
+    for _ in range(batches):
+        utts += next(batches_in).sig.data.shape[0]
+    rate, cpu1 = utts / (time.perf_counter() - start), _cpu_seconds(pids)
+    batches_in.close()
+    return rate, (utts / (cpu1 - cpu0) if cpu0 is not None and cpu1 > cpu0 else None), first
+
+
+def read_rates(work, workers, batches=60, warmup=10):
+    """``[(workers, files utt/s, files utt/cpu-s, shards utt/s, shards utt/cpu-s, seconds
+    to the shards' first batch)]``: the recipe's file loader and the sharded loader, 1..
+    ``workers`` loader workers, within an epoch (150 batches)."""
     import torch
     from bench_data_path import make_corpus, measure, warm_page_cache
 
     from data_prep.shards import write_shards
-    from maskproxy_losses.data.shards import ShardedSpeakerBatches
 
     torch.set_num_threads(1)
     folder = os.path.join(work, "read_corpus")
-    table = make_corpus(folder, 40, 30, 3.0, 8.0)
+    table = make_corpus(folder, 150, 40, 3.0, 8.0)
     index = write_shards(table, os.path.join(folder, "shards"), shard_size=100)
     warm_page_cache(table)
     for name in sorted(os.listdir(os.path.dirname(index))):
@@ -381,27 +416,15 @@ def read_rates(work, workers, batches=40, warmup=5):
         speakers_per_batch=20, utts_per_speaker=2, prefetch=4, batches=batches, warmup=warmup
     )
     rows = []
+    print("  utt/cpu-s: utterances per CPU second of the workers (a worker on a core of its own)")
     for n in range(1, workers + 1):
-        files, _ = measure(table, 200, n, args)
-        data = ShardedSpeakerBatches(index, 20, 2, 100, crop_frames=200, num_workers=n)
-        loader = torch.utils.data.DataLoader(data, **data.loader_options())
-        count, epoch, start = 0, 0, None
-        while count < warmup + batches:
-            epoch += 1
-            data.set_epoch(epoch)
-            for batch in loader:
-                count += 1
-                if count == warmup:
-                    start, utts = time.perf_counter(), 0
-                elif count > warmup:
-                    utts += batch.sig.data.shape[0]
-                if count == warmup + batches:
-                    break
-        shards = utts / (time.perf_counter() - start)
-        rows.append((n, files, shards))
+        files, files_cpu = measure(table, 200, n, args)
+        shards, shards_cpu, first = _shard_rate(index, n, batches, warmup)
+        rows.append((n, files, files_cpu, shards, shards_cpu, first))
         print(
-            f"  {n} worker(s): files {files:6.0f} utt/s ({files / n:5.0f} per worker), "
-            f"shards {shards:6.0f} utt/s ({shards / n:5.0f} per worker)",
+            f"  {n} worker(s): files {files:6.0f} utt/s, {files_cpu or 0:6.0f} utt/cpu-s; "
+            f"shards {shards:6.0f} utt/s, {shards_cpu or 0:6.0f} utt/cpu-s, first batch "
+            f"after {first:.1f} s",
             flush=True,
         )
     return rows
