@@ -75,8 +75,8 @@ def make_trials(speakers, sessions, n_trials, rng):
 
 def _target_pairs(spk, ses, n, rng):
     firsts, seconds = [], []
-    for code in np.unique(spk):
-        idx = np.flatnonzero(spk == code)
+    order = np.argsort(spk, kind="stable")  # each speaker's utterances, speaker by speaker
+    for idx in np.split(order, np.flatnonzero(np.diff(spk[order])) + 1) if len(spk) else []:
         i, j = np.triu_indices(len(idx), 1)
         firsts.append(idx[i])
         seconds.append(idx[j])

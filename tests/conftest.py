@@ -72,6 +72,65 @@ def assert_same_state(a, b):
             assert torch.equal(a[module][key], b[module][key]), f"{module}.{key}"
 
 
+def ddp_recipe(corpus, out, log):
+    """The recipe script and argv of the DDP tests' run (mp, 3 epochs of 2 speakers x 60
+    frames, ReduceLROnPlateau with patience 0, seed 3, float32, batch trace at ``log``)."""
+    return [
+        str(RECIPE / "train_speaker_embeddings.py"),
+        *_recipe_args(
+            corpus,
+            out,
+            name="mp",
+            number_of_epochs=3,
+            speakers_per_batch=2,
+            batch_trace=log,
+            lr_scheduler="{patience: 0}",
+            seed=3,
+            precision="fp32",  # the dev-EER trajectory below is that of float32
+        ),
+    ]
+
+
+def assert_ddp_run(log, out, text):
+    """What a 2-process run of :func:`ddp_recipe` must show, whatever launched it: disjoint
+    utterances at every step, the same steps on both ranks, bit-identical parameters, one
+    dev EER per epoch driving both ranks' learning rate, an exported model and a test line."""
+    from speechbrain.nnet.schedulers import ReduceLROnPlateau
+
+    (b0, v0), (b1, v1) = (read_trace(f"{log}.rank{r}") for r in (0, 1))
+    assert [b[:2] for b in b0] == [b[:2] for b in b1] and len(b0) >= 6  # the same steps
+    for epoch in (1, 2, 3):
+        seen = [u for b in b0 + b1 if b[0] == epoch for u in b[2]]
+        assert len(seen) == len(set(seen))  # no utterance twice in an epoch, on any rank
+    for x, y in zip(b0, b1):
+        assert not set(x[2]) & set(y[2]) and len(x[2]) >= 4
+    # One dev EER per epoch, the same on both ranks, and both ranks' learning rates are
+    # what ReduceLROnPlateau(factor 0.7, patience 0) makes of it.
+    assert v0 == v1 and [v[0] for v in v0] == [1, 2, 3]
+    scheduler, optimizer = (
+        ReduceLROnPlateau(factor=0.7, patience=0, dont_halve_until_epoch=0),
+        torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.2),
+    )
+    for epoch, eer, lr_used, next_lr in v0:
+        assert optimizer.param_groups[0]["lr"] == pytest.approx(lr_used, rel=1e-12)
+        _, new = scheduler([optimizer], epoch, eer)
+        assert new == pytest.approx(next_lr, rel=1e-12)
+        optimizer.param_groups[0]["lr"] = new
+    assert any(v[3] < v[2] for v in v0)  # seed 3: the dev EER rises once, the LR drops
+    assert_same_state(torch.load(f"{log}.rank0.pt"), torch.load(f"{log}.rank1.pt"))
+    assert (Path(out) / "model" / "embedding_model.ckpt").is_file()
+    _final_line(text)
+
+
+def tiny_model_dir(path, seed):
+    """Export a small random ResNetSE34L (16-d embeddings) to ``path``; return the path."""
+    from maskproxy_losses import ResNetSE34L, export_model
+
+    torch.manual_seed(seed)
+    model = ResNetSE34L(channels=(8, 8, 16, 16), blocks=(1, 1, 1, 1), emb_dim=16).eval()
+    return str(export_model(path, model))
+
+
 @pytest.fixture
 def recipe_args():
     """``recipe_args(corpus, out, name="mp_balance", **overrides)``: the training recipe's

@@ -10,7 +10,14 @@ from pathlib import Path
 import pytest
 import torch
 import train_speaker_embeddings as recipe  # recipes/VoxCeleb/MaskProxy (see conftest.py)
-from conftest import RECIPE, assert_same_state, popen_recipe, read_trace
+from conftest import (
+    RECIPE,
+    assert_ddp_run,
+    assert_same_state,
+    ddp_recipe,
+    popen_recipe,
+    read_trace,
+)
 
 from maskproxy_losses.data.trials import read_trials
 from maskproxy_losses.scoring.cosine import score_trials
@@ -196,56 +203,16 @@ def test_resume_after_kill_mid_epoch_is_exact(corpus, tmp_path, recipe_args, fin
 
 
 @pytest.mark.slow
-def test_ddp_two_processes_on_cpu(corpus, tmp_path, recipe_args, final_line):
+def test_ddp_two_processes_on_cpu(corpus, tmp_path):
     """torchrun, 2 CPU processes: disjoint utterances at every step, the same steps, equal
     parameters on both ranks, one dev EER driving both ranks' learning rate."""
-    from speechbrain.nnet.schedulers import ReduceLROnPlateau
-
     torchrun = Path(sys.executable).with_name("torchrun")
     out, log = tmp_path / "ddp", tmp_path / "ddp.log"
-    cmd = [
-        str(torchrun),
-        "--standalone",
-        "--nproc_per_node=2",
-        str(RECIPE / "train_speaker_embeddings.py"),
-        *recipe_args(
-            corpus,
-            out,
-            name="mp",
-            number_of_epochs=3,
-            speakers_per_batch=2,
-            batch_trace=log,
-            lr_scheduler="{patience: 0}",
-            seed=3,
-            precision="fp32",  # the dev-EER trajectory below is that of float32
-        ),
-    ]
+    cmd = [str(torchrun), "--standalone", "--nproc_per_node=2", *ddp_recipe(corpus, out, log)]
     proc = popen_recipe(cmd)
     text, _ = proc.communicate(timeout=300)  # a collective mismatch hangs: fail instead
     assert proc.returncode == 0, text[-3000:]
-    (b0, v0), (b1, v1) = (read_trace(f"{log}.rank{r}") for r in (0, 1))
-    assert [b[:2] for b in b0] == [b[:2] for b in b1] and len(b0) >= 6  # the same steps
-    for epoch in (1, 2, 3):
-        seen = [u for b in b0 + b1 if b[0] == epoch for u in b[2]]
-        assert len(seen) == len(set(seen))  # no utterance twice in an epoch, on any rank
-    for x, y in zip(b0, b1):
-        assert not set(x[2]) & set(y[2]) and len(x[2]) >= 4
-    # One dev EER per epoch, the same on both ranks, and both ranks' learning rates are
-    # what ReduceLROnPlateau(factor 0.7, patience 0) makes of it.
-    assert v0 == v1 and [v[0] for v in v0] == [1, 2, 3]
-    scheduler, optimizer = (
-        ReduceLROnPlateau(factor=0.7, patience=0, dont_halve_until_epoch=0),
-        torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.2),
-    )
-    for epoch, eer, lr_used, next_lr in v0:
-        assert optimizer.param_groups[0]["lr"] == pytest.approx(lr_used, rel=1e-12)
-        _, new = scheduler([optimizer], epoch, eer)
-        assert new == pytest.approx(next_lr, rel=1e-12)
-        optimizer.param_groups[0]["lr"] = new
-    assert any(v[3] < v[2] for v in v0)  # seed 3: the dev EER rises once, the LR drops
-    assert_same_state(torch.load(f"{log}.rank0.pt"), torch.load(f"{log}.rank1.pt"))
-    assert (out / "model" / "embedding_model.ckpt").is_file()
-    final_line(text)
+    assert_ddp_run(log, out, text)
 
 
 def test_summarize_results(tmp_path):

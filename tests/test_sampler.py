@@ -118,3 +118,84 @@ def test_bad_arguments():
         SpeakerBatchSampler(spk, 50, 2)
     with pytest.raises(ValueError, match="max_per_speaker"):
         SpeakerBatchSampler(spk, 4, 3, max_per_speaker=2)
+
+
+def _reference_fill(groups, size):
+    """The batching loop as first written (a list of waiting groups scanned for every new
+    group): the reference ``_fill_batches`` must reproduce batch for batch."""
+    import numpy as np
+
+    batches, current, seen, waiting = [], [], set(), []
+    for group in groups:
+        for cand in waiting + [group]:
+            if cand[2] in seen:
+                continue
+            if cand is not group:
+                waiting.remove(cand)
+            current.append(cand[3])
+            seen.add(cand[2])
+            if len(current) == size:
+                batches.append(np.concatenate(current).tolist())
+                current, seen = [], set()
+            if cand is group:
+                break
+        else:
+            waiting.append(group)
+    return batches
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_fill_batches_equals_the_first_written_loop(seed):
+    """Random speaker counts (some heavy-tailed: one speaker with hundreds of groups),
+    group sizes and batch sizes: the per-speaker waiting queues give the same batches."""
+    import numpy as np
+
+    from maskproxy_losses.data.sampler import _fill_batches
+
+    rng = np.random.default_rng(seed)
+    n_speakers = int(rng.integers(2, 40))
+    counts = rng.integers(1, 30, n_speakers)
+    if seed % 3 == 0:
+        counts[0] = 400  # a heavy tail: rounds with one speaker left
+    groups, item = [], 0
+    for spk, n in enumerate(counts):
+        for j in range(int(n)):
+            groups.append((j, rng.random(), f"s{spk}", np.arange(item, item + 2)))
+            item += 2
+    groups.sort(key=lambda g: (g[0], g[1]))
+    size = int(rng.integers(1, min(n_speakers, 12) + 1))
+    want = _reference_fill(groups, size)
+    assert _fill_batches(groups, size) == want and len(want) > 0
+
+
+def _reference_epoch(sampler, epoch):
+    """An epoch as the sampler first drew it (groups sorted by ``(round, key)`` with
+    ``list.sort``, then ``_reference_fill``, then the shuffle)."""
+    import numpy as np
+
+    rng = np.random.default_rng([sampler.seed, epoch])
+    groups = []
+    for spk, utts in enumerate(sampler.utts):
+        utts = rng.permutation(utts)[: sampler.max_per_speaker]
+        size = int(rng.choice(sampler.sizes))
+        for j in range(len(utts) // size):
+            group = utts[j * size : (j + 1) * size]
+            if sampler.n_speeds > 1:
+                group = group + int(rng.integers(sampler.n_speeds)) * sampler.n_items
+            groups.append((j, rng.random(), spk, group))
+    groups.sort(key=lambda g: (g[0], g[1]))
+    batches = _reference_fill(groups, sampler.speakers_per_batch)
+    return [batches[i] for i in rng.permutation(len(batches))]
+
+
+@pytest.mark.parametrize(
+    "sizes, cap, speeds", [(2, 100, 1), ((2, 3), 8, 1), (2, None, 3), ((2, 3), None, 1)]
+)
+def test_epochs_are_the_first_written_samplers(sizes, cap, speeds):
+    """Batch for batch, epoch by epoch: what the faster sort and fill give is what the first
+    sampler gave (so seeds keep their batches)."""
+    spk = _speakers(COUNTS * 3 + [60, 45])
+    sampler = SpeakerBatchSampler(spk, 5, sizes, max_per_speaker=cap, seed=7, n_speeds=speeds)
+    for epoch in (0, 1, 2):
+        sampler.set_epoch(epoch)
+        assert sampler._epoch_batches() == _reference_epoch(sampler, epoch)

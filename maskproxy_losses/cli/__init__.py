@@ -46,6 +46,7 @@ COMMANDS = {
     "demo-corpus": Command("demo_corpus", "write the built-in synthetic corpus"),
     "shards": Command("shards", "a training manifest -> WebDataset tar shards"),
     "embed": Command("embed", "embed audio files into an .npz (paths, embeddings)"),
+    "extract": Command("extract", "embed millions of files: N resumable processes, Kaldi ark/scp"),
     "enrol": Command("embed", "build speaker models from enrolment utterances"),
     "identify": Command("embed", "rank enrolled speakers for each audio file"),
     "verify": Command("embed", "score two audio files (calibrated LLR and decision)"),

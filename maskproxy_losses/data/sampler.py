@@ -19,6 +19,7 @@ Example
 (4, 2)
 """
 
+import bisect
 import logging
 
 import numpy as np
@@ -142,23 +143,9 @@ class SpeakerBatchSampler(Sampler):
                 groups.append((j, rng.random(), spk, group))
         # 2. Round by round (every speaker's j-th group), random order within a round;
         #    a group whose speaker is already in the open batch waits for the next one.
-        groups.sort(key=lambda g: (g[0], g[1]))
-        batches, current, seen, waiting = [], [], set(), []
-        for group in groups:
-            for cand in waiting + [group]:
-                if cand[2] in seen:
-                    continue
-                if cand is not group:
-                    waiting.remove(cand)
-                current.append(cand[3])
-                seen.add(cand[2])
-                if len(current) == self.speakers_per_batch:
-                    batches.append(np.concatenate(current).tolist())
-                    current, seen = [], set()
-                if cand is group:
-                    break
-            else:
-                waiting.append(group)
+        rounds, keys = (np.fromiter((g[i] for g in groups), float, len(groups)) for i in (0, 1))
+        groups = [groups[i] for i in np.lexsort((keys, rounds))]  # = sorted by (round, key)
+        batches = _fill_batches(groups, self.speakers_per_batch)
         # 3. Batch order shuffled so that rounds do not line up with time.
         batches = [batches[i] for i in rng.permutation(len(batches))]
         self._cache = (self.epoch, batches)
@@ -173,3 +160,55 @@ class SpeakerBatchSampler(Sampler):
     def __len__(self):
         world, _ = self._world()
         return len(self._epoch_batches()) // world
+
+
+def _fill_batches(groups, size):
+    """Batches of ``size`` groups of distinct speakers from ``groups`` (``(round, key,
+    speaker, indices)``, in order): before each group, the waiting groups, oldest first,
+    join the open batch when their speaker is not in it (a full batch is closed and a new
+    one opened); then the group joins it, or waits when its speaker is in it.
+
+    The waiting groups are kept per speaker, so a step costs the number of waiting
+    speakers, not groups: a speaker with thousands of groups left in the last rounds (no
+    ``max_per_speaker``) waits as one, and an epoch stays linear in the groups.
+
+    >>> groups = [(0, 0.1, "a", [0]), (0, 0.2, "b", [1]), (1, 0.3, "a", [2]), (1, 0.4, "a", [3])]
+    >>> _fill_batches(groups, 2)
+    [[0, 1]]
+    """
+    batches, current, seen = [], [], set()
+    waiting, order = {}, 0  # speaker -> ([order], [indices]), oldest first
+
+    def join(spk, indices):
+        current.append(indices)
+        seen.add(spk)
+        if len(current) == size:
+            batches.append(np.concatenate(current).tolist())
+            current.clear()
+            seen.clear()
+
+    for _, _, spk, indices in groups:
+        done = -1  # the waiting groups are visited once, in order, as they would be in a list
+        while True:
+            best = None
+            for s, (orders, _) in waiting.items():
+                if s not in seen:
+                    i = bisect.bisect_right(orders, done)
+                    if i < len(orders) and (best is None or orders[i] < best[0]):
+                        best = (orders[i], s, i)
+            if best is None:
+                break
+            done, s, i = best
+            orders, queue = waiting[s]
+            del orders[i]
+            join(s, queue.pop(i))
+            if not orders:
+                del waiting[s]
+        if spk in seen:
+            orders, queue = waiting.setdefault(spk, ([], []))
+            orders.append(order)
+            queue.append(indices)
+            order += 1
+        else:
+            join(spk, indices)
+    return batches

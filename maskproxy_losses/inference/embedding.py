@@ -188,17 +188,24 @@ class Embedder:
     def _embed_batch(self, paths, wheres):
         """The embedding of each path, or a problem (str) for audio with NaN / Inf samples
         (read, but kept out of the batch)."""
-        wavs, out = [], [None] * len(paths)
-        for i, p in enumerate(paths):
+        wavs = []
+        for p in paths:
             try:
-                wav = read_wav(p)
+                wavs.append(read_wav(p))
             except Exception as err:
                 raise InputError(f"{wheres.get(p, p)}: unreadable audio {p} ({err})") from None
+        return self.embed_waveforms(wavs)
+
+    def embed_waveforms(self, wavs):
+        """Embeddings of the 1-D waveforms of one batch (as :meth:`_batches` groups files;
+        the extraction job reads them in loader workers), a list; a waveform with NaN / Inf
+        samples gets a problem (str) instead and is kept out of the batch."""
+        out = [None] * len(wavs)
+        for i, wav in enumerate(wavs):
             finite = torch.isfinite(wav)
             if not bool(finite.all()):
                 out[i] = f"non-finite sample (NaN/Inf) at sample {int((~finite).nonzero()[0])}"
-            wavs.append(wav)
-        todo = [i for i in range(len(paths)) if out[i] is None]
+        todo = [i for i in range(len(wavs)) if out[i] is None]
         if self.crops and todo:
             k, frames = self.crops
             crops = torch.cat([make_crops(wavs[i], frames, k) for i in todo])

@@ -1,4 +1,5 @@
-"""The audio a user names: wav lists, folder scans and ``speaker_id wav`` enrolment lists.
+"""The audio a user names: wav lists, folder scans, ``speaker_id wav`` enrolment lists and
+Kaldi ``wav.scp`` files (``key wav``).
 
 Each reader returns its entries with where they came from (``list:line``), so that every
 later problem (a missing file, a short one) names the user's line.
@@ -18,7 +19,7 @@ import os
 from maskproxy_losses.utils.errors import InputError
 from maskproxy_losses.utils.files import text_lines
 
-__all__ = ["AUDIO_SUFFIXES", "read_wav_list", "scan_dir", "read_speaker_list"]
+__all__ = ["AUDIO_SUFFIXES", "read_wav_list", "scan_dir", "read_speaker_list", "read_wav_scp"]
 
 AUDIO_SUFFIXES = (".wav", ".flac")
 
@@ -83,4 +84,29 @@ def read_speaker_list(path):
         raise InputError(problems)
     if not rows:
         raise InputError(f"{path}: the speaker list names no utterances")
+    return rows
+
+
+def read_wav_scp(path):
+    """``[(key, path to open, "file:line")]`` of a Kaldi-style ``wav.scp`` (``key wav``
+    lines; wav relative to the file's folder). Malformed lines, piped commands (``... |``)
+    and repeated keys raise one ``InputError``."""
+    base = os.path.dirname(str(path))
+    rows, problems, first = [], [], {}
+    for i, text in _read_lines(path, "wav.scp"):
+        fields = text.split(None, 1)
+        where = f"{path}:{i}"
+        if len(fields) != 2:
+            problems.append(f"{where}: expected 'key wav_path', got {text!r}")
+        elif fields[1].rstrip().endswith("|"):
+            problems.append(f"{where}: piped commands are not read; give a 16 kHz audio file")
+        elif fields[0] in first:
+            problems.append(f"{where}: key {fields[0]} repeats {first[fields[0]]}")
+        else:
+            first[fields[0]] = where
+            rows.append((fields[0], os.path.join(base, fields[1]), where))
+    if problems:
+        raise InputError(problems)
+    if not rows:
+        raise InputError(f"{path}: the wav.scp names no files")
     return rows

@@ -9,7 +9,8 @@
   shards written by data prep) the training set is :func:`sharded_train`'s, read from
   WebDataset shards (:mod:`maskproxy_losses.data.shards`) and its own sampler.
 - :func:`setup_training`: the loss for the number of classes, registered with the
-  checkpointer; the epoch length for a per-step lr schedule; the ``pretrained`` weights
+  checkpointer; the epoch length and the number of DDP processes for a per-step lr
+  schedule; the ``pretrained`` weights
   (:mod:`maskproxy_losses.training.finetune`).
 """
 
@@ -193,6 +194,11 @@ def resolve_run_options(hparams, run_opts):
     return run_opts
 
 
+def _world_size():
+    dist = torch.distributed
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
 def setup_training(hparams, train, sampler, n_classes):
     """Build the loss for ``n_classes`` (``hparams["modules"]["loss_fn"]``, checkpointed),
     tell a per-step lr schedule the epoch length, load ``pretrained`` weights, and log
@@ -201,15 +207,16 @@ def setup_training(hparams, train, sampler, n_classes):
     hparams["modules"]["loss_fn"] = loss_fn
     hparams["checkpointer"].add_recoverable("loss_fn", loss_fn)
     schedule = hparams.get("lr_scheduler")
-    if hasattr(schedule, "set_epoch_length"):
-        schedule.set_epoch_length(len(sampler))
+    if hasattr(schedule, "set_epoch_length"):  # per-process steps; lr_scale x processes
+        schedule.set_epoch_length(len(sampler), world_size=_world_size())
     if hparams.get("pretrained"):
         load_pretrained(hparams["pretrained"], hparams["embedding_model"], loss_fn)
     augment = [k[:-4] for k in ("noise_csv", "rir_csv") if hparams.get(k)]
     logger.info(
-        "%s: %d classes, %d utterances, %d batches/epoch (per process) of %d speakers x %s "
-        "utterances, %d-frame crops; augmentation: %s; encoder %.2f M parameters",
+        "%s: %d classes, %d utterances, %d batches/epoch per process (%d processes) of %d "
+        "speakers x %s utterances, %d-frame crops; augmentation: %s; encoder %.2f M parameters",
         hparams["loss_name"], n_classes, getattr(train, "n_utterances", len(train)), len(sampler),
+        _world_size(),
         hparams["speakers_per_batch"],
         hparams["utts_per_speaker"], hparams["crop_frames"], " + ".join(augment) or "none",
         sum(p.numel() for p in hparams["embedding_model"].parameters()) / 1e6,

@@ -15,8 +15,11 @@ checkpointed with the run.
   ``warm_from_zero: True``; its ``scale_ratio`` is the global batch size / 64), and
   optionally the AAM margin ramp of WeSpeaker's ``MarginScheduler`` (read by
   :class:`~maskproxy_losses.losses.AAMSoftmaxLoss` through ``margin_schedule``). It
-  needs the number of optimiser steps per epoch (:meth:`WarmupExponentialLR.set_epoch_length`,
-  done by the recipe) and the optimiser (:func:`scheduled_optimizer` attaches it).
+  needs the number of optimiser steps per epoch and of DDP processes
+  (:meth:`WarmupExponentialLR.set_epoch_length`, done by the recipe: ``lr_scale`` is one
+  process's batch / 64, times the processes it is the global batch / 64, as WeSpeaker's
+  ``scale_ratio``; epoch counts stay epochs whatever the steps per epoch) and the
+  optimiser (:func:`scheduled_optimizer` attaches it).
 
 Example
 -------
@@ -96,12 +99,13 @@ class WarmupExponentialLR:
     """Per-step lr ``c(t) * lr * (final_lr / lr) ** (t / T)`` and an optional margin ramp.
 
     ``t`` counts optimiser steps from 0, ``T = n_epochs * epoch_length``, and ``c(t) =
-    lr_scale * t / W`` during the warm-up (``t < W = warmup_epochs * epoch_length``), else
-    ``lr_scale``. The margin is ``initial_margin`` before step ``margin_start_epoch *
-    epoch_length``, ``final_margin`` from step ``margin_end_epoch * epoch_length`` on, and
-    in between rises as ``initial + (final - initial) * (1 - 0.001 ** r)`` (``r`` the
-    share of the ramp done; WeSpeaker's ``increase_type: exp``). Epoch values may be
-    fractional; the margin is None when ``final_margin`` is None.
+    s * t / W`` during the warm-up (``t < W = warmup_epochs * epoch_length``), else ``s =
+    lr_scale * world_size`` (both from :meth:`set_epoch_length`). The margin is
+    ``initial_margin`` before step ``margin_start_epoch * epoch_length``, ``final_margin``
+    from step ``margin_end_epoch * epoch_length`` on, and in between rises as ``initial +
+    (final - initial) * (1 - 0.001 ** r)`` (``r`` the share of the ramp done; WeSpeaker's
+    ``increase_type: exp``). Epoch values may be fractional; the margin is None when
+    ``final_margin`` is None.
     """
 
     def __init__(
@@ -124,12 +128,20 @@ class WarmupExponentialLR:
         self.warmup_epochs, self.lr_scale = float(warmup_epochs), float(lr_scale)
         self.final_margin, self.initial_margin = final_margin, float(initial_margin)
         self.margin_start, self.margin_end = float(margin_start_epoch), float(margin_end_epoch)
-        self.epoch_length = None
+        self.epoch_length, self.world_size = None, 1
         self.step = 0
 
-    def set_epoch_length(self, steps):
-        """Optimiser steps per epoch (per process under DDP)."""
+    def set_epoch_length(self, steps, world_size=1):
+        """Optimiser steps per epoch (per process under DDP) and the number of processes,
+        which multiplies ``lr_scale`` (a per-process batch / 64 becomes the global one's).
+
+        >>> sched = WarmupExponentialLR(lr=0.1, final_lr=0.01, n_epochs=1, lr_scale=0.5)
+        >>> sched.set_epoch_length(10, world_size=4)
+        >>> sched.lr_at(0), round(sched.lr_at(10), 6)
+        (0.2, 0.02)
+        """
         self.epoch_length = max(int(steps), 1)
+        self.world_size = max(int(world_size), 1)
 
     def _steps(self, epochs):
         if self.epoch_length is None:
@@ -139,7 +151,7 @@ class WarmupExponentialLR:
     def lr_at(self, step):
         """The learning rate of optimiser step ``step`` (0-based)."""
         total, warmup = self._steps(self.n_epochs), self._steps(self.warmup_epochs)
-        coeff = self.lr_scale * (step / warmup if step < warmup else 1.0)
+        coeff = self.lr_scale * self.world_size * (step / warmup if step < warmup else 1.0)
         decay = math.log(self.final_lr / self.lr)
         return coeff * self.lr * math.exp(min(step / total, 1.0) * decay)
 
