@@ -100,9 +100,10 @@ def build_embedder(hparams, device, crops):
     model_hash = model_fingerprint(model_dir)
     precision, why = resolve_precision(hparams.get("precision") or "auto", device)
     logger.info("embedding precision: %s (%s)", precision, why)
-    max_s = float(hparams["max_seconds"])
+    max_s, batch_s = float(hparams["max_seconds"]), float(hparams["batch_seconds"])
     cache = EmbeddingCache(cache_folder(hparams["cache_dir"], model_hash, crops, max_s, precision))
-    embed = Embedder(encoder, cache, crops, float(hparams["batch_seconds"]), max_s, precision)
+    resample = bool(hparams.get("resample", True))  # False: refuse other rates / stereo
+    embed = Embedder(encoder, cache, crops, batch_s, max_s, precision, resample)
     return embed, cache, precision, model_hash
 
 

@@ -49,6 +49,7 @@ from maskproxy_losses.training.recipe_setup import (
     resolve_run_options,
     setup_training,
 )
+from maskproxy_losses.training.run_card import record_test_results, training_card
 from maskproxy_losses.utils.errors import run_cli
 from maskproxy_losses.utils.files import check_writable_dir
 
@@ -160,8 +161,8 @@ def _log_stats(m):
 
 
 def calibrate_export_and_test(brain, hparams, dev, test, dev_trials, test_trials):
-    """Best checkpoint -> dev scores -> calibration -> export -> test scores; returns
-    ``(model dir, test Scored, calibration metrics on the test trials)``."""
+    """Best checkpoint -> dev scores -> calibration -> export (with its model card) -> test
+    scores; returns ``(model dir, test Scored, calibration metrics on the test trials)``."""
     loader = hparams["verification_loader"]
     dev_scored = brain.score(dev, dev_trials, loader)
     calibration = fit_calibration(*dev_scored[:2], source="dev trials (best checkpoint)")
@@ -175,13 +176,16 @@ def calibrate_export_and_test(brain, hparams, dev, test, dev_trials, test_trials
             n_mels=hparams["n_mels"],
             overwrite=True,
             extra_files={CALIBRATION_FILE: json.dumps(calibration.to_dict(), indent=2)},
+            card=training_card(hparams, dev_scored, calibration),
         )
     test_scored = brain.score(test, test_trials, loader)
     hparams["train_logger"].log_stats(
         {"Epoch loaded": hparams["epoch_counter"].current},
         test_stats=_log_stats(test_scored.metrics),
     )
-    return out, test_scored, calibration_metrics(*test_scored[:2], calibration)
+    test_cal = calibration_metrics(*test_scored[:2], calibration)
+    record_test_results(out, test_scored.metrics, test_cal)  # in the model card
+    return out, test_scored, test_cal
 
 
 def train(argv):
@@ -196,9 +200,7 @@ def train(argv):
     if run_opts.ckpt_interval_steps > 0:  # SpeechBrain allows one intra-epoch interval only
         hparams.pop("ckpt_interval_minutes", None)
 
-    manifests = run_on_main(
-        prepare_manifests, kwargs={"hparams": hparams}
-    )  # paths sent to every rank
+    manifests = run_on_main(prepare_manifests, kwargs={"hparams": hparams})  # on every rank
     dev_trials = read_prepared_trials(manifests["dev_trials"], manifests["dev_csv"])
     test_trials = read_prepared_trials(manifests["trials"], manifests["test_csv"])
     train_set, dev, test, sampler, n_speakers = dataio_prep(hparams, manifests)
