@@ -293,10 +293,21 @@ def onnx_metadata(model_dir, modules):
     return meta
 
 
+def _name_axes(graph, names):
+    """Rename the symbolic dims of the graph's first input to ``names`` everywhere."""
+    dims = graph.input[0].type.tensor_type.shape.dim
+    rename = {d.dim_param: new for d, new in zip(dims, names) if d.dim_param}
+    for value in [*graph.input, *graph.output, *graph.value_info]:
+        for d in value.type.tensor_type.shape.dim:
+            if d.dim_param in rename:
+                d.dim_param = rename[d.dim_param]
+
+
 def _write_metadata(path, meta):
     import onnx
 
     model = onnx.load(str(path))
+    _name_axes(model.graph, ("batch", "samples"))
     del model.metadata_props[:]
     for key, value in meta.items():
         entry = model.metadata_props.add()
@@ -368,8 +379,9 @@ def export_onnx(
     remove_stale_temps(out.parent)
     tmp = Path(temp_path(out))
     try:
-        dims = (torch.export.Dim("batch"), torch.export.Dim("samples", min=MIN_SAMPLES))
-        dynamic = {"wavs": dict(enumerate(dims))}
+        # Automatic dynamic dims (named Dims with ranges are refused by torch 2.7's exporter
+        # for this graph); the symbols are renamed "batch" / "samples" afterwards.
+        dynamic = {"wavs": {0: torch.export.Dim.DYNAMIC, 1: torch.export.Dim.DYNAMIC}}
         try:
             with _quiet_exporter(), torch.no_grad():
                 torch.onnx.export(
