@@ -112,3 +112,13 @@ def test_model_directory_embeds_in_a_pyannote_diarization_pipeline(model_dir, tm
     assert calls and all(w[1:] == (1, 80000) and m is not None for w, m in calls)
     assert output.speaker_embeddings.shape[1] == DIM
     assert pipeline.embedding == str(model_dir)
+
+
+def test_use_in_pipeline_without_pyannote_says_how_to_install(model_dir, monkeypatch):
+    import sys
+
+    from maskproxy_losses.utils.errors import InputError
+
+    monkeypatch.setitem(sys.modules, "pyannote.audio.core.io", None)  # import fails
+    with pytest.raises(InputError, match=r"pyannote.audio is not installed: pip install"):
+        use_in_pipeline(object(), model_dir)

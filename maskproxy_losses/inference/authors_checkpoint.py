@@ -6,7 +6,7 @@ keeps ``__S__.*`` minus the prefix, drops ``__L__.*`` and the front-end buffers
 ``__S__.torchfb.*``, checks the keys and shapes against ``ResNetSE34L`` and exports
 the result with the authors' front end (``maskproxy_losses.inference.export``).
 
-Command line: ``maskproxy convert baseline_v2_ap.model exported/ [--overwrite]``.
+Command line: ``maskproxy convert voxceleb_pretrained.model exported/ [--overwrite]``.
 """
 
 import hashlib

@@ -110,6 +110,14 @@ class CalibratedSpeakerRecognition(SpeakerRecognition):
         accept = self.llr(score) >= bayes_threshold(p)
         return score, accept.to(score.device)
 
+    def verify_files(self, path_x, path_y, threshold=None, p_target=None, **kwargs):
+        """``(cosine score, decision)`` of two audio files (read with ``load_audio``, which
+        takes ``kwargs``), decided as :meth:`verify_batch` decides."""
+        x = self.load_audio(path_x, **kwargs).unsqueeze(0)
+        y = self.load_audio(path_y, **kwargs).unsqueeze(0)
+        score, decision = self.verify_batch(x, y, threshold=threshold, p_target=p_target)
+        return score[0], decision[0]
+
     def calibration_info(self):
         """The calibration as a dict (what ``calibration.json`` holds)."""
         return json.loads(json.dumps(self.calibration.to_dict()))
