@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from maskproxy_losses.data.audio import SAMPLE_RATE, crop_samples, pad_batch, read_wav
+from maskproxy_losses.data.audio import SAMPLE_RATE, crop_samples, pad_batch, probe, read_wav
 from maskproxy_losses.scoring.cosine import make_crops
 from maskproxy_losses.utils.errors import InputError
 from maskproxy_losses.utils.files import atomic_write_bytes, remove_stale_temps
@@ -233,6 +233,11 @@ class Embedder:
         the ``file:line`` that named it (for error messages); ``progress=False`` hides the
         progress bar.
         """
+        if not self.resample:  # refused whatever the cache holds
+            refused = [(p, probe(p)[1]) for p in dict.fromkeys(paths)]
+            refused = [f"{(wheres or {}).get(p, p)}: {err}" for p, err in refused if err]
+            if refused:
+                raise InputError(refused)
         keys = [file_key(p) for p in paths]
         todo = [i for i, k in enumerate(keys) if self.cache.get(k) is None]
         hits = len(paths) - len(todo)
