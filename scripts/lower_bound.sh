@@ -10,6 +10,19 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV="$ROOT/.venv-lowest" LOCK="$ROOT/requirements/lock-lowest.txt" \
     bash "$ROOT/scripts/setup_env.sh"
 cd "$ROOT"
+# `pip install .` into an environment that has a supported torch keeps it: resolving the
+# project's ranges against .venv-lowest must change nothing (torch stays 2.7.1).
+"$ROOT/.venv-lowest/bin/python" -m pip install -q --disable-pip-version-check -e "$ROOT" 2>&1 \
+    | { grep -v "is ignored: it is neither a file nor a directory" || true; }
+want="$(grep -E '^(torch|torchaudio|speechbrain)==' "$ROOT/requirements/lock-lowest.txt" \
+    | cut -d' ' -f1 | sort)"
+have="$("$ROOT/.venv-lowest/bin/python" -m pip freeze --disable-pip-version-check 2>/dev/null \
+    | grep -E '^(torch|torchaudio|speechbrain)==' | sed 's/+.*//' | sort)"
+if [ "$want" != "$have" ]; then
+    printf '[lower bound] pip install . changed the installed stack:\n%s\nexpected:\n%s\n' \
+        "$have" "$want" >&2
+    exit 1
+fi
 "$ROOT/.venv-lowest/bin/python" -c \
     "import torch, torchaudio, speechbrain; print('[lower bound] torch', torch.__version__, \
 'torchaudio', torchaudio.__version__, 'speechbrain', speechbrain.__version__)"

@@ -35,6 +35,7 @@ __all__ = [
     "pad_batch",
     "probe_entries",
     "conversion_note",
+    "to_16k_mono",
 ]
 
 SAMPLE_RATE = 16000
@@ -90,13 +91,18 @@ def probe(path, min_samples=MIN_SAMPLES, convert=False):
 _NORMALIZER = []
 
 
-def _normalizer():
-    """SpeechBrain's ``AudioNormalizer`` (16 kHz, channels averaged), made once."""
+def to_16k_mono(wav, sample_rate):
+    """``wav`` (a tensor ``[samples]`` or ``[samples, channels]`` at ``sample_rate``) as a
+    16 kHz mono 1-D tensor: SpeechBrain's ``AudioNormalizer`` (made once; it keeps one
+    resampler per rate), as ``EncoderClassifier.load_audio`` uses."""
+    import torch
+
     if not _NORMALIZER:
         from speechbrain.dataio.preprocess import AudioNormalizer
 
         _NORMALIZER.append(AudioNormalizer(sample_rate=SAMPLE_RATE, mix="avg-to-mono"))
-    return _NORMALIZER[0]
+    with torch.no_grad():
+        return _NORMALIZER[0](wav, int(sample_rate)).contiguous()
 
 
 def read_wav(path, start=0, stop=None, convert=False):
@@ -109,8 +115,7 @@ def read_wav(path, start=0, stop=None, convert=False):
     if sr != SAMPLE_RATE:
         if not convert:
             raise ValueError(f"sample rate {sr} Hz, expected {SAMPLE_RATE}")
-        with torch.no_grad():
-            return _normalizer()(torch.from_numpy(wav), sr).contiguous()
+        return to_16k_mono(torch.from_numpy(wav), sr)
     return torch.from_numpy(wav.mean(axis=1) if wav.shape[1] > 1 else wav[:, 0])
 
 

@@ -283,7 +283,7 @@ class Match(NamedTuple):
 
 def _waveform(audio, sample_rate):
     """A 16 kHz mono 1-D float tensor from ``[samples]`` or ``[channels, samples]``."""
-    from maskproxy_losses.data.audio import _normalizer
+    from maskproxy_losses.data.audio import to_16k_mono
 
     wav = torch.as_tensor(
         np.asarray(audio, dtype=np.float32) if not torch.is_tensor(audio) else audio
@@ -296,8 +296,7 @@ def _waveform(audio, sample_rate):
             f"expected a waveform [samples] or [channels, samples], got {list(wav.shape)}"
         )
     if int(sample_rate) != SAMPLE_RATE:
-        with torch.no_grad():
-            wav = _normalizer()(wav, int(sample_rate))
+        wav = to_16k_mono(wav, sample_rate)
     if wav.shape[0] < MIN_SAMPLES:
         raise InputError(
             f"waveform too short to embed: {wav.shape[0]} samples at {SAMPLE_RATE} Hz, "

@@ -172,6 +172,12 @@ def _evaluation_lines(evaluation):
             f"| {name} | " + " | ".join(cells) + f" | {_fmt(m.get('n_trials'))} "
             f"({_fmt(m.get('n_target'))}) |"
         )
+    if "Cllr" in evaluation.get("dev", {}):
+        lines += [
+            "",
+            "Full-utterance cosine scores. The dev trials chose the checkpoint and fitted the "
+            "calibration, so their Cllr is optimistic; the test trials are held out.",
+        ]
     return lines
 
 
