@@ -48,10 +48,18 @@ def test_verifier_loads_once_and_decides_with_the_calibration(model_dir, wavs, m
     loads = []
     real = api.load_encoder
     monkeypatch.setattr(api, "load_encoder", lambda *a, **k: loads.append(a) or real(*a, **k))
+    embedded = []
+    real_embed = api.embed_files
+    monkeypatch.setattr(
+        api,
+        "embed_files",
+        lambda m, paths, **k: embedded.extend(paths) or real_embed(m, paths, **k),
+    )
     verifier = Verifier(model_dir, precision="fp32")
     emb = [verifier.embed(p) for p in wavs]
     results = [verifier.verify(wavs[0], w) for w in wavs[1:]]
     assert len(loads) == 1
+    assert sorted(embedded) == sorted(map(str, wavs))  # each file embedded once, then kept
     assert capsys.readouterr().err == ""  # no progress bar for a handful of files
     for w, e, r in zip(wavs[1:], emb[1:], results):
         assert r.score == pytest.approx(_cos(emb[0], e), abs=1e-6)

@@ -37,6 +37,7 @@ Example
 4.5951
 """
 
+import collections
 import dataclasses
 import logging
 import os
@@ -50,6 +51,7 @@ from maskproxy_losses.inference.embedding import (
     Embedder,
     EmbeddingCache,
     cache_folder,
+    file_key,
     model_fingerprint,
 )
 from maskproxy_losses.inference.model_dir import load_encoder
@@ -329,6 +331,7 @@ class SpeakerEmbedder:
     """
 
     sample_rate = SAMPLE_RATE
+    MEMORY = 10000  # file embeddings kept in memory
 
     def __init__(
         self,
@@ -357,6 +360,7 @@ class SpeakerEmbedder:
             resample,
         )
         self._dimension = None
+        self._memory = collections.OrderedDict()
 
     @property
     def model_dir(self):
@@ -381,16 +385,32 @@ class SpeakerEmbedder:
         return self._embedder.embed_waveform(_waveform(audio, sample_rate)).astype(np.float32)
 
     def embed_many(self, paths, batch_seconds=200.0, progress=False):
-        """Embeddings ``[N, D]`` of the files ``paths`` (checked first, batched)."""
-        return embed_files(
-            self.model,
-            paths,
-            batch_seconds=batch_seconds,
-            max_seconds=self.max_seconds,
-            precision=self.precision,
-            resample=self.resample,
-            progress=progress,
-        )
+        """Embeddings ``[N, D]`` of the files ``paths`` (checked first, batched). The
+        embeddings of the last :attr:`MEMORY` files are kept in memory, keyed by path, mtime
+        and size: a file met again (the enrolment side of many trials) is not re-embedded."""
+        paths = [str(p) for p in paths]
+        keys = {p: file_key(p) for p in dict.fromkeys(paths) if os.path.isfile(p)}
+        todo = [p for p in keys if keys[p] not in self._memory] + [
+            p
+            for p in dict.fromkeys(paths)
+            if p not in keys  # missing: reported by the probe
+        ]
+        if todo:
+            emb = embed_files(
+                self.model,
+                todo,
+                batch_seconds=batch_seconds,
+                max_seconds=self.max_seconds,
+                precision=self.precision,
+                resample=self.resample,
+                progress=progress,
+            )
+            for p, e in zip(todo, emb):
+                self._memory[keys[p]] = e
+                self._memory.move_to_end(keys[p])
+            while len(self._memory) > self.MEMORY:
+                self._memory.popitem(last=False)
+        return np.stack([self._memory[keys[p]] for p in paths])
 
     def _embed_all(self, items, sample_rate):
         paths = [a for a in items if isinstance(a, (str, os.PathLike))]
