@@ -143,7 +143,16 @@ def test_object_api_embeds_waveforms_at_any_rate(model_dir, wavs):
         embedder.embed(np.zeros(100))
 
 
-def test_prepare_refuses_other_rates_unless_resample(tmp_path, wavs):
+def test_cli_verify_notes_the_conversion(model_dir, wavs, cli):
+    code, out, err = cli("verify", model_dir, wavs["orig0"], wavs["stereo0"], "--precision", "fp32")
+    assert code == 0, err
+    assert "note: resampled to 16000 Hz: 1 file(s) (1 at 44100 Hz)" in err
+    assert 1.0 - float(out.split()[1]) < MAX_COSINE_DISTANCE  # "score: 0.99999... (cosine)"
+    code, _, err = cli("verify", model_dir, wavs["orig0"], wavs["stereo0"], "--no-resample")
+    assert code == 2 and "error: wav2: sample rate 44100 Hz" in err
+
+
+def test_prepare_refuses_other_rates_unless_resample(tmp_path, wavs, cli):
     from data_prep.voxceleb import prepare_voxceleb
 
     root = tmp_path / "train"
@@ -166,3 +175,9 @@ def test_prepare_refuses_other_rates_unless_resample(tmp_path, wavs):
     got, _ = sf.read(copy, dtype="float32")
     n = min(got.size, x.size)
     assert np.abs(got[200 : n - 200] - x[200 : n - 200]).max() < 0.01  # PCM_16 + resampling
+    code, out, err = cli(
+        "prepare", "--train-root", root, "--output-dir", tmp_path / "m3", "--dev-share", "0",
+        "--resample",
+    )  # fmt: skip
+    assert code == 0, err
+    assert (tmp_path / "m3" / "resampled_16k").is_dir() and "train_csv" in out
