@@ -14,6 +14,9 @@
   a rerun with the same inputs reuses the outputs after a ``stat`` of every listed file:
   one missing or changed since is named (``train.csv:N: ...``), or with ``skip_bad``
   the preparation runs again, as it does when a file skipped as bad has changed since.
+- ``resampled_16k/`` (only with ``resample=True``): 16 kHz mono copies of the audio that
+  is not (:mod:`data_prep.resample`); the manifests name the copies. Without it such
+  audio is refused.
 
 Bad input raises ``maskproxy_losses.utils.errors.InputError`` naming each problem as
 ``file:line: what`` and writes nothing, unless ``skip_bad`` drops the bad entries.
@@ -103,6 +106,20 @@ def _drop_spaced(utts, output_dir, problems):
     return kept
 
 
+def _use_copies(utts, durations, output_dir):
+    """Point ``utts`` that are not 16 kHz mono at their 16 kHz copies (written now)."""
+    from data_prep.resample import write_16k_copies
+
+    copies = write_16k_copies([u.path for u in utts], output_dir)
+    for u in utts:
+        if u.path in copies:
+            st = os.stat(copies[u.path])  # the manifests record the copy's size and time
+            durations[copies[u.path]] = (durations[u.path][0], st.st_size, st.st_mtime_ns)
+            u.path = copies[u.path]
+    if copies:
+        logger.info("wrote 16 kHz mono copies of %d files to %s", len(copies), output_dir)
+
+
 def _one_class(rows, trials):
     """Raise ``InputError`` when the (non-empty) trial rows have only one label."""
     if rows and len({r[0] for r in rows}) < 2:
@@ -121,6 +138,7 @@ def prepare_voxceleb(
     skip_bad=False,
     num_workers=2,
     skip_if_done=True,
+    resample=False,
 ):
     """Write train/dev/test CSVs and trial lists (see the module docstring).
 
@@ -151,6 +169,9 @@ def prepare_voxceleb(
     skip_if_done : bool
         Reuse the outputs when ``prep_options.json`` records the same arguments and
         input files (list sizes / mtimes, or the scanned file set).
+    resample : bool
+        Accept audio at any sample rate and channel count and write 16 kHz mono copies
+        of it (``resampled_16k/``) for the manifests; else such audio is a bad entry.
 
     Returns
     -------
@@ -182,6 +203,7 @@ def prepare_voxceleb(
         "n_dev_trials": n_dev_trials,
         "seed": seed,
         "skip_bad": skip_bad,
+        "resample": bool(resample),
     }
     done = manifests.read_done(output_dir, options, outputs) if skip_if_done else None
     if done is not None:
@@ -219,8 +241,10 @@ def prepare_voxceleb(
     }
     trial_rows = [t for t in trial_rows if t[1].path in usable and t[2].path in usable]
     referenced = {u.path for u in train} | {u.path for t in trial_rows for u in t[1:]}
-    durations, train, trial_rows = check_audio(train, trial_rows, problems, num_workers)
+    durations, train, trial_rows = check_audio(train, trial_rows, problems, num_workers, resample)
     skipped_files = manifests.stat_files(sorted(referenced - durations.keys()))
+    if resample:
+        _use_copies(train + [u for t in trial_rows for u in t[1:]], durations, output_dir)
     test = lists.drop_duplicates(
         list({u.path: u for t in trial_rows for u in t[1:]}.values()), problems
     )

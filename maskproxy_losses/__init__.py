@@ -36,6 +36,8 @@ _HOMES = {
     "ResNetSE34L": "models.resnetse34l",
     "build_frontend": "models.frontend",
     "export_model": "inference.export",
+    "SpeakerEmbedder": "inference.api",
+    "Verifier": "inference.api",
 }
 
 __all__ = ["__version__", *_HOMES]

@@ -177,6 +177,14 @@ def cli(capsys):
 
 
 @pytest.fixture(autouse=True)
+def _private_embedding_cache(tmp_path_factory, monkeypatch):
+    """The default embedding cache (per user: ~/.cache/maskproxy) points into the test's
+    temporary folder: tests never write to the user's."""
+    folder = tmp_path_factory.getbasetemp() / "user_embedding_cache"
+    monkeypatch.setenv("MASKPROXY_CACHE_DIR", str(folder))
+
+
+@pytest.fixture(autouse=True)
 def _two_threads():
     torch.set_num_threads(2)
     yield

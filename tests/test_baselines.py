@@ -12,6 +12,7 @@ from conftest import RECIPE
 from maskproxy_losses import SpeakerBatchSampler
 from maskproxy_losses.data.crops import RandomCrop
 from maskproxy_losses.data.speed_perturb import SpeedCrop
+from maskproxy_losses.inference.model_card import read_model_card
 from maskproxy_losses.losses import AAMSoftmaxLoss
 from maskproxy_losses.training.averaging import average_checkpoints
 from maskproxy_losses.training.schedules import (
@@ -150,6 +151,9 @@ def test_recipe_exports_the_average_of_its_two_checkpoints(corpus, tmp_path, rec
         else:
             want = (first[key] + second[key]) // 2
         assert torch.equal(value, want), key
+    card = read_model_card(out / "model")
+    assert card["training"]["averaged"] == "mean of 2 checkpoints (best)"
+    assert "checkpoint average" in card["source"]["how"]
 
 
 # ------------------------------------------------------------------ fine-tuning
@@ -166,6 +170,7 @@ def test_finetuning_starts_from_the_pretrained_weights(corpus, tmp_path, recipe_
         _load(stage1 / "model" / "embedding_model.ckpt"),
     )
     assert list(got) == list(want) and all(torch.equal(got[k], want[k]) for k in want)
+    assert read_model_card(stage2 / "model")["training"]["pretrained"] == str(stage1)
     # The loss (proxies, w, b) comes from stage 1's best checkpoint.
     best = next((stage1 / "save").glob("CKPT+*/loss_fn.ckpt"))
     loss_state = brain.modules.loss_fn.state_dict()

@@ -104,6 +104,7 @@ def test_authors_frontend_scale_and_shape():
 
 def test_fixture_embeddings_through_encoder_classifier(converted, expected, tmp_path, monkeypatch):
     assert sorted(p.name for p in converted.iterdir()) == [
+        "README.md",
         "embedding_model.ckpt",
         "hyperparams.yaml",
     ]
@@ -120,6 +121,29 @@ def test_fixture_embeddings_through_encoder_classifier(converted, expected, tmp_
         worst_rel = max(worst_rel, err / ref.abs().max().item())
     print(f"fixture embedding error: max abs {worst_abs:.3g}, max rel {worst_rel:.3g}")
     assert worst_rel < 1e-3
+
+
+def test_converted_model_card_says_where_it_comes_from(converted, authors_state):
+    import hashlib
+
+    from maskproxy_losses.inference.model_card import read_model_card
+
+    card = read_model_card(converted)
+    assert card["source"]["checkpoint"] == CKPT.name
+    assert card["source"]["checkpoint_sha256"] == hashlib.sha256(CKPT.read_bytes()).hexdigest()
+    proxies = next(v for k, v in authors_state.items() if k.endswith("__L__.proxies"))
+    assert card["training"]["data"]["speakers"] == proxies.shape[0]
+    assert card["model"]["frontend"] == "authors" and card["model"]["embedding_dim"] == 512
+    n_params = sum(
+        v.numel()
+        for k, v in authors_state.items()
+        if ".__S__." in f".{k}"
+        and "torchfb" not in k
+        and "num_batches" not in k
+        and "running_" not in k
+    )
+    assert card["model"]["parameters"] == n_params
+    assert card["evaluation"] == {} and "Not evaluated" in (converted / "README.md").read_text()
 
 
 def test_verify_files(converted, expected, tmp_path):
@@ -197,7 +221,11 @@ def test_existing_output_dir(converted, tmp_path):
         convert_checkpoint(CKPT, out)
     assert [p.name for p in out.iterdir()] == ["keep.txt"]
     convert_checkpoint(CKPT, out, overwrite=True)
-    assert sorted(p.name for p in out.iterdir()) == ["embedding_model.ckpt", "hyperparams.yaml"]
+    assert sorted(p.name for p in out.iterdir()) == [
+        "README.md",
+        "embedding_model.ckpt",
+        "hyperparams.yaml",
+    ]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
     empty = tmp_path / "empty"
     empty.mkdir()

@@ -264,3 +264,48 @@ def test_conv_stft_swap_keeps_features(frontend):
     ref, got = norm(compute(wavs), torch.ones(2)), norm(swapped(wavs), torch.ones(2))
     assert got.shape == ref.shape
     assert relative_error(got.numpy(), ref.numpy())[1] < TOL
+
+
+def test_metadata_and_named_axes(fbank_export):
+    """The file carries the model card, the calibration-free facts and named dynamic axes."""
+    import json
+
+    import onnx
+
+    from maskproxy_losses import __version__
+    from maskproxy_losses.inference.model_card import read_model_card
+
+    model_dir, onnx_path, classifier = fbank_export
+    graph = onnx.load(str(onnx_path)).graph
+    dims = {
+        v.name: [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim]
+        for v in [*graph.input, *graph.output]
+    }
+    assert dims == {"wavs": ["batch", "samples"], "embeddings": ["batch", 64]}
+    meta = OnnxEmbedder(onnx_path).metadata
+    assert json.loads(meta["model_card"]) == read_model_card(model_dir)
+    dim = classifier.encode_batch(_waveforms(1, 8000, 0)).shape[-1]
+    assert (meta["sample_rate"], meta["embedding_dim"], meta["frontend"]) == (
+        "16000",
+        str(dim),
+        "fbank",
+    )
+    assert meta["encoder"] == "maskproxy_losses.models.resnetse34l.ResNetSE34L"
+    assert meta["package_version"] == __version__ and meta["license"] == "Apache-2.0"
+    assert "calibration" not in meta  # the directory has none
+
+
+def test_metadata_of_a_directory_without_card_or_with_calibration(tmp_path):
+    import json
+    import shutil
+
+    from maskproxy_losses.scoring.calibration import Calibration
+
+    old = tmp_path / "v0_1"
+    shutil.copytree(FIXTURES / "model_dir_v0_1", old)  # exported before model cards
+    Calibration(scale=3.0, offset=-1.0).save(old / "calibration.json")
+    meta = OnnxEmbedder(export_onnx(old, tmp_path / "old.onnx")).metadata
+    card = json.loads(meta["model_card"])
+    assert card["source"] == {"how": "no model card"} and card["model"]["encoder"] == "ResNetSE34L"
+    assert json.loads(meta["calibration"])["scale"] == 3.0
+    assert meta["embedding_dim"] == str(card["model"]["embedding_dim"])

@@ -20,6 +20,7 @@ from conftest import (
 )
 
 from maskproxy_losses.data.trials import read_trials
+from maskproxy_losses.inference.model_card import read_model_card
 from maskproxy_losses.scoring.cosine import score_trials
 from maskproxy_losses.scoring.metrics import verification_metrics
 
@@ -90,6 +91,35 @@ def test_export_matches_trained_model(corpus, tmp_path, capsys, recipe_args, fin
     torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
     # The exported model reproduces the printed test EER through the scoring path.
     assert _test_eer(model, corpus) == pytest.approx(test_eer, abs=0.01)
+    _check_card(tmp_path / "run" / "model", corpus, test_eer)
+
+
+def _check_card(model_dir, corpus, test_eer):
+    """The model card (README.md) says what the run was, read back from its front matter."""
+    import csv
+    import json
+    import math
+
+    from maskproxy_losses import __version__
+
+    card = read_model_card(model_dir)
+    rows = list(csv.DictReader(open(corpus / "manifests" / "train.csv")))
+    assert card["training"]["loss"] == "mp_balance" and card["training"]["epochs"] == 1
+    assert card["training"]["data"]["utterances"] == len(rows)
+    assert card["training"]["data"]["speakers"] == len({r["spk_id"] for r in rows})
+    assert card["model"]["encoder_kwargs"]["emb_dim"] == card["model"]["embedding_dim"] == 64
+    assert card["evaluation"]["test"]["EER"] == pytest.approx(test_eer, abs=0.01)
+    dev_trials = (corpus / "manifests" / "dev_trials.txt").read_text().splitlines()
+    assert card["evaluation"]["dev"]["n_trials"] == len(dev_trials)
+    assert 0 < card["evaluation"]["test"]["Cllr"] and "minDCF_0.01" in card["evaluation"]["dev"]
+    cal = json.loads((model_dir / "calibration.json").read_text())
+    assert card["calibration"]["scale"] == cal["scale"]
+    want = (math.log(99) - cal["offset"]) / cal["scale"]
+    assert card["calibration"]["cosine_thresholds"]["0.01"] == pytest.approx(want, abs=1e-6)
+    assert card["package"]["version"] == __version__ and card["license"] == "Apache-2.0"
+    text = (model_dir / "README.md").read_text()
+    assert "EncoderClassifier.from_hparams" in text and "export-onnx" in text
+    assert f"| {want:.6f} |" in text  # the threshold for SpeechBrain's SpeakerRecognition
 
 
 def _test_eer(model, corpus):
@@ -263,10 +293,13 @@ def test_model_is_exported_before_test_scoring(corpus, tmp_path, monkeypatch, re
         recipe.train(recipe_args(corpus, tmp_path / "run"))
     model = tmp_path / "run" / "model"
     assert sorted(p.name for p in model.iterdir()) == [
+        "README.md",
         "calibration.json",
         "embedding_model.ckpt",
         "hyperparams.yaml",
     ]
+    card = read_model_card(model)  # the dev results are in; the test results never came
+    assert "dev" in card["evaluation"] and "test" not in card["evaluation"]
 
 
 @pytest.mark.slow

@@ -355,3 +355,30 @@ def test_option_twice_and_a_missing_device_are_one_line(setup, capsys):
         assert sv.main(argv) == 2
         err = capsys.readouterr().err
         assert "error: --device cuda:0: CUDA is not available" in err and "Traceback" not in err
+
+
+def test_44k_stereo_trial_files_are_resampled_unless_refused(setup, capsys):
+    """A trial list naming 44.1 kHz stereo copies (scipy's resampler, channels differing)
+    scores as the 16 kHz originals do; --resample False refuses them."""
+    import soundfile as sf
+    from scipy.signal import resample_poly
+
+    w = _wavs(setup)
+    copies = []
+    for i, path in enumerate(w[:4]):
+        x, _ = sf.read(path, dtype="float64")
+        up = resample_poly(x, 441, 160)
+        noise = 0.002 * np.random.default_rng(i).standard_normal(up.size)
+        copies.append(setup["base"] / f"stereo44k_{i}.wav")
+        sf.write(copies[-1], np.stack([up + noise, up - noise], 1), 44100, subtype="FLOAT")
+    rows = [(1, 0, 1), (0, 0, 2), (0, 1, 3), (1, 2, 3)]
+    orig = _write_trials(setup, "orig16k.txt", [f"{lab} {w[a]} {w[b]}" for lab, a, b in rows])
+    conv = _write_trials(setup, "conv44k.txt", [f"{lab} {copies[a]} {w[b]}" for lab, a, b in rows])
+    sv.verify(_argv(setup, "out_16k", "--trials_file", str(orig), "--precision", "fp32"))
+    sv.verify(_argv(setup, "out_44k", "--trials_file", str(conv), "--precision", "fp32"))
+    s16 = _read_scores(setup["base"] / "out_16k" / "scores.txt")[1]
+    s44 = _read_scores(setup["base"] / "out_44k" / "scores.txt")[1]
+    # Measured: at most 1.4e-5 apart, while the 4 trials' scores spread over 8.4e-4.
+    assert np.abs(s44 - s16).max() < min(5e-5, np.ptp(s16) / 10)
+    err = _expect_exit2(setup, capsys, conv, "--resample", "False")  # cached: refused anyway
+    assert f"{conv}:1: sample rate 44100 Hz, expected 16000: {copies[0]}" in err

@@ -2,7 +2,7 @@
 
 ::
 
-    maskproxy convert baseline_v2_ap.model exported/ [--overwrite]
+    maskproxy convert voxceleb_pretrained.model exported/ [--overwrite]
 
 The conversion is :func:`maskproxy_losses.inference.authors_checkpoint.convert_checkpoint`.
 """

@@ -7,9 +7,12 @@
     maskproxy identify MODEL_DIR --speakers speakers.npz --dir test/ --top-k 3
     maskproxy verify MODEL_DIR a.wav b.wav --p-target 0.01
 
-Embeddings are cached like the verification recipe's (same folder layout), so either
-reuses what the other computed. Every file is checked before anything is embedded; a bad
-one is named as ``list:line``. The work is done by :mod:`maskproxy_losses.inference.api`
+Embeddings are cached in a per-user folder (``~/.cache/maskproxy/embeddings``, see
+:func:`~maskproxy_losses.inference.embedding.default_cache_dir`) that the verification
+recipe uses too, so either reuses what the other computed. Every file is checked before
+anything is embedded; a bad one is named as ``list:line``. Files at another sample rate
+than 16 kHz are resampled and stereo files mixed down, with a note (``--no-resample``
+refuses them). The work is done by :mod:`maskproxy_losses.inference.api`
 and :mod:`maskproxy_losses.inference.speakers`.
 """
 
@@ -29,11 +32,19 @@ from maskproxy_losses.utils.errors import InputError
 
 __all__ = ["build"]
 
-DEFAULT_CACHE_DIR = "results/embedding_cache"  # the verification recipe's default cache_dir
+
+def _resample_option(parser):
+    parser.add_argument(
+        "--no-resample",
+        action="store_true",
+        help="refuse audio that is not 16 kHz mono instead of resampling it to 16 kHz and "
+        "averaging its channels (the default, as SpeechBrain's load_audio does)",
+    )
 
 
 def _audio_options(parser, inputs):
     add_model_options(parser)
+    _resample_option(parser)
     if inputs:
         group = parser.add_mutually_exclusive_group()
         group.add_argument(
@@ -47,9 +58,11 @@ def _audio_options(parser, inputs):
         )
     parser.add_argument(
         "--cache-dir",
-        default=DEFAULT_CACHE_DIR,
+        default=None,
         metavar="D",
-        help=f"embedding cache, shared with the verification recipe (default {DEFAULT_CACHE_DIR})",
+        help="embedding cache, shared with the verification recipe (default: the per-user "
+        "$MASKPROXY_CACHE_DIR, $XDG_CACHE_HOME/maskproxy/embeddings or "
+        "~/.cache/maskproxy/embeddings)",
     )
     parser.add_argument("--no-cache", action="store_true", help="neither read nor write the cache")
     parser.add_argument(
@@ -80,7 +93,8 @@ def build(name, parser):
     """Add ``name``'s options to ``parser``; return its ``run(args)``."""
     if name == "embed":
         parser.description = (
-            "Embed audio files (16 kHz mono) into OUT.npz holding 'paths' (as given) and "
+            "Embed audio files (any sample rate: resampled to 16 kHz, channels averaged) into "
+            "OUT.npz holding 'paths' (as given) and "
             "'embeddings' [N, D] float32. Every file is checked before anything is embedded."
         )
         _audio_options(parser, inputs=True)
@@ -128,6 +142,7 @@ def build(name, parser):
         "the Bayes threshold of --p-target."
     )
     add_model_options(parser)
+    _resample_option(parser)
     parser.add_argument("wav1", metavar="WAV1")
     parser.add_argument("wav2", metavar="WAV2")
     _p_target(parser)
@@ -169,24 +184,32 @@ def _load(args):
     return load_model(args.model_dir, args.device, args.trust_model_dir)
 
 
+def _note(stats):
+    if stats.get("note"):
+        print(f"note: {stats['note']}", file=sys.stderr)
+
+
 def _embed_entries(args, model, entries):
     """``(embeddings, stats, kept entries)``; with ``--skip-bad`` the bad files are
     dropped, and named in one warning."""
     from maskproxy_losses.inference.api import embed_files
+    from maskproxy_losses.inference.embedding import default_cache_dir
     from maskproxy_losses.utils.errors import report
 
     stats = {}
     emb = embed_files(
         model,
         [e[-2] for e in entries],
-        cache_dir=None if args.no_cache else args.cache_dir,
+        cache_dir=None if args.no_cache else (args.cache_dir or default_cache_dir()),
         batch_seconds=args.batch_seconds,
         max_seconds=args.max_seconds,
         wheres=[e[-1] for e in entries],
         stats=stats,
         precision=args.precision,
         skip_bad=args.skip_bad,
+        resample=not args.no_resample,
     )
+    _note(stats)
     if stats["skipped"]:
         print(f"warning: skipping bad files; {report(stats['skipped'])}", file=sys.stderr)
     return emb, stats, [entries[i] for i in stats["kept"]]
@@ -305,8 +328,10 @@ def _run_identify(args):
 
 
 def _run_verify(args):
+    from maskproxy_losses.data.audio import conversion_note
     from maskproxy_losses.inference.api import verify_pair
 
+    note = None if args.no_resample else conversion_note([args.wav1, args.wav2])
     result = verify_pair(
         _load(args),
         args.wav1,
@@ -314,7 +339,9 @@ def _run_verify(args):
         p_target=args.p_target,
         precision=args.precision,
         calibration=_calibration(args),
+        resample=not args.no_resample,
     )
+    _note({"note": note})
     print(f"score: {result.score:.6f} (cosine)")
     if result.llr is None:
         print(f"no calibration: {args.model_dir} has no calibration.json, so no decision")

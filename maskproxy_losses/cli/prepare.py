@@ -55,6 +55,12 @@ def build(name, parser):
     parser.add_argument(
         "--num-workers", type=positive_int, default=2, help="processes reading audio headers"
     )
+    parser.add_argument(
+        "--resample",
+        action="store_true",
+        help="accept audio at other sample rates or with several channels and write 16 kHz "
+        "mono copies of it to OUTPUT_DIR/resampled_16k for the manifests (default: refuse it)",
+    )
     parser.add_argument("--force", action="store_true", help="redo even if up to date")
     return run
 
@@ -76,6 +82,7 @@ def run(args):
         args.skip_bad,
         args.num_workers,
         skip_if_done=not args.force,
+        resample=args.resample,
     )
     print("\n".join(f"{key}: {path}" for key, path in out.items()))
     return 0

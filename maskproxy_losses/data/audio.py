@@ -7,6 +7,12 @@ encoder can embed (shorter files are refused by data preparation and scoring).
 subtypes) can hold NaN / Inf, so those are read once in blocks; integer PCM, FLAC and
 the like (all of VoxCeleb after ``maskproxy transcode``) cost a header read only.
 
+Training data must be 16 kHz mono (data preparation refuses other files, or writes 16 kHz
+copies with ``--resample``). Inference takes audio as users have it: with
+``convert=True`` :func:`probe` accepts any rate and channel count and :func:`read_wav`
+resamples to 16 kHz and averages the channels, with SpeechBrain's ``AudioNormalizer``
+(what ``EncoderClassifier.load_audio`` does); :func:`conversion_note` says what was done.
+
 Example
 -------
 >>> import torch
@@ -33,6 +39,8 @@ __all__ = [
     "read_wav",
     "pad_batch",
     "probe_entries",
+    "conversion_note",
+    "to_16k_mono",
 ]
 
 SAMPLE_RATE = 16000
@@ -78,12 +86,13 @@ def first_non_finite(path, block=1 << 20):
     return None
 
 
-def probe(path, min_samples=MIN_SAMPLES):
+def probe(path, min_samples=MIN_SAMPLES, convert=False):
     """``(duration_s, None)`` from the header of ``path``, or ``(None, what is wrong)``.
 
-    A file is usable when it exists, libsndfile reads its header, it is 16 kHz mono, it
-    holds at least ``min_samples`` samples and, when its samples are floats
-    (:data:`FLOAT_SUBTYPES`), every sample is finite (the only case that reads the data).
+    A file is usable when it exists, libsndfile reads its header, it is 16 kHz mono (any
+    rate and channel count with ``convert``), it holds at least ``min_samples`` samples
+    (at 16 kHz) and, when its samples are floats (:data:`FLOAT_SUBTYPES`), every sample is
+    finite (the only case that reads the data).
     """
     if not os.path.isfile(path):
         return None, f"missing file {path}"
@@ -93,13 +102,15 @@ def probe(path, min_samples=MIN_SAMPLES):
         return None, f"unreadable audio {path} ({str(err).strip()})"
     if info.frames <= 0:
         return None, f"empty audio {path}"
-    if info.samplerate != SAMPLE_RATE:
+    if info.samplerate != SAMPLE_RATE and not convert:
         return None, f"sample rate {info.samplerate} Hz, expected {SAMPLE_RATE}: {path}"
-    if info.channels != 1:
+    if info.channels != 1 and not convert:
         return None, f"{info.channels} channels, expected mono: {path}"
-    if info.frames < min_samples:
+    samples = info.frames * SAMPLE_RATE // info.samplerate
+    if samples < min_samples:
+        at = "" if info.samplerate == SAMPLE_RATE else f" at {SAMPLE_RATE} Hz"
         return None, (
-            f"too short to embed: {info.frames} samples, at least {min_samples} "
+            f"too short to embed: {samples} samples{at}, at least {min_samples} "
             f"({min_samples / SAMPLE_RATE * 1000:g} ms) needed: {path}"
         )
     if info.subtype in FLOAT_SUBTYPES:
@@ -110,18 +121,39 @@ def probe(path, min_samples=MIN_SAMPLES):
         if bad is not None:
             return None, (
                 f"non-finite sample (NaN/Inf) at sample {bad} "
-                f"({bad / SAMPLE_RATE:.3f} s): {path}"
+                f"({bad / info.samplerate:.3f} s): {path}"
             )
     return info.frames / info.samplerate, None
 
 
-def read_wav(path, start=0, stop=None):
-    """Mono float32 waveform in [-1, 1] (samples ``start:stop``) as a 1-D tensor."""
+_NORMALIZER = []
+
+
+def to_16k_mono(wav, sample_rate):
+    """``wav`` (a tensor ``[samples]`` or ``[samples, channels]`` at ``sample_rate``) as a
+    16 kHz mono 1-D tensor: SpeechBrain's ``AudioNormalizer`` (made once; it keeps one
+    resampler per rate), as ``EncoderClassifier.load_audio`` uses."""
+    import torch
+
+    if not _NORMALIZER:
+        from speechbrain.dataio.preprocess import AudioNormalizer
+
+        _NORMALIZER.append(AudioNormalizer(sample_rate=SAMPLE_RATE, mix="avg-to-mono"))
+    with torch.no_grad():
+        return _NORMALIZER[0](wav, int(sample_rate)).contiguous()
+
+
+def read_wav(path, start=0, stop=None, convert=False):
+    """Mono float32 waveform in [-1, 1] (samples ``start:stop`` of the file) as a 1-D
+    tensor. Channels are averaged; another rate than 16 kHz raises ``ValueError``, or with
+    ``convert`` is resampled to 16 kHz (SpeechBrain's ``AudioNormalizer``)."""
     import torch  # here, so that probing headers does not need torch
 
     wav, sr = sf.read(path, start=start, stop=stop, dtype="float32", always_2d=True)
     if sr != SAMPLE_RATE:
-        raise ValueError(f"sample rate {sr} Hz, expected {SAMPLE_RATE}")
+        if not convert:
+            raise ValueError(f"sample rate {sr} Hz, expected {SAMPLE_RATE}")
+        return to_16k_mono(torch.from_numpy(wav), sr)
     return torch.from_numpy(wav.mean(axis=1) if wav.shape[1] > 1 else wav[:, 0])
 
 
@@ -137,19 +169,47 @@ def pad_batch(wavs):
     return batch, lens
 
 
-def probe_entries(entries):
-    """Probe each distinct file of ``entries`` (``(where, [paths])``) once.
+def probe_entries(entries, convert=False):
+    """Probe each distinct file of ``entries`` (``(where, [paths])``) once (``convert``: any
+    rate and channel count, see :func:`probe`).
 
-    Returns ``(samples by usable path, problems, bad wheres)``: one ``where: what``
-    problem per entry that names a bad file (``what`` alone when ``where`` is empty).
+    Returns ``(samples at 16 kHz by usable path, problems, bad wheres)``: one ``where:
+    what`` problem per entry that names a bad file (``what`` alone when ``where`` is empty).
     """
     info, problems, bad = {}, [], set()
     for where, paths in entries:
         for p in paths:
             if p not in info:
-                dur, err = probe(p)
+                dur, err = probe(p, convert=convert)
                 info[p] = err if err else int(round(dur * SAMPLE_RATE))
             if isinstance(info[p], str):
                 problems.append(f"{where}: {info[p]}" if where else info[p])
                 bad.add(where)
     return {p: n for p, n in info.items() if not isinstance(n, str)}, problems, bad
+
+
+def conversion_note(paths):
+    """One line saying which of ``paths`` are read converted (resampled to 16 kHz, mixed
+    down to mono), or ``None`` when all are 16 kHz mono. Reads the headers only.
+
+    >>> conversion_note([]) is None
+    True
+    """
+    rates, stereo = {}, 0
+    for p in dict.fromkeys(paths):
+        try:
+            info = sf.info(p)
+        except Exception:  # reported by the probe
+            continue
+        if info.samplerate != SAMPLE_RATE:
+            rates[info.samplerate] = rates.get(info.samplerate, 0) + 1
+        stereo += info.channels > 1
+    parts = []
+    if rates:
+        what = ", ".join(f"{n} at {sr} Hz" for sr, n in sorted(rates.items()))
+        parts.append(f"resampled to {SAMPLE_RATE} Hz: {sum(rates.values())} file(s) ({what})")
+    if stereo:
+        parts.append(f"mixed down to mono (channels averaged): {stereo} file(s)")
+    if not parts:
+        return None
+    return "; ".join(parts) + " (as SpeechBrain's load_audio does; --no-resample refuses them)"

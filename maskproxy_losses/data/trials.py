@@ -184,16 +184,17 @@ def read_speaker_wavs(csv_path, per_speaker=0, what="cohort_csv"):
     return out
 
 
-def usable_trials(trials_file, test_root=None, id_to_wav=None, skip_bad=False):
+def usable_trials(trials_file, test_root=None, id_to_wav=None, skip_bad=False, convert=True):
     """``(trials, samples by path, problems)``: the :func:`read_trials` trials whose two
-    files are usable audio (each probed once), with both classes left. Bad lines and files
-    stop with every problem named, or are dropped and returned as problems with
+    files are usable audio (each probed once; any sample rate and channel count with
+    ``convert``, read resampled and mixed down), with both classes left. Bad lines and
+    files stop with every problem named, or are dropped and returned as problems with
     ``skip_bad``."""
     from maskproxy_losses.data.audio import probe_entries
 
     trials, problems = read_trials(trials_file, test_root, id_to_wav)
     lengths, audio_problems, bad = probe_entries(
-        (t.where, (t.enrol_path, t.test_path)) for t in trials
+        ((t.where, (t.enrol_path, t.test_path)) for t in trials), convert=convert
     )
     problems += audio_problems
     if problems and not skip_bad:
@@ -203,14 +204,15 @@ def usable_trials(trials_file, test_root=None, id_to_wav=None, skip_bad=False):
     return trials, lengths, problems
 
 
-def usable_speaker_wavs(csv_path, per_speaker=0, skip_bad=False, what="cohort_csv"):
+def usable_speaker_wavs(csv_path, per_speaker=0, skip_bad=False, what="cohort_csv", convert=True):
     """``(rows, samples by path, problems)``: the :func:`read_speaker_wavs` rows whose audio
-    is usable (probed once each). Bad files stop with every problem named, or are dropped
-    and returned as problems with ``skip_bad``."""
+    is usable (probed once each; any rate and channel count with ``convert``). Bad files
+    stop with every problem named, or are dropped and returned as problems with
+    ``skip_bad``."""
     from maskproxy_losses.data.audio import probe_entries
 
     rows = read_speaker_wavs(csv_path, per_speaker, what)
-    lengths, problems, bad = probe_entries([(w, [p]) for p, _, w in rows])
+    lengths, problems, bad = probe_entries([(w, [p]) for p, _, w in rows], convert=convert)
     if problems and not skip_bad:
         raise InputError(problems)
     rows = [r for r in rows if r[2] not in bad]

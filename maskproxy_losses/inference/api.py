@@ -1,5 +1,10 @@
 """The Python API of a trained model: load it once, embed files, verify a pair.
 
+:class:`SpeakerEmbedder` and :class:`Verifier` hold a loaded model: ``embed(path or
+waveform)``, ``verify(a, b)`` with the calibrated LLR and decision, ``enrol`` and
+``identify``, without reloading and without a progress bar. The functions below do one
+job each (and load the model directory when given a path):
+
 :func:`load_model` loads a model directory (safely, see :mod:`.model_dir`);
 :func:`embed_files` returns the embedding matrix of a list of files (checked first,
 batched, optionally cached like the verification recipe's); :func:`verify_pair` gives the
@@ -32,16 +37,21 @@ Example
 4.5951
 """
 
+import collections
 import dataclasses
+import logging
+import os
+from typing import NamedTuple
 
 import numpy as np
 import torch
 
-from maskproxy_losses.data.audio import MIN_SAMPLES, SAMPLE_RATE, probe_entries
+from maskproxy_losses.data.audio import MIN_SAMPLES, SAMPLE_RATE, conversion_note, probe_entries
 from maskproxy_losses.inference.embedding import (
     Embedder,
     EmbeddingCache,
     cache_folder,
+    file_key,
     model_fingerprint,
 )
 from maskproxy_losses.inference.model_dir import load_encoder
@@ -60,9 +70,15 @@ __all__ = [
     "check_device",
     "embed_files",
     "verify_pair",
+    "SpeakerEmbedder",
+    "Verifier",
+    "EnrolledSpeakers",
+    "Match",
 ]
 
-DEFAULT_CACHE_DIR = "results/embedding_cache"  # the verification recipe's default cache_dir
+logger = logging.getLogger(__name__)
+
+DEFAULT_CACHE_DIR = "results/embedding_cache"  # before 0.2: the default of every tool
 MIN_MAX_SECONDS = 2 * MIN_SAMPLES / SAMPLE_RATE  # chunks of long files stay embeddable
 
 
@@ -124,6 +140,8 @@ def embed_files(
     stats=None,
     precision="auto",
     skip_bad=False,
+    resample=True,
+    progress=True,
 ):
     """Embeddings ``[N, D]`` (float32) of the audio files ``paths``, in order.
 
@@ -138,8 +156,11 @@ def embed_files(
     embedded as the mean of chunks of at most that length (bounded memory). With
     ``cache_dir`` embeddings are cached there as the verification recipe does; ``stats``
     (a dict) receives ``hits``, ``computed``, ``fingerprint``, ``cache`` (the folder or
-    None) and ``precision``. ``precision``: ``auto`` (bfloat16 autocast where the device
-    does it natively), ``fp32`` or ``bf16``.
+    None), ``precision`` and ``note`` (which files were resampled or mixed down, or None;
+    also logged). ``precision``: ``auto`` (bfloat16 autocast where the device does it
+    natively), ``fp32`` or ``bf16``. With ``resample`` (default) files at another rate
+    than 16 kHz are resampled and stereo ones mixed down, as SpeechBrain's ``load_audio``
+    does; ``resample=False`` refuses them. ``progress=False`` hides the progress bar.
     """
     if batch_seconds < 0:
         raise InputError(f"--batch-seconds must be >= 0, got {batch_seconds:g}")
@@ -150,9 +171,14 @@ def embed_files(
     if not paths:
         raise InputError("no audio files to embed")
     wheres = [""] * len(paths) if wheres is None else [str(w) for w in wheres]
-    samples, problems, _ = probe_entries([(w, [p]) for p, w in zip(paths, wheres)])
+    samples, problems, _ = probe_entries(
+        [(w, [p]) for p, w in zip(paths, wheres)], convert=resample
+    )
     if problems and not skip_bad:
         raise InputError(problems)
+    note = conversion_note(paths) if resample else None
+    if note:
+        logger.info("%s", note)
     try:
         precision, _ = resolve_precision(precision, str(model.encoder.device))
     except ValueError as err:
@@ -167,10 +193,14 @@ def embed_files(
     where_of = {}
     for p, w in zip(paths, wheres):
         where_of.setdefault(p, w or p)
-    embedder = Embedder(model.encoder, cache, None, batch_seconds, max_seconds, precision)
+    embedder = Embedder(
+        model.encoder, cache, None, batch_seconds, max_seconds, precision, resample=resample
+    )
     bad = {} if skip_bad else None
     if unique:
-        emb, (hits, computed) = embedder(unique, samples, where_of, desc="embedding", bad=bad)
+        emb, (hits, computed) = embedder(
+            unique, samples, where_of, desc="embedding", bad=bad, progress=progress
+        )
     else:
         emb, hits, computed = np.zeros((0, 0), np.float32), 0, 0
     row = {p: i for i, p in enumerate(unique) if not (bad and p in bad)}
@@ -186,6 +216,7 @@ def embed_files(
             precision=precision,
             kept=kept,
             skipped=problems + sorted((bad or {}).values(), key=problem_key),
+            note=note,
         )
     return emb[[row[paths[i]] for i in kept]].astype(np.float32)
 
@@ -212,9 +243,10 @@ def verify_pair(
     trust=False,
     precision="auto",
     calibration="model_dir",
+    resample=True,
 ):
     """Score two wav files with ``model_dir`` (a path or a :class:`Model`): a
-    :class:`PairResult`.
+    :class:`PairResult`. To score many pairs, load the model once with :class:`Verifier`.
 
     Each file is embedded alone (no padding, no cache). The score is the cosine of the
     two embeddings; with a calibration (by default the model directory's
@@ -229,7 +261,13 @@ def verify_pair(
     if isinstance(calibration, str) and calibration == "model_dir":
         calibration = load_model_calibration(model.model_dir)
     emb = embed_files(
-        model, [wav1, wav2], batch_seconds=0.0, wheres=["wav1", "wav2"], precision=precision
+        model,
+        [wav1, wav2],
+        batch_seconds=0.0,
+        wheres=["wav1", "wav2"],
+        precision=precision,
+        resample=resample,
+        progress=False,
     )
     score = float(cosine_scores(emb, [0], [1])[0])
     if calibration is None:
@@ -237,3 +275,248 @@ def verify_pair(
     llr = float(calibration(score))
     threshold = bayes_threshold(p_target)
     return PairResult(score, llr, bool(llr >= threshold), threshold, float(p_target))
+
+
+# ------------------------------------------------------- the object API
+class EnrolledSpeakers(NamedTuple):
+    """Speaker models: ``ids``, ``models`` ``[S, D]`` (mean of the length-normalised
+    utterance embeddings) and ``counts`` (utterances per speaker)."""
+
+    ids: list
+    models: np.ndarray
+    counts: np.ndarray
+
+
+class Match(NamedTuple):
+    """One ranked speaker of :meth:`Verifier.identify`: cosine ``score``; with a
+    calibration the ``llr`` and ``accept`` decision, else ``None``."""
+
+    speaker: str
+    rank: int
+    score: float
+    llr: float | None
+    accept: bool | None
+
+
+def _waveform(audio, sample_rate):
+    """A 16 kHz mono 1-D float tensor from ``[samples]`` or ``[channels, samples]``."""
+    from maskproxy_losses.data.audio import to_16k_mono
+
+    wav = torch.as_tensor(
+        np.asarray(audio, dtype=np.float32) if not torch.is_tensor(audio) else audio
+    )
+    wav = wav.detach().float().cpu()
+    if wav.dim() == 2:  # torchaudio's layout: [channels, samples]
+        wav = wav.mean(dim=0)
+    if wav.dim() != 1:
+        raise InputError(
+            f"expected a waveform [samples] or [channels, samples], got {list(wav.shape)}"
+        )
+    if int(sample_rate) != SAMPLE_RATE:
+        wav = to_16k_mono(wav, sample_rate)
+    if wav.shape[0] < MIN_SAMPLES:
+        raise InputError(
+            f"waveform too short to embed: {wav.shape[0]} samples at {SAMPLE_RATE} Hz, "
+            f"at least {MIN_SAMPLES} needed"
+        )
+    return wav.contiguous()
+
+
+class SpeakerEmbedder:
+    """A model directory loaded once: embeddings of audio files or waveforms, no progress bar.
+
+    ``embed(audio)`` takes a file path (any sample rate and channel count: resampled to
+    16 kHz and mixed down, as SpeechBrain's ``load_audio`` does, unless
+    ``resample=False``, which refuses such files) or a waveform (numpy array or tensor,
+    ``[samples]`` or ``[channels, samples]``, floats in [-1, 1], at ``sample_rate``) and
+    returns a float32 ``[D]`` embedding; ``embed_many(paths)`` returns ``[N, D]``, batched.
+    ``device``, ``trust`` and ``precision`` as for :func:`embed_files`.
+
+    Example
+    -------
+    >>> import os, tempfile, torch
+    >>> from maskproxy_losses import ResNetSE34L, export_model
+    >>> _ = torch.manual_seed(0)
+    >>> d = export_model(os.path.join(tempfile.mkdtemp(), "m"),
+    ...     ResNetSE34L(channels=(8, 8, 16, 16), blocks=(1, 1, 1, 1), emb_dim=8).eval())
+    >>> embedder = SpeakerEmbedder(d, precision="fp32")
+    >>> wav = torch.rand(16000) - 0.5
+    >>> embedder.embed(wav).shape, embedder.dimension
+    ((8,), 8)
+    """
+
+    sample_rate = SAMPLE_RATE
+    MEMORY = 10000  # file embeddings kept in memory
+
+    def __init__(
+        self,
+        model_dir,
+        device="cpu",
+        trust=False,
+        precision="auto",
+        resample=True,
+        max_seconds=300.0,
+    ):
+        self.model = (
+            model_dir if isinstance(model_dir, Model) else load_model(model_dir, device, trust)
+        )
+        try:
+            self.precision, _ = resolve_precision(precision, str(self.model.encoder.device))
+        except ValueError as err:
+            raise InputError(f"precision: {err}") from None
+        self.resample, self.max_seconds = bool(resample), float(max_seconds)
+        self._embedder = Embedder(
+            self.model.encoder,
+            _MemoryCache(),
+            None,
+            0.0,
+            self.max_seconds,
+            self.precision,
+            resample,
+        )
+        self._dimension = None
+        self._memory = collections.OrderedDict()
+
+    @property
+    def model_dir(self):
+        return self.model.model_dir
+
+    @property
+    def fingerprint(self):
+        return self.model.fingerprint
+
+    @property
+    def dimension(self):
+        """The embedding size."""
+        if self._dimension is None:
+            probe_wav = torch.sin(torch.arange(SAMPLE_RATE, dtype=torch.float32) * 0.05) * 0.1
+            self._dimension = int(self._embedder.embed_waveform(probe_wav).shape[0])
+        return self._dimension
+
+    def embed(self, audio, sample_rate=SAMPLE_RATE):
+        """The float32 ``[D]`` embedding of a file path or a waveform (see the class)."""
+        if isinstance(audio, (str, os.PathLike)):
+            return self.embed_many([audio])[0]
+        return self._embedder.embed_waveform(_waveform(audio, sample_rate)).astype(np.float32)
+
+    def embed_many(self, paths, batch_seconds=200.0, progress=False):
+        """Embeddings ``[N, D]`` of the files ``paths`` (checked first, batched). The
+        embeddings of the last :attr:`MEMORY` files are kept in memory, keyed by path, mtime
+        and size: a file met again (the enrolment side of many trials) is not re-embedded."""
+        paths = [str(p) for p in paths]
+        keys = {p: file_key(p) for p in dict.fromkeys(paths) if os.path.isfile(p)}
+        todo = [p for p in keys if keys[p] not in self._memory] + [
+            p
+            for p in dict.fromkeys(paths)
+            if p not in keys  # missing: reported by the probe
+        ]
+        if todo:
+            emb = embed_files(
+                self.model,
+                todo,
+                batch_seconds=batch_seconds,
+                max_seconds=self.max_seconds,
+                precision=self.precision,
+                resample=self.resample,
+                progress=progress,
+            )
+            for p, e in zip(todo, emb):
+                self._memory[keys[p]] = e
+                self._memory.move_to_end(keys[p])
+            while len(self._memory) > self.MEMORY:
+                self._memory.popitem(last=False)
+        return np.stack([self._memory[keys[p]] for p in paths])
+
+    def _embed_all(self, items, sample_rate):
+        paths = [a for a in items if isinstance(a, (str, os.PathLike))]
+        by_path = dict(zip(map(str, paths), self.embed_many(paths, 0.0))) if paths else {}
+        return np.stack(
+            [
+                by_path[str(a)] if isinstance(a, (str, os.PathLike)) else self.embed(a, sample_rate)
+                for a in items
+            ]
+        )
+
+
+class Verifier(SpeakerEmbedder):
+    """:class:`SpeakerEmbedder` that decides: calibrated verification and identification.
+
+    ``calibration``: the model directory's ``calibration.json`` (default; ``None`` when it
+    has none), a :class:`~maskproxy_losses.scoring.calibration.Calibration`, or ``None``
+    (cosine scores only). Decisions accept when the LLR reaches the Bayes threshold of
+    ``p_target``. ``verify(a, b)`` returns a :class:`PairResult`; ``enrol({speaker:
+    [audio, ...]})`` an :class:`EnrolledSpeakers`; ``identify(audio, speakers)`` the
+    top-k :class:`Match` list against those or a speakers file of ``maskproxy enrol``.
+
+    Example
+    -------
+    >>> import os, tempfile, torch
+    >>> from maskproxy_losses import ResNetSE34L, export_model
+    >>> from maskproxy_losses.scoring.calibration import Calibration
+    >>> _ = torch.manual_seed(0)
+    >>> d = export_model(os.path.join(tempfile.mkdtemp(), "m"),
+    ...     ResNetSE34L(channels=(8, 8, 16, 16), blocks=(1, 1, 1, 1), emb_dim=8).eval())
+    >>> v = Verifier(d, calibration=Calibration(scale=10.0, offset=-5.0), precision="fp32")
+    >>> a, b = torch.rand(16000) - 0.5, torch.rand(12000) - 0.5
+    >>> r = v.verify(a, b)
+    >>> abs(r.llr - (10.0 * r.score - 5.0)) < 1e-9, r.accept == (r.llr >= r.threshold)
+    (True, True)
+    >>> speakers = v.enrol({"ann": [a], "bob": [b]})
+    >>> [m.speaker for m in v.identify(a, speakers, top_k=2)][0]
+    'ann'
+    """
+
+    def __init__(self, model_dir, p_target=0.01, calibration="model_dir", **kwargs):
+        super().__init__(model_dir, **kwargs)
+        if not 0.0 < float(p_target) < 1.0:
+            raise InputError(f"p_target must be in (0, 1), got {p_target}")
+        self.p_target = float(p_target)
+        if isinstance(calibration, str) and calibration == "model_dir":
+            calibration = load_model_calibration(self.model.model_dir)
+        self.calibration = calibration
+
+    def _decide(self, score, p_target):
+        p = self.p_target if p_target is None else float(p_target)
+        if self.calibration is None:
+            return None, None, None, p
+        llr = float(self.calibration(score))
+        threshold = bayes_threshold(p)
+        return llr, bool(llr >= threshold), threshold, p
+
+    def score(self, a, b, sample_rate=SAMPLE_RATE):
+        """The cosine of the embeddings of ``a`` and ``b`` (paths or waveforms)."""
+        emb = self._embed_all([a, b], sample_rate)
+        return float(cosine_scores(emb, [0], [1])[0])
+
+    def verify(self, a, b, p_target=None, sample_rate=SAMPLE_RATE):
+        """:class:`PairResult` of ``a`` and ``b``: cosine, LLR, decision, threshold."""
+        score = self.score(a, b, sample_rate)
+        llr, accept, threshold, p = self._decide(score, p_target)
+        return PairResult(score, llr, accept, threshold, p)
+
+    def enrol(self, utterances, sample_rate=SAMPLE_RATE):
+        """:class:`EnrolledSpeakers` of ``{speaker_id: [audio, ...]}`` (paths or waveforms)."""
+        from maskproxy_losses.inference.speakers import enrol_speakers
+
+        items = [(spk, a) for spk, audios in utterances.items() for a in audios]
+        if not items:
+            raise InputError("enrol: no utterances given")
+        emb = self._embed_all([a for _, a in items], sample_rate)
+        return EnrolledSpeakers(*enrol_speakers(emb, [spk for spk, _ in items]))
+
+    def identify(self, audio, speakers, top_k=5, p_target=None, sample_rate=SAMPLE_RATE):
+        """The ``top_k`` :class:`Match` es of ``audio`` among ``speakers`` (an
+        :class:`EnrolledSpeakers` or the path of a speakers file from ``maskproxy enrol``
+        with this model). LLRs are approximate against speaker models averaged over
+        several utterances (the calibration was fitted on single-utterance trials)."""
+        from maskproxy_losses.inference.speakers import load_speakers, top_speakers
+
+        if isinstance(speakers, (str, os.PathLike)):
+            speakers = EnrolledSpeakers(*load_speakers(str(speakers), self.fingerprint))
+        emb = self._embed_all([audio], sample_rate)
+        k = min(int(top_k), len(speakers.ids))
+        out = []
+        for _, rank, j, score in top_speakers(emb, speakers.models, k, ["audio"]):
+            llr, accept, _, _ = self._decide(score, p_target)
+            out.append(Match(speakers.ids[j], rank, score, llr, accept))
+        return out

@@ -6,9 +6,10 @@ keeps ``__S__.*`` minus the prefix, drops ``__L__.*`` and the front-end buffers
 ``__S__.torchfb.*``, checks the keys and shapes against ``ResNetSE34L`` and exports
 the result with the authors' front end (``maskproxy_losses.inference.export``).
 
-Command line: ``maskproxy convert baseline_v2_ap.model exported/ [--overwrite]``.
+Command line: ``maskproxy convert voxceleb_pretrained.model exported/ [--overwrite]``.
 """
 
+import hashlib
 import inspect
 from pathlib import Path
 
@@ -129,4 +130,38 @@ def convert_checkpoint(path, output_dir, overwrite=False):
         model = build_model_for(state, n_mels)
     except InputError as err:
         raise InputError(f"{path}: {err}") from None
-    return export_model(out, model, frontend="authors", n_mels=n_mels, overwrite=overwrite)
+    card = converted_card(path)
+    return export_model(
+        out, model, frontend="authors", n_mels=n_mels, overwrite=overwrite, card=card
+    )
+
+
+def converted_card(path):
+    """The model card's ``training`` and ``source`` sections of a converted checkpoint: what
+    the file itself tells (its sha256, the number of training classes in the loss weights);
+    the loss and the data are not stored in it."""
+    path = Path(path)
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    loss_keys = {
+        k.removeprefix("module.")[len(LOSS_PREFIX) :]: v
+        for k, v in state.items()
+        if k.removeprefix("module.").startswith(LOSS_PREFIX)
+    }
+    classes = next((int(v.shape[0]) for k, v in loss_keys.items() if v.dim() == 2), None)
+    return {
+        "training": {
+            "loss": "not stored in the checkpoint (the authors evaluate their released "
+            "model with --trainfunc mmp_balance)",
+            "data": {
+                "name": "not stored in the checkpoint (the authors' README: VoxCeleb2 dev)",
+                "speakers": classes,
+            },
+            "loss_weights_dropped": sorted(loss_keys),
+        },
+        "source": {
+            "how": f"converted from the authors' checkpoint {path.name} by maskproxy convert",
+            "checkpoint": path.name,
+            "checkpoint_sha256": digest,
+        },
+    }

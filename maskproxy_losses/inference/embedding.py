@@ -33,13 +33,14 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from maskproxy_losses.data.audio import SAMPLE_RATE, crop_samples, pad_batch, read_wav
+from maskproxy_losses.data.audio import SAMPLE_RATE, crop_samples, pad_batch, probe, read_wav
 from maskproxy_losses.scoring.cosine import make_crops
 from maskproxy_losses.utils.errors import InputError, problem_key
 from maskproxy_losses.utils.files import atomic_write_bytes, remove_stale_temps
 from maskproxy_losses.utils.precision import autocast_for
 
 __all__ = [
+    "default_cache_dir",
     "model_fingerprint",
     "file_key",
     "cache_folder",
@@ -50,6 +51,23 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
+
+
+def default_cache_dir():
+    """The per-user embedding cache: ``$MASKPROXY_CACHE_DIR``, else
+    ``$XDG_CACHE_HOME/maskproxy/embeddings``, else ``~/.cache/maskproxy/embeddings`` (the
+    XDG convention torch, Hugging Face and SpeechBrain follow for their caches).
+
+    >>> import os
+    >>> os.environ["MASKPROXY_CACHE_DIR"] = "/tmp/mp-cache"
+    >>> str(default_cache_dir())
+    '/tmp/mp-cache'
+    >>> del os.environ["MASKPROXY_CACHE_DIR"]
+    """
+    if os.environ.get("MASKPROXY_CACHE_DIR"):
+        return Path(os.environ["MASKPROXY_CACHE_DIR"])
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "maskproxy" / "embeddings"
 
 
 def model_fingerprint(model_dir):
@@ -136,14 +154,23 @@ class Embedder:
     ``crops=None`` embeds full utterances (files over ``max_seconds`` are cut into
     equal chunks of at most ``max_seconds`` whose embeddings are averaged); ``crops=(K,
     F)`` embeds K crops of F frames per file (the authors' protocol). A batch holds at
-    most ``batch_seconds`` of (padded) audio.
+    most ``batch_seconds`` of (padded) audio. With ``resample`` (default) files of another
+    rate are resampled to 16 kHz and multi-channel files mixed down (as SpeechBrain's
+    ``load_audio`` does); without it they are refused.
     """
 
     def __init__(
-        self, encoder, cache, crops=None, batch_seconds=200.0, max_seconds=300.0, precision="fp32"
+        self,
+        encoder,
+        cache,
+        crops=None,
+        batch_seconds=200.0,
+        max_seconds=300.0,
+        precision="fp32",
+        resample=True,
     ):
         self.encoder, self.cache, self.crops = encoder, cache, crops
-        self.precision = precision
+        self.precision, self.resample = precision, resample
         self.budget = max(1, int(batch_seconds * SAMPLE_RATE))
         self.max_len = max(1, int(max_seconds * SAMPLE_RATE))
 
@@ -152,6 +179,11 @@ class Embedder:
         with autocast_for(self.precision, str(self.encoder.device)):
             out = self.encoder.encode_batch(wavs, lens)
         return out.reshape(wavs.shape[0], -1).float().cpu().numpy()
+
+    def embed_waveform(self, wav):
+        """Embedding ``[D]`` of one 16 kHz waveform (1-D tensor), alone (no padding); a
+        waveform over ``max_seconds`` is embedded as the mean of its chunks."""
+        return self._full(wav)
 
     def _full(self, wav):
         """Embedding of one long waveform, chunk by chunk."""
@@ -191,7 +223,7 @@ class Embedder:
         wavs = []
         for p in paths:
             try:
-                wavs.append(read_wav(p))
+                wavs.append(read_wav(p, convert=self.resample))
             except Exception as err:
                 raise InputError(f"{wheres.get(p, p)}: unreadable audio {p} ({err})") from None
         return self.embed_waveforms(wavs)
@@ -221,17 +253,31 @@ class Embedder:
                 out[i] = e
         return out
 
-    def __call__(self, paths, lengths, wheres=None, desc="embedding", flush_every=2000, bad=None):
+    def __call__(
+        self,
+        paths,
+        lengths,
+        wheres=None,
+        desc="embedding",
+        flush_every=2000,
+        bad=None,
+        progress=True,
+    ):
         """Embeddings of ``paths`` (``[N, D]`` or ``[N, K, D]``) and ``(hits, computed)``.
 
         ``lengths`` gives each file's samples (for batching); ``wheres`` maps a path to
-        the ``file:line`` that named it (for error messages). A file whose embedding is
-        not finite is never cached: by default every such file is named in one
-        ``InputError`` once the others are embedded (and cached); given a dict ``bad``
-        (``--skip-bad``), each goes into it as ``{path: problem}`` and its row is NaN, for
-        the caller to drop.
+        the ``file:line`` that named it (for error messages); ``progress=False`` hides the
+        progress bar. A file whose embedding is not finite is never cached: by default
+        every such file is named in one ``InputError`` once the others are embedded (and
+        cached); given a dict ``bad`` (``--skip-bad``), each goes into it as ``{path:
+        problem}`` and its row is NaN, for the caller to drop.
         """
         wheres = wheres or {}
+        if not self.resample:  # refused whatever the cache holds
+            refused = [(p, probe(p)[1]) for p in dict.fromkeys(paths)]
+            refused = [f"{wheres.get(p, p)}: {err}" for p, err in refused if err]
+            if refused:
+                raise InputError(refused)
         keys = [file_key(p) for p in paths]
         todo = [i for i, k in enumerate(keys) if self.cache.get(k) is None]
         hits = len(paths) - len(todo)
@@ -245,7 +291,8 @@ class Embedder:
         todo_paths = list(dict.fromkeys(paths[i] for i in todo))
         key_of = {paths[i]: keys[i] for i in todo}
         found = {}
-        with tqdm(total=len(todo_paths), desc=desc, unit="file", disable=not todo) as bar:
+        hide = not todo or not progress
+        with tqdm(total=len(todo_paths), desc=desc, unit="file", disable=hide) as bar:
             for batch in self._batches(todo_paths, [lengths[p] for p in todo_paths]):
                 for p, e in zip(batch, self._embed_batch(batch, wheres)):
                     if isinstance(e, str):

@@ -1,10 +1,26 @@
-"""Export an embedding model as a SpeechBrain inference directory.
+"""Export an embedding model as a SpeechBrain inference directory, with its model card.
 
-The directory holds ``hyperparams.yaml`` and ``embedding_model.ckpt`` and loads
-offline with ``EncoderClassifier.from_hparams(source=dir, savedir=...)`` or
-``SpeakerRecognition.from_hparams(...)`` from any working directory: the
-pretrainer names no path, so SpeechBrain fetches ``<source>/embedding_model.ckpt``
-from whatever ``source`` the directory is loaded from (it may be moved freely).
+The directory holds ``hyperparams.yaml``, ``embedding_model.ckpt`` and ``README.md`` (the
+model card, :mod:`.model_card`: encoder, training, results, calibration, version, how to
+load it) and loads offline with ``EncoderClassifier.from_hparams(source=dir,
+savedir=...)`` or ``SpeakerRecognition.from_hparams(...)`` from any working directory:
+the pretrainer names no path, so SpeechBrain fetches ``<source>/embedding_model.ckpt``
+from whatever ``source`` the directory is loaded from (it may be moved freely). Every
+export goes through :func:`export_model`: the training recipe (fine-tuning and checkpoint
+averaging included), the converter of the authors' checkpoint and a user's own call.
+
+Example
+-------
+>>> import tempfile, torch
+>>> from maskproxy_losses.inference.model_card import read_model_card
+>>> from maskproxy_losses.models.resnetse34l import ResNetSE34L
+>>> model = ResNetSE34L(channels=(8, 8, 16, 16), blocks=(1, 1, 1, 1), emb_dim=16).eval()
+>>> out = export_model(tempfile.mkdtemp() + "/model", model)
+>>> sorted(p.name for p in out.iterdir())
+['README.md', 'embedding_model.ckpt', 'hyperparams.yaml']
+>>> card = read_model_card(out)
+>>> card["model"]["encoder"], card["model"]["embedding_dim"], card["training"]
+('ResNetSE34L', 16, None)
 """
 
 import json
@@ -15,6 +31,7 @@ from pathlib import Path
 import torch
 from hyperpyyaml import load_hyperpyyaml
 
+from maskproxy_losses.inference.model_card import describe_encoder, write_model_card
 from maskproxy_losses.inference.model_dir import CKPT_FILE, HPARAMS_FILE
 from maskproxy_losses.models.frontend import frontend_spec
 from maskproxy_losses.utils.files import remove_stale_temps, temp_path, umask_mode
@@ -72,7 +89,13 @@ def render_hparams(embedding_model, frontend="fbank", n_mels=40):
 
 
 def export_model(
-    output_dir, embedding_model, frontend="fbank", n_mels=40, overwrite=False, extra_files=None
+    output_dir,
+    embedding_model,
+    frontend="fbank",
+    n_mels=40,
+    overwrite=False,
+    extra_files=None,
+    card=None,
 ):
     """Write ``embedding_model`` (+ front end preset) as a SpeechBrain inference dir.
 
@@ -93,6 +116,10 @@ def export_model(
         Replace an existing non-empty ``output_dir``.
     extra_files : dict, optional
         ``{file name: text}`` written into the directory too (e.g. ``calibration.json``).
+    card : dict, optional
+        What the exporter knows beyond the model (see :mod:`.model_card`): ``training``,
+        ``evaluation``, ``source`` (``{"how": ...}``). The ``model``, ``calibration`` and
+        ``package`` sections are filled in here.
 
     Returns
     -------
@@ -126,6 +153,12 @@ def export_model(
         hparams["embedding_model"].load_state_dict(
             torch.load(tmp / CKPT_FILE, map_location="cpu", weights_only=True), strict=True
         )
+        modules = [hparams[k].eval() for k in ("embedding_model", "compute_features")]
+        mvn = hparams["mean_var_norm"].eval()
+        info = {"model": describe_encoder(*modules, mvn, frontend, n_mels)}
+        info.update({"training": None, "evaluation": {}, **(card or {})})
+        info.setdefault("source", {"how": "exported by maskproxy_losses.inference.export"})
+        write_model_card(tmp, info)
         if out.exists():
             old = temp_path(out, "old")
             os.rename(out, old)

@@ -6,10 +6,14 @@ becomes a single ONNX file holding the whole pipeline ``compute_features ->
 mean_var_norm -> embedding_model``:
 
 * input ``wavs``: float32 ``[batch, samples]``, 16 kHz, values in [-1, 1]; both axes
-  are dynamic (at least ``MIN_SAMPLES`` = 400 samples);
+  are dynamic and named ``batch`` and ``samples`` (at least ``MIN_SAMPLES`` = 400);
 * output ``embeddings``: float32 ``[batch, emb_dim]``, the same numbers as
   ``EncoderClassifier.encode_batch(wavs)`` (which returns ``[batch, 1, emb_dim]``),
-  i.e. ``encode_batch(wavs).squeeze(1)``.
+  i.e. ``encode_batch(wavs).squeeze(1)``;
+* metadata (:func:`onnx_metadata`, ``OnnxEmbedder(path).metadata``): the model directory's
+  model card as JSON (``model_card``), its ``calibration.json`` (``calibration``), and
+  ``sample_rate``, ``frontend``, ``n_mels``, ``embedding_dim``, ``encoder``, ``loss``,
+  ``input``, ``output``, ``package_version``, ``package_commit``, ``license``.
 
 Every row is taken at full length: the graph has no relative-lengths input, so a
 zero-padded batch gives the embeddings of the padded signals. Embed utterances of
@@ -45,7 +49,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from maskproxy_losses.data.audio import SAMPLE_RATE
+from maskproxy_losses.data.audio import MIN_SAMPLES, SAMPLE_RATE
 from maskproxy_losses.inference.model_dir import MODULE_KEYS, load_modules
 from maskproxy_losses.inference.onnx_runtime import INSTALL_HINT, OnnxEmbedder
 from maskproxy_losses.utils.errors import InputError
@@ -53,6 +57,7 @@ from maskproxy_losses.utils.files import remove_stale_temps, temp_path
 
 __all__ = [
     "export_onnx",
+    "onnx_metadata",
     "WaveformEmbedder",
     "ConvSTFT",
     "relative_error",
@@ -242,6 +247,75 @@ def _check_output_path(out, overwrite):
         raise InputError(f"{out.parent}: output folder is not writable")
 
 
+def onnx_metadata(model_dir, modules):
+    """The metadata ``{key: string}`` the ONNX file carries: the directory's model card
+    (its ``README.md``; described afresh from ``modules`` for a directory without one),
+    its calibration and the facts a runtime needs (sample rate, front end, sizes)."""
+    import json
+
+    from maskproxy_losses.inference.model_card import describe_encoder, read_model_card
+    from maskproxy_losses.inference.model_dir import HPARAMS_FILE
+    from maskproxy_losses.utils.provenance import package_info
+
+    card = read_model_card(model_dir)
+    if card is None or not isinstance(card.get("model"), dict):
+        hparams_text = (Path(model_dir) / HPARAMS_FILE).read_text(encoding="utf-8")
+        frontend = "authors" if "AuthorsFbank" in hparams_text else "fbank"
+        n_mels = getattr(modules["embedding_model"], "init_kwargs", {}).get("n_mels", 40)
+        model = describe_encoder(
+            modules["embedding_model"],
+            modules["compute_features"],
+            modules["mean_var_norm"],
+            frontend,
+            n_mels,
+        )
+        card = {"model": model, "training": None, "source": {"how": "no model card"}}
+    model, training = card["model"], card.get("training") or {}
+    package = package_info()
+    meta = {
+        "model_card": json.dumps(card, sort_keys=True),
+        "sample_rate": str(model.get("sample_rate", SAMPLE_RATE)),
+        "frontend": str(model.get("frontend")),
+        "n_mels": str(model.get("n_mels")),
+        "embedding_dim": str(model.get("embedding_dim")),
+        "encoder": str(model.get("encoder_class", model.get("encoder"))),
+        "loss": str(training.get("loss", "unknown")),
+        "input": f"wavs: float32 [batch, samples], {SAMPLE_RATE} Hz mono in [-1, 1], "
+        f"samples >= {MIN_SAMPLES}, every row at full length",
+        "output": "embeddings: float32 [batch, embedding_dim], compared by cosine",
+        "package_version": package["version"],
+        "package_commit": str(package["commit"]),
+        "license": package["license"],
+    }
+    cal = Path(model_dir) / "calibration.json"
+    if cal.is_file():
+        meta["calibration"] = cal.read_text(encoding="utf-8")
+    return meta
+
+
+def _name_axes(graph, names):
+    """Rename the symbolic dims of the graph's first input to ``names`` everywhere."""
+    dims = graph.input[0].type.tensor_type.shape.dim
+    rename = {d.dim_param: new for d, new in zip(dims, names) if d.dim_param}
+    for value in [*graph.input, *graph.output, *graph.value_info]:
+        for d in value.type.tensor_type.shape.dim:
+            if d.dim_param in rename:
+                d.dim_param = rename[d.dim_param]
+
+
+def _write_metadata(path, meta):
+    import onnx
+
+    model = onnx.load(str(path))
+    _name_axes(model.graph, ("batch", "samples"))
+    del model.metadata_props[:]
+    for key, value in meta.items():
+        entry = model.metadata_props.add()
+        entry.key, entry.value = key, value
+    model.doc_string = "speaker embeddings: 16 kHz waveform -> embedding (maskproxy-losses)"
+    onnx.save(model, str(path))
+
+
 def export_onnx(
     model_dir,
     out_path,
@@ -305,6 +379,8 @@ def export_onnx(
     remove_stale_temps(out.parent)
     tmp = Path(temp_path(out))
     try:
+        # Automatic dynamic dims (named Dims with ranges are refused by torch 2.7's exporter
+        # for this graph); the symbols are renamed "batch" / "samples" afterwards.
         dynamic = {"wavs": {0: torch.export.Dim.DYNAMIC, 1: torch.export.Dim.DYNAMIC}}
         try:
             with _quiet_exporter(), torch.no_grad():
@@ -326,6 +402,7 @@ def export_onnx(
                 f"{model_dir}: the ONNX exporter failed ({type(err).__name__}: "
                 f"{detail}); try another --opset, or --debug for the traceback"
             ) from err
+        _write_metadata(tmp, onnx_metadata(model_dir, modules))
         onnx.checker.check_model(str(tmp))
         got = OnnxEmbedder(tmp)(check.numpy())
         _, err = relative_error(got, embedder.reference(check).numpy())

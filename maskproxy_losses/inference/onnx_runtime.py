@@ -35,7 +35,9 @@ class OnnxEmbedder:
         process (e.g. PyTorch) on small machines.
 
     Calling it with a float waveform array ``[batch, samples]`` (or ``[samples]``),
-    16 kHz in [-1, 1], returns float32 embeddings ``[batch, emb_dim]``.
+    16 kHz in [-1, 1], returns float32 embeddings ``[batch, emb_dim]``. ``metadata`` is
+    the file's metadata (``{key: string}``: the model card as JSON under ``model_card``,
+    ``sample_rate``, ``embedding_dim``, ``calibration``, ...; empty for older exports).
     """
 
     def __init__(self, path, threads=None, spin=False):
@@ -57,6 +59,7 @@ class OnnxEmbedder:
             str(path), options, providers=["CPUExecutionProvider"]
         )
         self.input_name = self.session.get_inputs()[0].name
+        self.metadata = dict(self.session.get_modelmeta().custom_metadata_map)
 
     def __call__(self, wavs):
         wavs = np.asarray(wavs, dtype=np.float32)

@@ -60,6 +60,7 @@ def prepare_manifests(hparams):
             hparams["manifest_folder"],
             trials=hparams["trials_list"],
             seed=hparams["prep_seed"],
+            resample=bool(hparams.get("resample", False)),
             **{k: hparams[k] for k in keys},
         )
     if hparams.get("write_shards"):

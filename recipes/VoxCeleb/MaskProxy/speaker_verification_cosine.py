@@ -8,9 +8,8 @@
 (generated when missing); ``--trials_file`` (+ ``--test_root``), ``--manifest_folder`` or
 ``--test_csv`` point elsewhere. Scoring: full-utterance cosine or the authors' multi-crop
 protocol (``--score_mode ten_crop``), optionally S-norm / AS-norm (``--norm asnorm``).
-Embeddings are cached per model, mode and file, so rescoring re-embeds nothing. Outputs:
-``scores.txt``, ``metrics.json``, ``det_and_scores.png``. Bad input is one ``file:line:
-what`` error with exit code 2 (``--skip_bad True`` drops bad trials instead).
+Embeddings are cached per model, mode and file. Outputs: ``scores.txt``, ``metrics.json``,
+``det_and_scores.png``. Bad input: one ``file:line: what`` error, exit code 2.
 """
 
 import json
@@ -99,9 +98,10 @@ def build_embedder(hparams, device, crops):
     model_hash = model_fingerprint(model_dir)
     precision, why = resolve_precision(hparams.get("precision") or "auto", device)
     logger.info("embedding precision: %s (%s)", precision, why)
-    max_s = float(hparams["max_seconds"])
+    max_s, batch_s = float(hparams["max_seconds"]), float(hparams["batch_seconds"])
     cache = EmbeddingCache(cache_folder(hparams["cache_dir"], model_hash, crops, max_s, precision))
-    embed = Embedder(encoder, cache, crops, float(hparams["batch_seconds"]), max_s, precision)
+    resample = bool(hparams.get("resample", True))  # False: refuse other rates / stereo
+    embed = Embedder(encoder, cache, crops, batch_s, max_s, precision, resample)
     return embed, cache, precision, model_hash
 
 

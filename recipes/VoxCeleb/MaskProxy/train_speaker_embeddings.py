@@ -50,6 +50,7 @@ from maskproxy_losses.training.recipe_setup import (
     resolve_run_options,
     setup_training,
 )
+from maskproxy_losses.training.run_card import record_test_results, training_card
 from maskproxy_losses.training.run_folder import open_run_folder
 from maskproxy_losses.utils.errors import run_cli
 
@@ -161,8 +162,8 @@ def _log_stats(m):
 
 
 def calibrate_export_and_test(brain, hparams, dev, test, dev_trials, test_trials):
-    """Best checkpoint -> dev scores -> calibration -> export -> test scores; returns
-    ``(model dir, test Scored, calibration metrics on the test trials)``."""
+    """Best checkpoint -> dev scores -> calibration -> export (with its model card) -> test
+    scores; returns ``(model dir, test Scored, calibration metrics on the test trials)``."""
     loader = hparams["verification_loader"]
     dev_scored = brain.score(dev, dev_trials, loader)
     calibration = fit_calibration(*dev_scored[:2], source="dev trials (best checkpoint)")
@@ -176,13 +177,14 @@ def calibrate_export_and_test(brain, hparams, dev, test, dev_trials, test_trials
             n_mels=hparams["n_mels"],
             overwrite=True,
             extra_files={CALIBRATION_FILE: json.dumps(calibration.to_dict(), indent=2)},
+            card=training_card(hparams, dev_scored, calibration),
         )
     test_scored = brain.score(test, test_trials, loader)
-    hparams["train_logger"].log_stats(
-        {"Epoch loaded": hparams["epoch_counter"].current},
-        test_stats=_log_stats(test_scored.metrics),
-    )
-    return out, test_scored, calibration_metrics(*test_scored[:2], calibration)
+    loaded = {"Epoch loaded": hparams["epoch_counter"].current}
+    hparams["train_logger"].log_stats(loaded, test_stats=_log_stats(test_scored.metrics))
+    test_cal = calibration_metrics(*test_scored[:2], calibration)
+    record_test_results(out, test_scored.metrics, test_cal)  # in the model card
+    return out, test_scored, test_cal
 
 
 def train(argv):
