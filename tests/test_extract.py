@@ -252,3 +252,26 @@ def test_a_moved_job_is_merged_again(env, tmp_path, capsys):
     assert merge(tmp_path / "moved") == str(tmp_path / "moved" / "embeddings.scp")
     assert str(tmp_path / "job") not in (tmp_path / "moved" / "embeddings.scp").read_text()
     _same(_load(tmp_path / "moved"), want)
+
+
+def test_other_rates_and_stereo_are_resampled_unless_refused(env, tmp_path, capsys):
+    """A 44.1 kHz stereo copy (scipy's polyphase resampler, not the package's) embeds as
+    its 16 kHz original to within the tolerance tests/test_audio_conversion.py states
+    (cosine distance 1e-5); ``--no-resample`` refuses it, and a job keeps its choice."""
+    from scipy.signal import resample_poly
+
+    x, _ = sf.read(env["base"] / "wav" / "f03.wav", dtype="float32")
+    up = resample_poly(x, 441, 160).astype(np.float32)
+    sf.write(tmp_path / "f03_44k.wav", np.stack([up, up], axis=1), 44100, subtype="FLOAT")
+    scp = tmp_path / "wav.scp"
+    scp.write_text(f"orig {env['base'] / 'wav' / 'f03.wav'}\ncopy {tmp_path / 'f03_44k.wav'}\n")
+    argv = ["extract", env["models"][0], "--wav-scp", scp, "--precision", "fp32"]
+    code, _, err = _cli([*argv, "--output-dir", tmp_path / "on"], capsys)
+    assert code == 0, err
+    emb = _load(tmp_path / "on")
+    a, b = (emb[k] / np.linalg.norm(emb[k]) for k in ("orig", "copy"))
+    assert 1 - float(a @ b) < 1e-5
+    code, _, err = _cli([*argv, "--output-dir", tmp_path / "off", "--no-resample"], capsys)
+    assert code == 2 and f"{scp}:2: sample rate 44100 Hz, expected 16000" in err, err
+    code, _, err = _cli([*argv, "--output-dir", tmp_path / "on", "--no-resample"], capsys)
+    assert code == 2 and "resample True (asked: False)" in err, err

@@ -90,6 +90,12 @@ def build(name, parser):
         help="skip missing or unreadable files (listed in OUTPUT_DIR/skipped.txt) instead of "
         "stopping at the first part that names one",
     )
+    parser.add_argument(
+        "--no-resample",
+        action="store_true",
+        help="refuse audio that is not 16 kHz mono instead of resampling / mixing it down "
+        "(fixed per job)",
+    )
     return _run
 
 
@@ -132,6 +138,7 @@ def _run(args):
         precision=args.precision,
         num_workers=args.num_workers,
         skip_bad=args.skip_bad,
+        resample=not args.no_resample,
         progress=lambda line: print(line, file=sys.stderr, flush=True),
     )
     print(

@@ -94,7 +94,7 @@ FORMAT, VERSION = "maskproxy-extract", 1
 JOB_NAME, INDEX_NAME, SKIPPED_NAME, PARTS = "job.json", "embeddings.scp", "skipped.txt", "parts"
 # What every part of a job shares; a process asking for other values is refused.
 _SHARED = ("fingerprint", "digest", "entries", "part_size", "batch_seconds", "max_seconds")
-_SHARED += ("precision",)
+_SHARED += ("precision", "resample")
 _PROBE_CHUNK = 256
 
 
@@ -211,23 +211,25 @@ def _finished(folder, job, j):
 
 # ------------------------------------------------------------------ reading in workers
 class _Probes(torch.utils.data.Dataset):
-    """Chunks of paths -> ``probe`` results (audio headers), read by loader workers."""
+    """Chunks of paths -> ``probe`` results (audio headers), read by loader workers;
+    ``convert``: any rate and channel count is usable (resampled when read)."""
 
-    def __init__(self, paths):
+    def __init__(self, paths, convert=True):
         self.chunks = [paths[i : i + _PROBE_CHUNK] for i in range(0, len(paths), _PROBE_CHUNK)]
+        self.convert = convert
 
     def __len__(self):
         return len(self.chunks)
 
     def __getitem__(self, i):
-        return [probe(p) for p in self.chunks[i]]
+        return [probe(p, convert=self.convert) for p in self.chunks[i]]
 
 
 class _Batches(torch.utils.data.Dataset):
     """Batches of paths -> their waveforms (or the read error, as text), read by workers."""
 
-    def __init__(self, batches):
-        self.batches = batches
+    def __init__(self, batches, convert=True):
+        self.batches, self.convert = batches, convert
 
     def __len__(self):
         return len(self.batches)
@@ -236,7 +238,7 @@ class _Batches(torch.utils.data.Dataset):
         out = []
         for path in self.batches[i]:
             try:
-                out.append(read_wav(path))
+                out.append(read_wav(path, convert=self.convert))
             except Exception as err:  # libsndfile raises several types
                 out.append(f"unreadable audio {path} ({str(err).strip()})")
         return out
@@ -259,7 +261,7 @@ def _embed_part(embedder, rows, num_workers, skip_bad):
     where = {}
     for _, p, w in rows:
         where.setdefault(p, w)
-    probes = [r for chunk in _loader(_Probes(paths), num_workers) for r in chunk]
+    probes = [r for chunk in _loader(_Probes(paths, embedder.resample), num_workers) for r in chunk]
     lengths, bad = {}, {}
     for p, (duration, err) in zip(paths, probes):
         if err is None:
@@ -275,7 +277,7 @@ def _embed_part(embedder, rows, num_workers, skip_bad):
     good = [p for p in paths if p in lengths]
     batches = list(embedder._batches(good, [lengths[p] for p in good])) if good else []
     embeddings = {}
-    for batch, wavs in zip(batches, _loader(_Batches(batches), num_workers)):
+    for batch, wavs in zip(batches, _loader(_Batches(batches, embedder.resample), num_workers)):
         for p, w in zip(batch, wavs):
             if isinstance(w, str):
                 bad[p] = w
@@ -364,12 +366,15 @@ def extract(
     num_workers=0,
     skip_bad=False,
     progress=None,
+    resample=True,
 ):
     """Embed this process's parts of ``entries`` (``(key, path, where)``) into
     ``output_dir`` with ``model`` (a :class:`~maskproxy_losses.inference.api.Model`), as
     the module describes; merge when every part is finished.
 
-    ``shard``: ``(i, N)``; ``progress``: called with one line per part. Returns a dict:
+    ``shard``: ``(i, N)``; ``progress``: called with one line per part; ``resample``
+    (default, as every inference path): audio at another rate than 16 kHz is resampled
+    and stereo mixed down when read, ``False`` refuses it. Returns a dict:
     ``parts`` (in the job), ``mine`` (this process's), ``done_before`` (of mine, finished
     by an earlier run), ``embedded_parts``, ``embedded_files``, ``skipped_files``,
     ``merged`` (the index path, or None while parts are missing), ``job`` (its record).
@@ -412,12 +417,15 @@ def extract(
         "batch_seconds": float(batch_seconds),
         "max_seconds": float(max_seconds),
         "precision": precision,
+        "resample": bool(resample),
     }
     job = _open_job(folder, spec)
     index, count = shard
     mine = list(range(index, n_parts, count))
     todo = [j for j in mine if _finished(folder, job, j) is None]
-    embedder = Embedder(model.encoder, None, None, batch_seconds, max_seconds, precision)
+    embedder = Embedder(
+        model.encoder, None, None, batch_seconds, max_seconds, precision, resample=resample
+    )
     say = progress or (lambda line: logger.info("%s", line))
     say(
         f"shard {index}/{count}: {len(mine)} of {n_parts} parts of {job['part_size']} "
