@@ -2,10 +2,15 @@
 
 - :func:`prepare_manifests`: the manifests of the built-in corpus or of VoxCeleb lists.
 - :func:`dataio_prep`: datasets (seeded random crops for training, whole files for dev /
-  test), the label encoder and the speaker-grouped sampler; with ``speed_perturb: True``
-  the training items are read at one of 3 speeds per speaker group
-  (:mod:`maskproxy_losses.data.speed_perturb`). The training DataLoader options come from
-  :func:`maskproxy_losses.data.crops.train_loader_options`.
+  test, only those their trials use), the label encoder and the speaker-grouped sampler;
+  with ``speed_perturb: True`` the training items are read at one of 3 speeds per
+  speaker group (:mod:`maskproxy_losses.data.speed_perturb`).
+- :func:`loader_options`: the training and dev DataLoader options
+  (:func:`maskproxy_losses.data.crops.train_loader_options`, the length-bucketed
+  :func:`maskproxy_losses.data.length_batches.verification_loader_options`), workers
+  sized for the machine, batches pinned on CUDA.
+- :func:`resolve_run_options`: DDP on CPU, the device, and ``precision: auto``; on a GPU
+  also TF32 for float32 and, for bfloat16, the encoder in ``channels_last``.
 - :func:`setup_training`: the loss for the number of classes, registered with the
   checkpointer; the epoch length for a per-step lr schedule; the ``pretrained`` weights
   (:mod:`maskproxy_losses.training.finetune`).
@@ -18,14 +23,26 @@ import os
 import speechbrain as sb
 import torch
 
-from maskproxy_losses.data.crops import SeededCrops, full_file_item
+from maskproxy_losses.data.crops import (
+    SeededCrops,
+    auto_num_workers,
+    full_file_item,
+    train_loader_options,
+)
+from maskproxy_losses.data.length_batches import trial_files, verification_loader_options
 from maskproxy_losses.data.sampler import SpeakerBatchSampler
 from maskproxy_losses.data.speed_perturb import SPEEDS, SpeedPerturbedCrops
 from maskproxy_losses.training.finetune import load_pretrained
 from maskproxy_losses.utils.errors import InputError
 from maskproxy_losses.utils.precision import resolve_run_precision
 
-__all__ = ["prepare_manifests", "dataio_prep", "resolve_run_options", "setup_training"]
+__all__ = [
+    "prepare_manifests",
+    "dataio_prep",
+    "loader_options",
+    "resolve_run_options",
+    "setup_training",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -48,9 +65,10 @@ def prepare_manifests(hparams):
     )
 
 
-def dataio_prep(hparams, manifests):
+def dataio_prep(hparams, manifests, dev_trials=None, test_trials=None):
     """``(train, dev, test, sampler, n_classes)``: the datasets (random crops for training,
-    full files for dev / test), the speaker-grouped sampler and the number of labels."""
+    full files for dev / test: only those ``dev_trials`` / ``test_trials`` name, when
+    given), the speaker-grouped sampler and the number of labels."""
     label_encoder = sb.dataio.encoder.CategoricalEncoder()
     train = sb.dataio.dataset.DynamicItemDataset.from_csv(manifests["train_csv"])
     speed = bool(hparams.get("speed_perturb", False))
@@ -64,9 +82,12 @@ def dataio_prep(hparams, manifests):
     )
     train.set_output_keys(["id", "wav", "spk_id_encoded"])  # wav -> seeded crop below
 
-    def verification_set(csv):
+    def verification_set(csv, trials):
         data = sb.dataio.dataset.DynamicItemDataset.from_csv(csv)
-        data = data.filtered_sorted(sort_key="duration")
+        if trials is None:
+            data = data.filtered_sorted(sort_key="duration")
+        else:
+            data = trial_files(data, trials)
         data.add_dynamic_item(full_file_item())
         data.set_output_keys(["id", "sig", "wav"])
         return data
@@ -103,21 +124,57 @@ def dataio_prep(hparams, manifests):
             "/".join(map(str, SPEEDS)),
             n_classes,
         )
-    dev, test = verification_set(manifests["dev_csv"]), verification_set(manifests["test_csv"])
+    dev = verification_set(manifests["dev_csv"], dev_trials)
+    test = verification_set(manifests["test_csv"], test_trials)
     return train, dev, test, sampler, n_classes
 
 
+def loader_options(hparams, device, sampler, dev):
+    """``(train, dev)`` DataLoader options: the seeded crops of ``sampler`` with their
+    speaker grouping, ``num_workers`` workers (``auto``: see
+    :func:`~maskproxy_losses.data.crops.auto_num_workers`), pinned on CUDA; the dev
+    files in length-bucketed batches (``verification_loader``)."""
+    cuda = str(device).startswith("cuda")
+    workers = auto_num_workers(hparams["num_workers"], device)
+    train = train_loader_options(
+        sampler, workers, hparams["seed"], pin_memory=cuda, label_key="spk_id_encoded"
+    )
+    logger.info(
+        "loader workers: %d for training (num_workers: %s)", workers, hparams["num_workers"]
+    )
+    return train, verification_loader_options(dev, hparams["verification_loader"], device)
+
+
 def resolve_run_options(hparams, run_opts):
-    """SpeechBrain run options with DDP on CPU (gloo: nccl needs GPUs) and the precision
-    made concrete (``precision: auto``, see :mod:`maskproxy_losses.utils.precision`), logged."""
+    """SpeechBrain run options with DDP on CPU (gloo: nccl needs GPUs), the device and the
+    precision made concrete (``precision: auto``, see
+    :mod:`maskproxy_losses.utils.precision`; on a GPU it is measured there,
+    :mod:`maskproxy_losses.training.precision_probe`), logged. On a GPU float32 runs as
+    TF32 and cuDNN picks its fastest algorithms; with bfloat16 the encoder is made
+    ``channels_last``."""
+    from speechbrain.utils.distributed import infer_device
+
+    from maskproxy_losses.training.precision_probe import gpu_precision_probe
+
+    given = run_opts.overridden_args
     if run_opts.distributed_backend == "nccl" and not torch.cuda.is_available():
         run_opts = dataclasses.replace(
-            run_opts,
-            distributed_backend="gloo",
-            overridden_args=run_opts.overridden_args | {"distributed_backend"},
+            run_opts, distributed_backend="gloo", overridden_args=given | {"distributed_backend"}
         )
-    run_opts, why = resolve_run_precision(hparams, run_opts)
+    device = run_opts.device if "device" in given and run_opts.device else None
+    device = device or hparams.get("device") or run_opts.device or infer_device()
+    cuda = str(device).startswith("cuda")
+    run_opts = dataclasses.replace(
+        run_opts, device=device, overridden_args=run_opts.overridden_args | {"device"}
+    )
+    measure = gpu_precision_probe(hparams, device) if cuda else None
+    run_opts, why = resolve_run_precision(hparams, run_opts, device, measure=measure)
     logger.info("training precision: %s (%s)", run_opts.precision, why)
+    if cuda:
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+        torch.backends.cudnn.benchmark = True
+        if run_opts.precision == "bf16":
+            hparams["embedding_model"].to(memory_format=torch.channels_last)
     return run_opts
 
 
