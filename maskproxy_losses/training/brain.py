@@ -96,11 +96,11 @@ class GroupedBatchBrain(sb.Brain):
         return loss.detach()
 
     def update_average(self, loss, avg_loss):
-        """Training: read the step log when ``log_every`` steps wait (else nothing is
-        read) and return the running average; other stages: SpeechBrain's."""
+        """Training: read the step log at every ``log_every``-th step of the epoch (else
+        nothing is read) and return the running average; other stages: SpeechBrain's."""
         if not self.modules.training:
             return super().update_average(loss, avg_loss)
-        if self.step_log is not None and self.step_log.due():
+        if self.step % self.log_every == 0:  # the same steps on every rank
             self.read_step_log()
         return self.avg_train_loss
 

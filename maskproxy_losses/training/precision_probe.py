@@ -16,7 +16,7 @@ processes) nothing is measured: a saved choice is reused, else float32.
 Example
 -------
 >>> from maskproxy_losses import ResNetSE34L
->>> model = ResNetSE34L(channels=(4, 4, 8, 8), blocks=(1, 1, 1, 1), emb_dim=8)
+>>> model = ResNetSE34L(channels=(8, 8, 8, 8), blocks=(1, 1, 1, 1), emb_dim=8)
 >>> rate = time_step(model, (4, 50, 40), "cpu", "fp32", steps=1, warmup=1)
 >>> rate > 0
 True

@@ -16,7 +16,7 @@ Example
 >>> step = SpeakerStep(
 ...     DeviceFbank(n_mels=40),
 ...     InputNormalization(norm_type="sentence"),
-...     ResNetSE34L(channels=(4, 8, 8, 8), blocks=(1, 1, 1, 1), emb_dim=16),
+...     ResNetSE34L(channels=(8, 8, 8, 8), blocks=(1, 1, 1, 1), emb_dim=16),
 ...     build_loss("mp", n_classes=5, emb_dim=16),
 ... )
 >>> labels = torch.tensor([3, 3, 1, 1])
