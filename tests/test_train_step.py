@@ -228,7 +228,8 @@ def test_device_fbank_is_speechbrains_fbank():
 def test_compiled_step_gives_the_eager_loss(corpus, tmp_path, recipe_args, capsys):
     """``--compile True`` (torch.compile of the whole step, inductor on the CPU): one epoch
     of a reduced encoder from the same seed logs the eager run's training loss and
-    accuracy within 1e-4 (relative), and both runs end with close weights."""
+    accuracy within 1e-5 (relative; measured 3e-7), and both runs end with close weights
+    (measured: 4e-5 of the largest weight)."""
     small = (
         "!new:maskproxy_losses.ResNetSE34L "
         "{channels: [8, 8, 8, 8], blocks: [1, 1, 1, 1], emb_dim: 64}"
@@ -243,7 +244,7 @@ def test_compiled_step_gives_the_eager_loss(corpus, tmp_path, recipe_args, capsy
         )
         runs[compiled] = brain.train_stats, torch.load(out / "model" / "embedding_model.ckpt")
     (eager, w_eager), (comp, w_comp) = runs[False], runs[True]
-    assert comp["loss"] == pytest.approx(eager["loss"], rel=1e-4)
+    assert comp["loss"] == pytest.approx(eager["loss"], rel=1e-5)  # measured 3e-7
     assert comp["acc"] == pytest.approx(eager["acc"], abs=1e-6)
     for key, value in w_eager.items():
         if value.is_floating_point():

@@ -37,6 +37,7 @@ from maskproxy_losses.utils.errors import InputError
 from maskproxy_losses.utils.precision import resolve_run_precision
 
 __all__ = [
+    "parse_arguments",
     "prepare_manifests",
     "dataio_prep",
     "loader_options",
@@ -45,6 +46,34 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
+
+
+def parse_arguments(argv):
+    """``sb.parse_arguments(argv)`` that also takes ``--flag True`` / ``--flag False`` for
+    SpeechBrain's on/off run options (``--compile True``), which it spells ``--flag``.
+
+    >>> parse_arguments(["h.yaml", "--compile", "True", "--seed", "3"])[1].compile
+    True
+    >>> parse_arguments(["h.yaml", "--compile=False"])[1].compile
+    False
+    """
+    from speechbrain.utils.run_opts import RunOptions
+
+    flags = {k for k, v in RunOptions().as_dict().items() if v is False}
+    out, argv = [], list(argv)
+    while argv:
+        arg = argv.pop(0)
+        name, eq, value = arg.partition("=")
+        key = name[2:].replace("-", "_") if name.startswith("--") else None
+        if key in flags and not eq and argv and argv[0].lower() in ("true", "false"):
+            value, eq = argv.pop(0), "="
+        if key in flags and eq:
+            if value.lower() not in ("true", "false"):
+                raise InputError(f"{name}: expected True or False, got {value!r}")
+            arg = name if value.lower() == "true" else None
+        if arg is not None:
+            out.append(arg)
+    return sb.parse_arguments(out)
 
 
 def prepare_manifests(hparams):

@@ -46,6 +46,7 @@ from maskproxy_losses.training.hparams import load_recipe_hparams
 from maskproxy_losses.training.recipe_setup import (
     dataio_prep,
     loader_options,
+    parse_arguments,
     prepare_manifests,
     resolve_run_options,
     setup_training,
@@ -184,7 +185,7 @@ def calibrate_export_and_test(brain, hparams, dev, test, dev_trials, test_trials
 
 def train(argv):
     """Run the recipe as the command line ``argv`` says; returns the trained Brain."""
-    hparams_file, run_opts, overrides = sb.parse_arguments(argv)
+    hparams_file, run_opts, overrides = parse_arguments(argv)  # also --compile True
     hparams, overrides = load_recipe_hparams(hparams_file, overrides)
     for key in ("output_folder", "manifest_folder"):  # fail in seconds, not after data prep
         check_writable_dir(hparams[key], key)
