@@ -10,7 +10,9 @@ of each, after ``--warmup`` steps of each):
   ``SpeakerBrain.fit_batch`` (front end, encoder, loss, backward, clipping, SGD) and
   ``update_average`` (the step log read every ``log_every`` steps);
 * bare: the encoder alone on random features of the same shape: forward, backward,
-  gradient clipping (SpeechBrain's ``max_grad_norm`` 5) and the recipe's optimiser.
+  gradient clipping (SpeechBrain's ``max_grad_norm`` 5) and the recipe's optimiser (at
+  lr 0: the same arithmetic, while the weights stay as initialised instead of drifting
+  under a loss on random features).
 
 The training set is synthetic and large (``--speakers_total`` speakers x
 ``--utts_per_speaker`` utterances, read from a pool of ``--pool`` generated 4 s wav files):
@@ -109,7 +111,8 @@ def measure(args, manifests, utts, precision, compiled):
     train_kwargs["batch_sampler"].set_epoch(1)
     brain.on_stage_start(sb.Stage.TRAIN, 1)
     batches = iter(loader)
-    bare_opt = hparams["opt_class"](bare.parameters())
+    bare_opt = hparams["opt_class"](bare.parameters())  # the recipe's SGD, all its arithmetic,
+    bare_opt.param_groups[0]["lr"] = 0.0  # at lr 0: the weights stay as initialised
     bare_fwd = torch.compile(bare) if compiled else bare
     feats = torch.randn(utts, args.crop_frames + 2, hparams["n_mels"], device=device)
     sync = torch.cuda.synchronize if cuda else (lambda: None)

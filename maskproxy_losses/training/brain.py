@@ -31,6 +31,21 @@ signatures and that SpeechBrain still calls them):
 - ``_compile`` (private): with ``--compile True`` (and no ``--compile_module_keys``) the
   whole forward of :meth:`make_train_step` is compiled as one graph in ``on_fit_start``,
   instead of each module apart.
+
+Example
+-------
+>>> class Brain(GroupedBatchBrain):
+...     def compute_forward(self, batch, stage):
+...         return self.modules.lin(batch)
+...     def compute_objectives(self, outputs, batch, stage):
+...         return outputs.square().mean()
+>>> brain = Brain({"lin": torch.nn.Linear(2, 1)}, lambda p: torch.optim.SGD(p, lr=0.1),
+...               run_opts={"device": "cpu"})
+>>> brain.on_fit_start()
+>>> brain.step = 1
+>>> loss = brain.fit_batch(torch.ones(4, 2))  # the loss stays on the device
+>>> len(brain.step_log), brain.finish_train_stage()["loss"] == loss.item()
+(1, True)
 """
 
 import logging
