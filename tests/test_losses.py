@@ -180,6 +180,51 @@ def test_gradcheck_float64(name):
     assert torch.autograd.gradcheck(g, inputs, eps=1e-6, atol=1e-6)
 
 
+@pytest.mark.parametrize("sizes", [(2, 2, 2, 2), (2, 3, 2, 3, 3)])
+@pytest.mark.parametrize("name", ["mp", "mmp", "ap", "aam"])
+def test_host_layout_gives_the_same_loss_and_gradients(name, sizes):
+    """A grouping decided on the host (``speaker_layout``, as the training collate does)
+    gives the loss and gradients of the grouping worked out on the device, bit for bit
+    up to summation order."""
+    from maskproxy_losses.losses.grouping import speaker_layout
+
+    emb, labels = _batch(7 + len(sizes), sizes, 9)
+    torch.manual_seed(2)
+    loss_fn = build_loss(name, 9, emb.shape[1])
+    if name == "aam":  # SpeechBrain's classifier computes in float32 (no grouping at all)
+        emb = emb.float()
+    else:
+        loss_fn = loss_fn.double()
+    results = []
+    for layout in (None, speaker_layout(labels.tolist())):
+        e = emb.clone().requires_grad_()
+        loss = loss_fn(e, labels, layout=layout)
+        params = [e] + [p for p in loss_fn.parameters() if p.requires_grad]
+        results.append((loss.detach(), torch.autograd.grad(loss, params), loss_fn.last_accuracy))
+    (l0, g0, a0), (l1, g1, a1) = results
+    torch.testing.assert_close(l1, l0, rtol=1e-12, atol=0)
+    assert a1.item() == a0.item()
+    for x, y in zip(g1, g0):
+        torch.testing.assert_close(x, y, rtol=1e-10, atol=1e-13)
+
+
+def test_speaker_layout_by_hand_and_its_checks():
+    from maskproxy_losses.losses.grouping import speaker_layout
+
+    layout = speaker_layout(torch.tensor([5, 2, 5, 2, 2, 8, 8]))
+    assert layout.first.tolist() == [0, 1, 5]  # speakers 5, 2, 8 in order of appearance
+    assert layout.slot.tolist() == [0, 1, 0, 1, 1, 2, 2]
+    assert layout.labels.tolist() == [5, 2, 8] and layout.rest.tolist() == [1.0, 2.0, 1.0]
+    assert layout.max_label == 8
+    with pytest.raises(ValueError, match=r"label\(s\) \[3\] appear only once"):
+        speaker_layout([1, 1, 3])
+    with pytest.raises(ValueError, match="out of range"):
+        speaker_layout([-1, -1])
+    loss_fn = build_loss("mp", 6, 4)
+    with pytest.raises(ValueError, match="does not fit the batch"):  # label 8 >= 6 classes
+        loss_fn(torch.randn(7, 4), torch.zeros(7, dtype=torch.long), layout=layout)
+
+
 # ---------------------------------------------------------------- properties
 @pytest.mark.parametrize("name", ["mp", "mmp", "ap"])
 def test_invariant_to_speaker_order(name):

@@ -165,3 +165,95 @@ def test_brain_uses_the_resolved_precision(monkeypatch):
     assert brain.precision == "bf16"
     with brain.training_ctx:
         assert brain.modules.lin(torch.ones(1, 2)).dtype == torch.bfloat16
+
+
+def _gpu(monkeypatch, native=True):
+    real = P._bf16_support
+
+    def support(device):
+        if torch.device(device).type == "cuda":
+            return native, f"GPU H100 {'supports' if native else 'lacks'} native bfloat16"
+        return real(device)
+
+    monkeypatch.setattr(P, "_bf16_support", support)
+
+
+def test_gpu_auto_is_float32_unless_bf16_is_measured_faster(monkeypatch):
+    _gpu(monkeypatch)
+    assert P.resolve_precision("auto", "cuda:0") == (
+        "fp32",
+        "auto: GPU H100 supports native bfloat16, bfloat16 not measured faster here: float32",
+    )
+    calls = []
+
+    def measure(answer):
+        calls.append(answer)
+        return answer, f"measured: {answer}"
+
+    assert P.resolve_precision("auto", "cuda:0", lambda: measure("bf16"))[0] == "bf16"
+    precision, why = P.resolve_precision("auto", "cuda", lambda: measure("fp32"))
+    assert precision == "fp32" and why.endswith("measured: fp32") and calls == ["bf16", "fp32"]
+    assert P.resolve_precision("bf16", "cuda:0", lambda: measure("fp32"))[0] == "bf16"
+    _gpu(monkeypatch, native=False)
+    assert P.resolve_precision("auto", "cuda:0", lambda: measure("bf16"))[0] == "fp32"
+    assert len(calls) == 2  # no measurement without native bfloat16 (or when asked)
+
+
+def test_the_probe_picks_bf16_only_when_clearly_faster():
+    from maskproxy_losses.training.precision_probe import choose
+
+    assert choose({"fp32": 1313.0, "bf16": 1112.0})[0] == "fp32"  # the H100 at 40 / batch
+    assert choose({"fp32": 100.0, "bf16": 104.0})[0] == "fp32"  # within the 5 % margin
+    precision, why = choose({"fp32": 100.0, "bf16": 106.0})
+    assert precision == "bf16" and why.startswith("measured 100 utt/s in float32 (TF32), 106")
+
+
+def test_the_probe_measures_once_and_keeps_its_choice(monkeypatch, tmp_path):
+    """The choice is saved with the GPU, batch shape and torch version, reused while they
+    match (a resumed run keeps its precision), measured again when they change; under
+    DDP nothing is measured."""
+    import json
+
+    from maskproxy_losses import ResNetSE34L
+    from maskproxy_losses.training import precision_probe as probe
+
+    timed = []
+
+    def fake_time_step(model, shape, device, precision, steps, warmup):
+        timed.append((tuple(shape), precision))
+        return {"fp32": 100.0, "bf16": 150.0}[precision]
+
+    monkeypatch.setattr(probe, "time_step", fake_time_step)
+    monkeypatch.setattr(probe, "_gpu_name", lambda device: "NVIDIA H100 80GB HBM3")
+    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: None)
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    hparams = {
+        "embedding_model": ResNetSE34L(channels=(8, 8, 8, 8), blocks=(1, 1, 1, 1)),
+        "speakers_per_batch": 200, "utts_per_speaker": 2, "crop_frames": 350, "n_mels": 40,
+        "save_folder": str(tmp_path / "save"),
+    }  # fmt: skip
+    assert probe.gpu_precision_probe(hparams, "cuda:0")()[0] == "bf16"
+    assert timed == [((400, 352, 40), "fp32"), ((400, 352, 40), "bf16")]
+    saved = json.loads((tmp_path / "save" / probe.PROBE_FILE).read_text())
+    assert saved["rates"] == {"fp32": 100.0, "bf16": 150.0} and saved["shape"] == [400, 352, 40]
+    precision, why = probe.gpu_precision_probe(hparams, "cuda:0")()
+    assert precision == "bf16" and "saved in" in why and len(timed) == 2
+    hparams["utts_per_speaker"] = [2, 3]  # another batch shape: measured again
+    assert probe.gpu_precision_probe(hparams, "cuda:0")()[0] == "bf16" and len(timed) == 4
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    hparams["crop_frames"] = 200
+    assert probe.gpu_precision_probe(hparams, "cuda:0")() == (
+        "fp32",
+        "not measured under DDP (no saved choice): float32",
+    )
+    assert len(timed) == 4
+
+
+def test_the_probe_times_real_training_steps_on_the_cpu():
+    from maskproxy_losses import ResNetSE34L
+    from maskproxy_losses.training.precision_probe import time_step
+
+    model = ResNetSE34L(channels=(8, 8, 8, 8), blocks=(1, 1, 1, 1), emb_dim=8)
+    before = [p.detach().clone() for p in model.parameters()]
+    assert time_step(model, (4, 60, 40), "cpu", "bf16", steps=2, warmup=1) > 0
+    assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters()))  # trained

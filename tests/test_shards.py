@@ -315,7 +315,16 @@ def test_crops_and_labels_are_the_file_paths(manifest, shards, tmp_path):
     files, _, _, sampler, n_files = dataio_prep(hparams, manifests)
     sharded, _, _, same, n_shards = dataio_prep({**hparams, "train_shards": shards}, manifests)
     assert same is sharded and n_files == n_shards == len(COUNTS)
-    assert train_loader_options(sharded, 0, 11)["batch_size"] is None
+    options = train_loader_options(sharded, 0, 11, label_key="spk_id_encoded")
+    assert options["batch_size"] is None
+    for batch in torch.utils.data.DataLoader(sharded, **options):  # as the recipe's step needs
+        labels = batch.spk_id_encoded.data[:, 0].tolist()
+        seen = list(dict.fromkeys(labels))  # speakers in order of first appearance
+        assert batch.layout.labels.tolist() == seen
+        assert batch.layout.slot.tolist() == [seen.index(x) for x in labels]
+        assert batch.layout.first.tolist() == [labels.index(x) for x in seen]
+        assert batch.full_length is True  # equal crops: nothing padded
+    sharded.label_key = None  # the plain batches below
     row = {r[0]: i for i, r in enumerate(rows)}
     checked = set()
     for epoch in (1, 2):

@@ -15,6 +15,7 @@ from maskproxy_losses.data.audio import crop_samples
 from maskproxy_losses.data.crops import (
     CropCollate,
     FullFile,
+    GroupedBatch,
     RandomCrop,
     SeededCrops,
     crop_seed,
@@ -114,6 +115,24 @@ def test_items_and_collate_pickle():
     assert isinstance(pickle.loads(pickle.dumps(CropCollate())), CropCollate)
 
 
+def test_grouped_batch_moves_its_layout_and_knows_padding():
+    items = [{"id": str(i), "sig": torch.ones(n), "spk": torch.tensor([s])}
+             for i, (n, s) in enumerate([(5, 3), (5, 3), (4, 1), (5, 1)])]  # fmt: skip
+    batch = CropCollate(label_key="spk")(items)
+    assert not batch.full_length and batch.sig.lengths.tolist() == pytest.approx([1, 1, 0.8, 1])
+    assert CropCollate(label_key="spk")(items[:2]).full_length
+    moved = batch.to("meta")  # every tensor moves, the layout's too
+    assert moved.sig.data.is_meta and moved.layout.first.is_meta and moved.layout.rest.is_meta
+    assert moved.layout.max_label == 3
+    with pytest.raises(ValueError, match="at least 2 utterances"):
+        CropCollate(label_key="spk")(items[1:])
+    restored = pickle.loads(pickle.dumps(CropCollate(label_key="spk")(items)))
+    assert restored.layout.slot.tolist() == [0, 0, 1, 1] and not restored.full_length
+    if torch.cuda.is_available():
+        pinned = CropCollate(label_key="spk")(items).pin_memory()
+        assert pinned.sig.data.is_pinned() and pinned.layout.slot.is_pinned()
+
+
 def _position_corpus(tmp_path, speakers=4, utts=4):
     """Files whose samples name their file and position: file j holds j * 2000 - 32000 + i."""
     rows, lengths = [], np.random.default_rng(5).integers(300, 2000, speakers * utts)
@@ -139,7 +158,8 @@ def test_batches_hold_the_samplers_utterances_in_order(tmp_path, workers):
     data.set_output_keys(["id", "wav", "spk_id_encoded"])
     speakers = [data.data[i]["spk_id"] for i in data.data_ids]
     sampler = SpeakerBatchSampler(speakers, speakers_per_batch=2, utts_per_speaker=2, seed=4)
-    options = train_loader_options(sampler, workers, seed=0)
+    options = train_loader_options(sampler, workers, seed=0, label_key="spk_id_encoded")
+    assert options["pin_memory"] is False  # pinned on CUDA only
     loader = sb.dataio.dataloader.make_dataloader(SeededCrops(data, frames), **options)
     by_id = {r[0]: (j, r) for j, r in enumerate(rows)}
     batches = list(loader)
@@ -153,6 +173,14 @@ def test_batches_hold_the_samplers_utterances_in_order(tmp_path, workers):
         labels, _ = batch.spk_id_encoded
         expected = [encoder.encode_label(by_id[u][1][3]) for u in batch.id]
         assert labels[:, 0].tolist() == expected
+        # the speaker grouping, worked out in the loader (worker) for the loss
+        assert isinstance(batch, GroupedBatch) and batch.full_length
+        first = {}
+        for i, y in enumerate(expected):
+            first.setdefault(y, i)
+        assert batch.layout.labels.tolist() == list(first)
+        assert batch.layout.first.tolist() == list(first.values())
+        assert batch.layout.slot.tolist() == [list(first).index(y) for y in expected]
         for uid, row in zip(batch.id, wavs):
             j, (_, _, path, _) = by_id[uid]
             sig = _reference(path)

@@ -13,6 +13,7 @@ import os
 from speechbrain.augment.augmenter import Augmenter
 from speechbrain.augment.time_domain import AddNoise, AddReverb
 
+from maskproxy_losses.data.crops import auto_num_workers
 from maskproxy_losses.utils.errors import InputError
 
 __all__ = ["AUGMENT_CSV_COLUMNS", "check_augment_csv", "build_augmenter"]
@@ -52,10 +53,15 @@ def check_augment_csv(path, key):
         raise InputError(problems)
 
 
-def build_augmenter(hparams):
+def build_augmenter(hparams, device="cpu"):
     """SpeechBrain ``Augmenter`` adding noise (``noise_csv``) and / or reverberation
-    (``rir_csv``) in place, or None when neither CSV is given."""
+    (``rir_csv``) in place, or None when neither CSV is given. The noise and impulse
+    responses are read by ``augment_workers`` loader workers each (``auto``: 1 on a CPU,
+    half the training loader's on a GPU; SpeechBrain's default, 0, reads them in the
+    training thread)."""
     rate, augmentations = hparams["sample_rate"], []
+    workers = hparams.get("augment_workers", "auto")
+    workers = max(1, auto_num_workers("auto", device) // 2) if workers == "auto" else int(workers)
     if hparams.get("noise_csv"):
         check_augment_csv(hparams["noise_csv"], "noise_csv")
         augmentations.append(
@@ -65,12 +71,18 @@ def build_augmenter(hparams):
                 snr_high=hparams["snr_high"],
                 noise_sample_rate=rate,
                 clean_sample_rate=rate,
+                num_workers=workers,
             )
         )
     if hparams.get("rir_csv"):
         check_augment_csv(hparams["rir_csv"], "rir_csv")
         augmentations.append(
-            AddReverb(csv_file=hparams["rir_csv"], reverb_sample_rate=rate, clean_sample_rate=rate)
+            AddReverb(
+                csv_file=hparams["rir_csv"],
+                reverb_sample_rate=rate,
+                clean_sample_rate=rate,
+                num_workers=workers,
+            )
         )
     if not augmentations:
         return None

@@ -22,6 +22,14 @@ fraction of its conversion cost), and :class:`CropCollate` builds SpeechBrain's
 ``PaddedBatch`` with a padding function that stacks equal-length crops straight into
 shared memory (no padding copy, no second copy when the batch leaves the worker).
 
+What the GPU step must not wait for is decided here, on the host, in the loader worker:
+with ``label_key`` the collate returns a :class:`GroupedBatch` that also carries the
+speaker grouping of its labels (a
+:class:`~maskproxy_losses.losses.grouping.SpeakerLayout` for the loss) and whether any
+utterance is padded (``full_length``); with ``pin_memory`` (CUDA) the loader's pinning
+thread puts both in page-locked memory ahead of use, so the step copies them with
+``non_blocking=True``. :func:`auto_num_workers` sizes the loader for the machine.
+
 Example
 -------
 >>> import os, tempfile, numpy as np, soundfile as sf
@@ -36,9 +44,14 @@ True
 >>> batch = CropCollate()([{"id": "a", "sig": crop}, {"id": "b", "sig": crop}])
 >>> batch.sig.data.shape, batch.sig.lengths.tolist(), batch.id
 (torch.Size([2, 560]), [1.0, 1.0], ['a', 'b'])
+>>> items = [{"id": i, "sig": crop, "spk": torch.tensor([s])} for i, s in enumerate([4, 4, 2, 2])]
+>>> batch = CropCollate(label_key="spk")(items)
+>>> batch.layout.first.tolist(), batch.full_length
+([0, 2], True)
 """
 
 import math
+import os
 
 import numpy as np
 import soundfile as sf
@@ -48,6 +61,7 @@ from speechbrain.utils.data_pipeline import DynamicItem
 from speechbrain.utils.data_utils import batch_pad_right
 
 from maskproxy_losses.data.audio import SAMPLE_RATE, crop_samples
+from maskproxy_losses.losses.grouping import speaker_layout
 
 __all__ = [
     "RandomCrop",
@@ -56,10 +70,12 @@ __all__ = [
     "wrap_around",
     "stack_or_pad",
     "CropCollate",
+    "GroupedBatch",
     "crop_seed",
     "SeededCrops",
     "SeededBatches",
     "train_loader_options",
+    "auto_num_workers",
 ]
 
 _PCM16_SCALE = np.float32(1.0 / 32768.0)  # libsndfile's int16 -> float normalisation
@@ -170,18 +186,54 @@ def stack_or_pad(tensors, mode="constant", value=0):
     return batch_pad_right(tensors, mode=mode, value=value)
 
 
+class GroupedBatch(PaddedBatch):
+    """SpeechBrain's ``PaddedBatch`` with two facts worked out on the host: ``layout``, the
+    :class:`~maskproxy_losses.losses.grouping.SpeakerLayout` of the ``label_key`` values
+    (None without one), and ``full_length``, True when no utterance is padded. ``to`` and
+    ``pin_memory`` move the layout with the batch."""
+
+    def __init__(self, examples, label_key=None, **kwargs):
+        super().__init__(examples, **kwargs)
+        self.layout = None
+        if label_key is not None:
+            self.layout = speaker_layout([int(example[label_key]) for example in examples])
+        self.full_length = all(
+            bool((value.lengths == 1).all())
+            for value in self
+            if hasattr(value, "lengths") and torch.is_tensor(value.lengths)
+        )
+
+    def pin_memory(self):
+        super().pin_memory()
+        if self.layout is not None:
+            self.layout = self.layout.pin_memory()
+        return self
+
+    def to(self, *args, **kwargs):
+        super().to(*args, **kwargs)
+        if self.layout is not None:
+            self.layout = self.layout.to(*args, **kwargs)
+        return self
+
+
 class CropCollate:
     """DataLoader ``collate_fn``: SpeechBrain's ``PaddedBatch`` built with
-    :func:`stack_or_pad` (same batch object, same values as the default collate).
+    :func:`stack_or_pad` (same batch object, same values as the default collate); with
+    ``label_key`` a :class:`GroupedBatch` carrying the speaker grouping of those labels.
 
     Pass it as ``collate_fn`` in the training loader options.
     """
 
+    def __init__(self, label_key=None):
+        self.label_key = label_key
+
     def __call__(self, examples):
-        return PaddedBatch(examples, padding_func=stack_or_pad)
+        if self.label_key is None:
+            return PaddedBatch(examples, padding_func=stack_or_pad)
+        return GroupedBatch(examples, self.label_key, padding_func=stack_or_pad)
 
     def __repr__(self):
-        return "CropCollate()"
+        return f"CropCollate(label_key={self.label_key!r})"
 
 
 class SeededCrops(torch.utils.data.Dataset):
@@ -228,16 +280,43 @@ class SeededBatches(torch.utils.data.Sampler):
         return len(self.sampler)
 
 
-def train_loader_options(sampler, num_workers, seed):
+def train_loader_options(sampler, num_workers, seed, pin_memory=False, label_key=None):
     """Training DataLoader options for a :class:`SeededCrops` dataset: the batches of
-    ``sampler`` with their crop seeds, the fast collate, and loader workers kept alive
-    across epochs (new ones every epoch cost seconds on a small CPU). A sharded training
-    set (``maskproxy_losses.data.shards``) batches itself and gives its own options."""
+    ``sampler`` with their crop seeds, the fast collate (with the speaker grouping of
+    ``label_key`` when given), loader workers kept alive across epochs (new ones every
+    epoch cost seconds on a small CPU), batches pinned when ``pin_memory`` (CUDA). A
+    sharded training set (``maskproxy_losses.data.shards``) batches itself and gives its
+    own options."""
     if hasattr(sampler, "loader_options"):
-        return sampler.loader_options()
+        return sampler.loader_options(pin_memory=pin_memory, label_key=label_key)
     return {
         "batch_sampler": SeededBatches(sampler, seed),
         "num_workers": num_workers,
         "persistent_workers": num_workers > 0,
-        "collate_fn": CropCollate(),
+        "collate_fn": CropCollate(label_key),
+        "pin_memory": bool(pin_memory),
     }
+
+
+def auto_num_workers(value, device="cpu", cpus=None, processes=None):
+    """Loader workers for ``value``: an integer as given, or ``"auto"``: on a CPU device
+    1 (one worker reads over 1,000 crops/s, far more than a CPU trains), on a GPU half of
+    this process's share of the CPU cores, 2 to 8 (one worker reads about 1,500 crops/s
+    of 350 frames: ``docs/results.md``, data path; the rest is headroom for
+    augmentation and shared cores). ``cpus`` defaults to the cores this process may run
+    on, ``processes`` to ``LOCAL_WORLD_SIZE`` (1).
+
+    >>> auto_num_workers("auto", "cuda:0", cpus=16), auto_num_workers("auto", "cpu")
+    (8, 1)
+    >>> auto_num_workers("auto", "cuda:0", cpus=96, processes=8), auto_num_workers(3)
+    (6, 3)
+    """
+    if value != "auto":
+        return int(value)
+    if not str(device).startswith("cuda"):
+        return 1
+    if cpus is None:
+        cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    if processes is None:
+        processes = int(os.environ.get("LOCAL_WORLD_SIZE", 1))
+    return max(2, min(8, (cpus or 1) // max(processes, 1) // 2))

@@ -182,6 +182,7 @@ class ShardedSpeakerBatches(torch.utils.data.IterableDataset):
         self.pool = max(self.batch, int(pool_speakers or 2 * self.batch))
         self.cap = max_per_speaker
         self.seed, self.num_workers = int(seed), int(num_workers)
+        self.label_key = None  # set by loader_options: the collate's speaker grouping
         self.readers_per_rank = max(1, self.num_workers)
         if num_replicas is None:
             dist = torch.distributed
@@ -346,13 +347,16 @@ class ShardedSpeakerBatches(torch.utils.data.IterableDataset):
     def __len__(self):
         return self._plan(int(self._state[0])).m * self.readers_per_rank
 
-    def loader_options(self):
-        """DataLoader options for this dataset (it yields finished batches)."""
+    def loader_options(self, pin_memory=False, label_key=None):
+        """DataLoader options for this dataset (it yields finished batches, with the
+        speaker grouping of ``label_key`` when given, as the file-based collate does)."""
+        self.label_key = label_key
         return {
             "batch_size": None,
             "num_workers": self.num_workers,
             "persistent_workers": self.num_workers > 0,
             "collate_fn": _pass_through,
+            "pin_memory": bool(pin_memory),
         }
 
     def __iter__(self):
@@ -433,7 +437,7 @@ class ShardedSpeakerBatches(torch.utils.data.IterableDataset):
         groups, sizes = self._by_shard(plan, batches)
         keys = np.random.default_rng([self.seed, epoch, 3]).random(self.n_utterances)
         examples = [[None] * n for n in sizes]
-        filled, nxt, collate = [0] * len(batches), 0, CropCollate()
+        filled, nxt, collate = [0] * len(batches), 0, CropCollate(self.label_key)
         for shard in plan.shards[reader]:
             if shard not in groups:  # none of its utterances in the remaining batches
                 continue

@@ -34,6 +34,7 @@ import torch
 from tqdm import tqdm
 
 from maskproxy_losses.data.audio import SAMPLE_RATE, crop_samples, pad_batch, probe, read_wav
+from maskproxy_losses.data.length_batches import budget_batches
 from maskproxy_losses.scoring.cosine import make_crops
 from maskproxy_losses.utils.errors import InputError, problem_key
 from maskproxy_losses.utils.files import atomic_write_bytes, remove_stale_temps
@@ -206,16 +207,8 @@ class Embedder:
             for s in range(0, len(order), per_batch):
                 yield [paths[i] for i in order[s : s + per_batch]]
             return
-        batch, longest = [], 0
-        for i in order:
-            n = min(lengths[i], self.max_len)
-            if batch and (len(batch) + 1) * max(longest, n) > self.budget:
-                yield batch
-                batch, longest = [], 0
-            batch.append(paths[i])
-            longest = max(longest, n)
-        if batch:
-            yield batch
+        for batch in budget_batches(lengths, self.budget, self.max_len):
+            yield [paths[i] for i in batch]
 
     def _embed_batch(self, paths, wheres):
         """The embedding of each path, or a problem (str) for audio with NaN / Inf samples

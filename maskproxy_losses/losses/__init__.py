@@ -13,7 +13,7 @@ Example
 
 from .aam import AAMSoftmaxLoss
 from .angular_proto import AngularPrototypicalLoss
-from .grouping import SpeakerGroups, group_by_speaker
+from .grouping import SpeakerGroups, SpeakerLayout, group_by_speaker, speaker_layout
 from .mmp import MultinomialMaskedProxyLoss
 from .mp import MaskedProxyLoss
 
@@ -25,7 +25,9 @@ __all__ = [
     "AngularPrototypicalLoss",
     "AAMSoftmaxLoss",
     "SpeakerGroups",
+    "SpeakerLayout",
     "group_by_speaker",
+    "speaker_layout",
 ]
 
 # trainfunc name -> loss class. The ``_balance`` variants share the math; they differ

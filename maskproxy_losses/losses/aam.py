@@ -59,8 +59,9 @@ class AAMSoftmaxLoss(torch.nn.Module):
         new = AdditiveAngularMargin(margin=margin, scale=aam.scale, easy_margin=aam.easy_margin)
         self.aam.loss_fn = new
 
-    def forward(self, embeddings, labels):
-        """Return the scalar loss for embeddings ``[N, (1,) D]`` and labels ``[N, (1)]``."""
+    def forward(self, embeddings, labels, layout=None):
+        """Return the scalar loss for embeddings ``[N, (1,) D]`` and labels ``[N, (1)]``
+        (``layout`` is accepted for the recipe's sake and not needed: no grouping here)."""
         embeddings, labels = flatten_inputs(embeddings, labels)
         if self.training and self.margin_schedule is not None:
             margin = self.margin_schedule.margin()

@@ -37,14 +37,21 @@ class AngularPrototypicalLoss(torch.nn.Module):
         self.eps = eps
         self.last_accuracy = None
 
-    def forward(self, embeddings, labels):
-        """Return the scalar loss for raw embeddings ``[N, (1,) D]`` and labels ``[N, (1)]``."""
+    def forward(self, embeddings, labels, layout=None):
+        """Return the scalar loss for raw embeddings ``[N, (1,) D]`` and labels ``[N, (1)]``;
+        ``layout``: their :class:`~maskproxy_losses.losses.grouping.SpeakerLayout` from the
+        host (no host round trip), or None."""
         embeddings, labels = flatten_inputs(embeddings, labels)
         dtype = torch.float64 if embeddings.dtype == torch.float64 else torch.float32
         with no_autocast(embeddings.device):
             # Labels only group the batch here: any integer ids are fine.
-            speakers, ids = torch.unique(labels, return_inverse=True)
-            g = group_by_speaker(embeddings.to(dtype), ids, len(speakers), self.eps)
+            if layout is None:
+                speakers, ids = torch.unique(labels, return_inverse=True)
+                n_spk = len(speakers)
+            else:  # speaker slots 0 .. B-1 as the ids
+                n_spk = layout.first.shape[0]
+                ids, layout = layout.slot, layout._replace(max_label=n_spk - 1)
+            g = group_by_speaker(embeddings.to(dtype), ids, n_spk, self.eps, layout)
             anchors = g.anchors / g.anchors.norm(dim=1, keepdim=True).clamp_min(self.eps)
             w, b = self.w.to(dtype), self.b.to(dtype)
             logits = w * (g.queries @ anchors.t()) + b

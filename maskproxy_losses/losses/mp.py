@@ -55,8 +55,10 @@ class ProxyLossBase(torch.nn.Module):
     def extra_repr(self):
         return f"n_classes={self.n_classes}, emb_dim={self.emb_dim}, reg_weight={self.reg_weight}"
 
-    def forward(self, embeddings, labels):
-        """Return the scalar loss for raw embeddings ``[N, (1,) D]`` and labels ``[N, (1)]``."""
+    def forward(self, embeddings, labels, layout=None):
+        """Return the scalar loss for raw embeddings ``[N, (1,) D]`` and labels ``[N, (1)]``;
+        ``layout``: their :class:`~maskproxy_losses.losses.grouping.SpeakerLayout` from the
+        host (no host round trip), or None."""
         embeddings, labels = flatten_inputs(embeddings, labels)
         if embeddings.shape[1] != self.emb_dim:
             raise ValueError(
@@ -66,7 +68,9 @@ class ProxyLossBase(torch.nn.Module):
         dtype = torch.float64 if embeddings.dtype == torch.float64 else torch.float32
         # The loss always runs in float32 (or float64): autocast is switched off here.
         with no_autocast(embeddings.device):
-            groups = group_by_speaker(embeddings.to(dtype), labels, self.n_classes, self.eps)
+            groups = group_by_speaker(
+                embeddings.to(dtype), labels, self.n_classes, self.eps, layout
+            )
             loss, correct = self.objective(groups, dtype)
         self.last_accuracy = correct.to(dtype).mean().detach()
         return loss

@@ -1,5 +1,10 @@
 """Feature front ends: the authors' log-mel + instance norm, and SpeechBrain's Fbank.
 
+:class:`DeviceFbank` is SpeechBrain's ``Fbank`` (the same features) with its constants
+(the STFT window and the mel matrix) kept as buffers on the module's device, where
+SpeechBrain's rebuilds the mel matrix on the CPU and copies both to the device at every
+call; the training recipe uses it, the exported model names SpeechBrain's ``Fbank``.
+
 Both presets are a pair ``(compute_features, mean_var_norm)`` with the interface
 ``EncoderClassifier`` expects: ``compute_features(wavs)`` maps float waveforms in
 [-1, 1] of shape [batch, time] to features [batch, frames, n_mels], and
@@ -18,9 +23,18 @@ import importlib
 
 import torch
 import torchaudio
+from speechbrain.lobes.features import Fbank
+from speechbrain.processing.features import spectral_magnitude
 from torch import nn
 
-__all__ = ["AuthorsFbank", "InstanceNorm", "FRONTENDS", "frontend_spec", "build_frontend"]
+__all__ = [
+    "AuthorsFbank",
+    "InstanceNorm",
+    "DeviceFbank",
+    "FRONTENDS",
+    "frontend_spec",
+    "build_frontend",
+]
 
 
 class AuthorsFbank(nn.Module):
@@ -96,6 +110,42 @@ class InstanceNorm(nn.Module):
             centred = (feats - mean).masked_fill(~mask, 0.0)
             var = centred.pow(2).sum(dim=1, keepdim=True) / count
             return centred * torch.rsqrt(var + self.eps)
+
+
+class DeviceFbank(Fbank):
+    """SpeechBrain's ``Fbank`` (same arguments, same features) whose STFT window and mel
+    matrix are non-persistent buffers: they move with ``.to(device)`` and nothing is
+    rebuilt or copied from the host per call (the state dict stays empty, as Fbank's).
+    Only the fixed filterbank is supported (no deltas, context, learnable or randomised
+    filters).
+
+    >>> wavs = torch.rand(2, 16000) * 2 - 1
+    >>> torch.allclose(DeviceFbank(n_mels=40)(wavs), Fbank(n_mels=40)(wavs), atol=1e-4)
+    True
+    """
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        fb = self.compute_fbanks
+        if self.deltas or self.context or self.requires_grad or fb.param_rand_factor:
+            raise ValueError("DeviceFbank supports the fixed filterbank only")
+        stft = self.compute_STFT
+        window = stft.window
+        del stft.window  # a plain attribute in SpeechBrain: made a buffer here
+        stft.register_buffer("window", window, persistent=False)
+        n_freqs = fb.all_freqs_mat.shape[1]  # as Filterbank.forward builds it
+        f_central = fb.f_central.repeat(n_freqs, 1).transpose(0, 1)
+        band = fb.band.repeat(n_freqs, 1).transpose(0, 1)
+        matrix = fb._create_fbank_matrix(f_central, band)
+        self.register_buffer("fbank_matrix", matrix, persistent=False)
+
+    def forward(self, wav):
+        """wav: [batch, time] -> log-mel features [batch, frames, n_mels], in float32
+        with autocast off (as SpeechBrain's ``fwd_default_precision`` does)."""
+        with torch.autocast(device_type=wav.device.type, enabled=False):
+            power = spectral_magnitude(self.compute_STFT(wav.float()))
+            fbanks = torch.matmul(power, self.fbank_matrix)
+            return self.compute_fbanks._amplitude_to_DB(fbanks)
 
 
 # Preset name -> (compute_features, mean_var_norm), each (class path, kwargs);

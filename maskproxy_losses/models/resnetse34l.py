@@ -158,20 +158,20 @@ class ResNetSE34L(nn.Module):
                 nn.init.zeros_(m.bias)
 
     def forward(self, x, lengths=None):
-        """x: [batch, time, n_mels]; lengths: relative lengths in [0, 1] or None.
+        """x: [batch, time, n_mels]; lengths: relative lengths in [0, 1], or None when no
+        utterance is padded (faster: no masks).
 
         Returns embeddings [batch, 1, emb_dim] (not normalised).
         """
         x = x.transpose(1, 2).unsqueeze(1)  # [B, 1, F, T]
         mask = None
-        if lengths is not None:
+        if lengths is not None:  # no test of the values: that would wait for the device
             n_frames = x.shape[-1]
             valid = torch.round(lengths.to(x.device, torch.float32) * n_frames)
             valid = valid.clamp(1, n_frames)
-            if bool((valid < n_frames).any()):
-                frames = torch.arange(n_frames, device=x.device)
-                mask = (frames[None, :] < valid[:, None])[:, None, None, :]
-                x = x.masked_fill(~mask, 0.0)
+            frames = torch.arange(n_frames, device=x.device)
+            mask = (frames[None, :] < valid[:, None])[:, None, None, :]
+            x = x.masked_fill(~mask, 0.0)
 
         x = self.relu(self.bn1(self.conv1(x)))
         if mask is not None:

@@ -23,6 +23,7 @@ __all__ = [
     "check_labels",
     "check_scores",
     "verification_metrics",
+    "rounded_metrics",
     "roc",
 ]
 
@@ -132,3 +133,17 @@ def verification_metrics(scores, labels, p_targets=(0.01, 0.05)):
         n_nontarget=int(labels.size - labels.sum()),
     )
     return out
+
+
+def rounded_metrics(m):
+    """The training log's rounded view of :func:`verification_metrics` ``m``.
+
+    >>> rounded_metrics(verification_metrics([0.9, 0.8, 0.3, 0.1], [1, 0, 1, 0]))["EER"]
+    50.0
+    """
+    return {
+        "EER": round(m["EER"], 3),
+        "minDCF_0.01": round(m["minDCF_0.01"], 4),
+        "minDCF_0.05": round(m["minDCF_0.05"], 4),
+        "threshold": round(m["EER_threshold"], 4),
+    }

@@ -1,9 +1,11 @@
 """The training recipe's command line and environment, checked before any work.
 
-- :func:`split_arguments`: SpeechBrain's ``parse_arguments`` after two fixes: an option
+- :func:`split_arguments`: SpeechBrain's ``parse_arguments`` after three fixes: an option
   given twice is refused in one line (SpeechBrain would hand YAML a duplicate key and
-  fail with a traceback), and ``--precision auto`` (the yamls' default, which
-  SpeechBrain's parser does not accept) becomes the yaml override ``precision: auto``.
+  fail with a traceback), ``--precision auto`` (the yamls' default, which SpeechBrain's
+  parser does not accept) becomes the yaml override ``precision: auto``, and SpeechBrain's
+  on/off run options (``--compile``) also take ``True`` / ``False`` as every other
+  option of the recipe does.
 - :func:`check_values`: value ranges of the recipe's settings, read from the plain YAML
   and the overrides *before* HyperPyYAML builds anything (``--number_of_epochs 0`` would
   otherwise divide by zero in ``ap.yaml``'s decay, or export an untrained model).
@@ -15,6 +17,8 @@ Example
 -------
 >>> split_arguments(["mp.yaml", "--precision", "auto", "--seed", "3"])[2]
 'seed: 3\\nprecision: auto'
+>>> split_arguments(["mp.yaml", "--compile", "True"])[1].compile
+True
 >>> try:
 ...     split_arguments(["mp.yaml", "--lr", "0.1", "--lr=0.2"])
 ... except InputError as err:
@@ -71,8 +75,30 @@ def split_arguments(argv):
             del argv[i : i + (1 if "=" in arg else 2)]
             auto.append("precision: auto")
             break
-    hparams_file, run_opts, overrides = sb.parse_arguments(argv)
+    hparams_file, run_opts, overrides = sb.parse_arguments(_bare_flags(argv))
     return hparams_file, run_opts, "\n".join(p for p in [overrides, *auto] if p)
+
+
+def _bare_flags(argv):
+    """``argv`` with SpeechBrain's on/off run options given as ``--flag True`` / ``--flag
+    False`` (or ``=``) spelt as SpeechBrain takes them: ``--flag`` or nothing."""
+    from speechbrain.utils.run_opts import RunOptions
+
+    flags = {k for k, v in RunOptions().as_dict().items() if v is False}
+    out, argv = [], list(argv)
+    while argv:
+        arg = argv.pop(0)
+        name, eq, value = arg.partition("=")
+        key = name[2:].replace("-", "_") if name.startswith("--") else None
+        if key in flags and not eq and argv and argv[0].lower() in ("true", "false"):
+            value, eq = argv.pop(0), "="
+        if key in flags and eq:
+            if value.lower() not in ("true", "false"):
+                raise InputError(f"{name}: expected True or False, got {value!r}")
+            arg = name if value.lower() == "true" else None
+        if arg is not None:
+            out.append(arg)
+    return out
 
 
 _YAML12_NUMBER = re.compile(r"[-+]?(\.[0-9]+|[0-9]+(\.[0-9]*)?)([eE][-+]?[0-9]+)?")
@@ -107,7 +133,12 @@ _RULES = {
     ),
     "speakers_per_batch": (lambda v: _integer(v) and v >= 1, "an integer of at least 1"),
     "max_per_speaker": (lambda v: v is None or (_integer(v) and v >= 2), "an integer >= 2"),
-    "num_workers": (lambda v: _integer(v) and v >= 0, "an integer of at least 0"),
+    "num_workers": (
+        lambda v: v == "auto" or (_integer(v) and v >= 0),
+        "auto or an integer of at least 0",
+    ),
+    "log_every": (lambda v: _integer(v) and v >= 1, "an integer of at least 1"),
+    "valid_every": (lambda v: _integer(v) and v >= 1, "an integer of at least 1"),
     "emb_dim": (lambda v: _integer(v) and v >= 1, "an integer of at least 1"),
     "n_mels": (lambda v: _integer(v) and v >= 1, "an integer of at least 1"),
     "seed": (_integer, "an integer"),

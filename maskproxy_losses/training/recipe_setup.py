@@ -2,12 +2,17 @@
 
 - :func:`prepare_manifests`: the manifests of the built-in corpus or of VoxCeleb lists.
 - :func:`dataio_prep`: datasets (seeded random crops for training, whole files for dev /
-  test), the label encoder and the speaker-grouped sampler; with ``speed_perturb: True``
-  the training items are read at one of 3 speeds per speaker group
-  (:mod:`maskproxy_losses.data.speed_perturb`). The training DataLoader options come from
-  :func:`maskproxy_losses.data.crops.train_loader_options`. With ``train_shards`` (or
+  test, only those their trials use), the label encoder and the speaker-grouped sampler;
+  with ``speed_perturb: True`` the training items are read at one of 3 speeds per
+  speaker group (:mod:`maskproxy_losses.data.speed_perturb`). With ``train_shards`` (or
   shards written by data prep) the training set is :func:`sharded_train`'s, read from
   WebDataset shards (:mod:`maskproxy_losses.data.shards`) and its own sampler.
+- :func:`loader_options`: the training and dev DataLoader options
+  (:func:`maskproxy_losses.data.crops.train_loader_options`, the length-bucketed
+  :func:`maskproxy_losses.data.length_batches.verification_loader_options`), workers
+  sized for the machine, batches pinned on CUDA.
+- :func:`resolve_run_options`: DDP on CPU, the device, and ``precision: auto``; on a GPU
+  also TF32 for float32 and, for bfloat16, the encoder in ``channels_last``.
 - :func:`setup_training`: the loss for the number of classes, registered with the
   checkpointer; the epoch length and the number of DDP processes for a per-step lr
   schedule; the ``pretrained`` weights
@@ -21,7 +26,13 @@ import os
 import speechbrain as sb
 import torch
 
-from maskproxy_losses.data.crops import SeededCrops, full_file_item
+from maskproxy_losses.data.crops import (
+    SeededCrops,
+    auto_num_workers,
+    full_file_item,
+    train_loader_options,
+)
+from maskproxy_losses.data.length_batches import trial_files, verification_loader_options
 from maskproxy_losses.data.sampler import SpeakerBatchSampler
 from maskproxy_losses.data.speed_perturb import SPEEDS, SpeedPerturbedCrops
 from maskproxy_losses.training.finetune import load_pretrained
@@ -33,6 +44,7 @@ __all__ = [
     "prepare_manifests",
     "dataio_prep",
     "sharded_train",
+    "loader_options",
     "resolve_run_options",
     "setup_training",
 ]
@@ -73,9 +85,11 @@ def prepare_manifests(hparams):
     return manifests
 
 
-def dataio_prep(hparams, manifests):
+def dataio_prep(hparams, manifests, dev_trials=None, test_trials=None, device="cpu"):
     """``(train, dev, test, sampler, n_classes)``: the datasets (random crops for training,
-    full files for dev / test), the speaker-grouped sampler and the number of labels."""
+    full files for dev / test: only those ``dev_trials`` / ``test_trials`` name, when
+    given), the speaker-grouped sampler and the number of labels. ``device`` sizes the
+    loader workers a sharded training set is planned for (``num_workers: auto``)."""
     label_encoder = sb.dataio.encoder.CategoricalEncoder()
     train = sb.dataio.dataset.DynamicItemDataset.from_csv(manifests["train_csv"])
     speed = bool(hparams.get("speed_perturb", False))
@@ -89,17 +103,22 @@ def dataio_prep(hparams, manifests):
     )
     train.set_output_keys(["id", "wav", "spk_id_encoded"])  # wav -> seeded crop below
 
-    def verification_set(csv):
+    def verification_set(csv, trials):
         data = sb.dataio.dataset.DynamicItemDataset.from_csv(csv)
-        data = data.filtered_sorted(sort_key="duration")
+        if trials is None:
+            data = data.filtered_sorted(sort_key="duration")
+        else:
+            data = trial_files(data, trials)
         data.add_dynamic_item(full_file_item())
         data.set_output_keys(["id", "sig", "wav"])
         return data
 
     shards = hparams.get("train_shards") or manifests.get("train_shards")
     if shards:  # sharded training data (issue 20): the dataset batches itself
-        train = sharded_train(hparams, manifests, shards, label_encoder.lab2ind)
-        dev, test = verification_set(manifests["dev_csv"]), verification_set(manifests["test_csv"])
+        workers = auto_num_workers(hparams["num_workers"], device)
+        train = sharded_train(hparams, manifests, shards, label_encoder.lab2ind, workers)
+        dev = verification_set(manifests["dev_csv"], dev_trials)
+        test = verification_set(manifests["test_csv"], test_trials)
         return train, dev, test, train, len(label_encoder)
 
     speakers = [train.data[i]["spk_id"] for i in train.data_ids]
@@ -134,15 +153,17 @@ def dataio_prep(hparams, manifests):
             "/".join(map(str, SPEEDS)),
             n_classes,
         )
-    dev, test = verification_set(manifests["dev_csv"]), verification_set(manifests["test_csv"])
+    dev = verification_set(manifests["dev_csv"], dev_trials)
+    test = verification_set(manifests["test_csv"], test_trials)
     return train, dev, test, sampler, n_classes
 
 
 # ---- Sharded training data (issue 20)
-def sharded_train(hparams, manifests, index_path, labels):
+def sharded_train(hparams, manifests, index_path, labels, num_workers):
     """The training batches read from the shards of ``index_path``
     (:class:`~maskproxy_losses.data.shards.ShardedSpeakerBatches`, ``labels``: speaker ->
-    label), which must have been written from this run's ``train.csv``."""
+    label) by ``num_workers`` loader workers; the shards must have been written from this
+    run's ``train.csv``."""
     from data_prep.shards import manifest_sha256, read_index
     from maskproxy_losses.data.shards import ShardedSpeakerBatches
 
@@ -163,7 +184,7 @@ def sharded_train(hparams, manifests, index_path, labels):
             max_per_speaker=hparams["max_per_speaker"],
             crop_frames=hparams["crop_frames"],
             seed=hparams["seed"],
-            num_workers=hparams["num_workers"],
+            num_workers=num_workers,
             labels=labels,
         )
     except InputError:
@@ -174,24 +195,59 @@ def sharded_train(hparams, manifests, index_path, labels):
         ) from None
 
 
+def loader_options(hparams, device, sampler, dev):
+    """``(train, dev)`` DataLoader options: the seeded crops of ``sampler`` with their
+    speaker grouping, ``num_workers`` workers (``auto``: see
+    :func:`~maskproxy_losses.data.crops.auto_num_workers`), pinned on CUDA; the dev
+    files in length-bucketed batches (``verification_loader``)."""
+    cuda = str(device).startswith("cuda")
+    workers = auto_num_workers(hparams["num_workers"], device)
+    train = train_loader_options(
+        sampler, workers, hparams["seed"], pin_memory=cuda, label_key="spk_id_encoded"
+    )
+    logger.info(
+        "loader workers: %d for training (num_workers: %s)", workers, hparams["num_workers"]
+    )
+    return train, verification_loader_options(dev, hparams["verification_loader"], device)
+
+
 def resolve_run_options(hparams, run_opts):
-    """SpeechBrain run options with DDP on CPU (gloo: nccl needs GPUs) and the precision
-    made concrete (``precision: auto``, see :mod:`maskproxy_losses.utils.precision`), logged;
-    a device that is not here, or a precision it cannot train in, is refused
-    (:func:`maskproxy_losses.training.options.check_device`)."""
+    """SpeechBrain run options with DDP on CPU (gloo: nccl needs GPUs), the device and the
+    precision made concrete (``precision: auto``, see
+    :mod:`maskproxy_losses.utils.precision`; on a GPU it is measured there,
+    :mod:`maskproxy_losses.training.precision_probe`), logged; a device that is not here,
+    or a precision it cannot train in, is refused
+    (:func:`maskproxy_losses.training.options.check_device`). On a GPU float32 runs as
+    TF32 and cuDNN picks its fastest algorithms; with bfloat16 the encoder is made
+    ``channels_last``."""
+    from speechbrain.utils.distributed import infer_device
+
+    from maskproxy_losses.training.precision_probe import gpu_precision_probe
+
+    given = run_opts.overridden_args
     if run_opts.distributed_backend == "nccl" and not torch.cuda.is_available():
         run_opts = dataclasses.replace(
-            run_opts,
-            distributed_backend="gloo",
-            overridden_args=run_opts.overridden_args | {"distributed_backend"},
+            run_opts, distributed_backend="gloo", overridden_args=given | {"distributed_backend"}
         )
-    check_device(run_opts.device, None)
+    device = run_opts.device if "device" in given and run_opts.device else None
+    device = device or hparams.get("device") or run_opts.device or infer_device()
+    check_device(device, None)
+    cuda = str(device).startswith("cuda")
+    run_opts = dataclasses.replace(
+        run_opts, device=device, overridden_args=run_opts.overridden_args | {"device"}
+    )
+    measure = gpu_precision_probe(hparams, device) if cuda else None
     try:
-        run_opts, why = resolve_run_precision(hparams, run_opts)
+        run_opts, why = resolve_run_precision(hparams, run_opts, device, measure=measure)
     except ValueError as err:  # an unknown precision in the yaml
         raise InputError(f"--precision: {err}") from None
     check_device(run_opts.device, run_opts.precision)
     logger.info("training precision: %s (%s)", run_opts.precision, why)
+    if cuda:
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+        torch.backends.cudnn.benchmark = True
+        if run_opts.precision == "bf16":
+            hparams["embedding_model"].to(memory_format=torch.channels_last)
     return run_opts
 
 

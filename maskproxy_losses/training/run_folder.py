@@ -71,6 +71,8 @@ MAY_CHANGE = frozenset(
         "precision",
         "ckpt_interval_minutes",
         "batch_trace",
+        "log_every",
+        "augment_workers",
         "verification_loader",
         "average_checkpoints",
         "average_mode",

@@ -1,12 +1,21 @@
-"""Numeric precision: ``auto`` picks bfloat16 autocast where the machine does it natively.
+"""Numeric precision: ``auto`` picks what is fastest on the device, never slower than float32.
 
-bfloat16 autocast roughly doubles ResNetSE34L training throughput on CPUs with native
-bfloat16 arithmetic (AVX512-BF16 or AMX-BF16) and on GPUs that have it (Ampere and
-later), but is usually slower than float32 on CPUs without it (the conversions are then
-emulated). ``resolve_precision("auto", device)`` therefore returns ``"bf16"`` on such
-machines and ``"fp32"`` elsewhere, with the reason in words; explicit values (``fp32``,
-``bf16``, ``fp16``) pass through unchanged. The losses keep computing in float32 inside
-autocast (they cast their inputs themselves).
+- **CPU**: bfloat16 autocast roughly doubles ResNetSE34L training throughput on CPUs with
+  native bfloat16 arithmetic (AVX512-BF16 or AMX-BF16: 1.93x float32 on a Xeon with
+  AMX, ``docs/results.md``) and is far slower without it (0.15x on an AMD EPYC without
+  it: the conversions are emulated). ``auto`` is ``bf16`` with native support, else
+  ``fp32``.
+- **GPU**: there native bfloat16 is not enough: on an H100 the bare encoder trained at
+  1,313 utt/s in float32 against 1,112 in bfloat16 (40 utterances per batch), the recipe
+  at 2,213 against 2,120 (120), so ``auto`` is float32 (which the training recipe runs
+  as TF32) unless a measurement on that GPU finds bfloat16 faster: ``resolve_precision``
+  takes that measurement as ``measure`` (the training recipe passes
+  :func:`maskproxy_losses.training.precision_probe.gpu_precision_probe`); without one,
+  ``fp32``.
+
+Explicit values (``fp32``, ``bf16``, ``fp16``) pass through unchanged, with the reason in
+words. The losses keep computing in float32 inside autocast (they cast their inputs
+themselves).
 
 ``MASKPROXY_CPU_BF16=1`` (or ``0``) makes the CPU answer as if it had (or lacked) native
 bfloat16, whatever ``/proc/cpuinfo`` says. It exists for the test suite, which runs its
@@ -124,11 +133,13 @@ def native_bf16(device="cpu"):
     return _bf16_support(device)[0]
 
 
-def resolve_precision(requested, device="cpu"):
+def resolve_precision(requested, device="cpu", measure=None):
     """``(precision, reason)``: ``requested`` (``auto``, ``fp32``, ``bf16`` or ``fp16``;
     None means ``auto``) made concrete for ``device``.
 
-    ``auto`` gives ``bf16`` where :func:`native_bf16` holds, ``fp32`` elsewhere.
+    ``auto``: on a CPU ``bf16`` where :func:`native_bf16` holds, else ``fp32``; on a GPU
+    with native bfloat16 what ``measure()`` returns (``(precision, why)``, e.g. timed
+    training steps), ``fp32`` without a measurement or native bfloat16.
 
     >>> resolve_precision("bf16", "cpu")
     ('bf16', 'requested: bf16')
@@ -141,6 +152,11 @@ def resolve_precision(requested, device="cpu"):
     if value != "auto":
         return value, f"requested: {value}"
     native, why = _bf16_support(device)
+    if native and _device(device).type == "cuda":
+        if measure is None:
+            return "fp32", f"auto: {why}, bfloat16 not measured faster here: float32"
+        precision, measured = measure()
+        return precision, f"auto: {why}; {measured}"
     if native:
         return "bf16", f"auto: {why}: bfloat16 autocast"
     return "fp32", f"auto: {why}: float32"
@@ -162,7 +178,7 @@ def autocast_for(precision, device="cpu"):
     return torch.autocast(device_type=_device(device).type, dtype=_DTYPES[precision])
 
 
-def resolve_run_precision(hparams, run_opts, device=None, key="precision"):
+def resolve_run_precision(hparams, run_opts, device=None, key="precision", measure=None):
     """SpeechBrain run options with ``key`` (``precision`` or ``eval_precision``) made
     concrete, and the reason: a command-line value wins, then ``hparams[key]``, then
     ``auto``.
@@ -171,7 +187,7 @@ def resolve_run_precision(hparams, run_opts, device=None, key="precision"):
     the hparams (``precision: auto``). The returned ``RunOptions`` mark ``key`` as
     given on the command line, so ``sb.Brain`` uses the resolved value whatever the
     hparams say. ``device`` defaults to the run's device (run option, hparams, then
-    SpeechBrain's guess).
+    SpeechBrain's guess); ``measure`` goes to :func:`resolve_precision`.
 
     >>> from speechbrain.utils.run_opts import RunOptions
     >>> opts, why = resolve_run_precision({"precision": "fp32"}, RunOptions(), "cpu")
@@ -192,6 +208,6 @@ def resolve_run_precision(hparams, run_opts, device=None, key="precision"):
         else:
             device = hparams.get("device") or run_opts.device or infer_device()
     requested = getattr(run_opts, key) if key in given else hparams.get(key, "auto")
-    precision, reason = resolve_precision(requested, device)
+    precision, reason = resolve_precision(requested, device, measure)
     run_opts = dataclasses.replace(run_opts, **{key: precision}, overridden_args=given | {key})
     return run_opts, reason

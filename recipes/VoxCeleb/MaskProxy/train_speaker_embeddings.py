@@ -8,8 +8,9 @@ Run from the repository root. With no override it trains on the built-in corpus 
 if absent) at the yaml's ``builtin`` scale; for VoxCeleb see the recipe README.
 
 The data flow, top to bottom in :func:`train`: lists -> manifests -> datasets and the
-speaker-grouped sampler -> ``fit`` (each epoch: training, then the EER on the held-out dev
-trials, which keeps the best checkpoint and drives ReduceLROnPlateau) -> the best
+speaker-grouped sampler -> ``fit`` (each epoch: training, then, every ``valid_every``
+epochs, the EER on the held-out dev trials, which keeps the best checkpoint and drives
+ReduceLROnPlateau) -> the best
 checkpoint's dev scores -> calibration -> export to ``<output_folder>/model``
 (EncoderClassifier format + ``calibration.json``) -> test scores. Bad input stops the run
 before training with one ``error:`` line and exit code 2.
@@ -17,7 +18,6 @@ before training with one ``error:`` line and exit code 2.
 
 import json
 import logging
-import os
 import sys
 import time
 from typing import NamedTuple
@@ -29,7 +29,7 @@ from speechbrain.utils.distributed import if_main_process, run_on_main
 
 from maskproxy_losses import export_model
 from maskproxy_losses.data.augment import build_augmenter
-from maskproxy_losses.data.crops import train_loader_options
+from maskproxy_losses.data.length_batches import verification_loader_options
 from maskproxy_losses.data.trials import read_prepared_trials
 from maskproxy_losses.inference.export import unwrap
 from maskproxy_losses.scoring.calibration import (
@@ -38,7 +38,7 @@ from maskproxy_losses.scoring.calibration import (
     fit_calibration,
 )
 from maskproxy_losses.scoring.cosine import score_trials
-from maskproxy_losses.scoring.metrics import verification_metrics
+from maskproxy_losses.scoring.metrics import rounded_metrics, verification_metrics
 from maskproxy_losses.training.averaging import keep_kwargs, load_average
 from maskproxy_losses.training.batch_trace import BatchTrace
 from maskproxy_losses.training.brain import GroupedBatchBrain
@@ -46,12 +46,14 @@ from maskproxy_losses.training.hparams import load_recipe_hparams
 from maskproxy_losses.training.options import split_arguments
 from maskproxy_losses.training.recipe_setup import (
     dataio_prep,
+    loader_options,
     prepare_manifests,
     resolve_run_options,
     setup_training,
 )
 from maskproxy_losses.training.run_card import record_test_results, training_card
 from maskproxy_losses.training.run_folder import open_run_folder
+from maskproxy_losses.training.step import SpeakerStep
 from maskproxy_losses.utils.errors import run_cli
 
 logger = logging.getLogger(__name__)
@@ -68,77 +70,80 @@ class Scored(NamedTuple):
 class SpeakerBrain(GroupedBatchBrain):
     """Encoder + loss. Verification stages collect embeddings; :meth:`score` scores them.
 
-    Beside ``sb.Brain``'s arguments: ``dev_trials`` (scored after every epoch),
-    ``augment`` (a batch augmenter or None) and ``trace`` (a :class:`BatchTrace`).
+    Beside ``sb.Brain``'s arguments: ``dev_trials`` (scored after every ``valid_every``
+    epochs), ``augment`` (a batch augmenter or None) and ``trace`` (a :class:`BatchTrace`).
     """
+
+    guarded = ("embeddings", "loss")  # the NaN guard: the embeddings' largest size, the loss
 
     def __init__(self, *args, dev_trials, augment=None, trace=None, **kwargs):
         super().__init__(*args, **kwargs)
         self.dev_trials, self.augment, self.trace = dev_trials, augment, trace or BatchTrace(None)
 
+    def make_train_step(self):  # what --compile True compiles into one graph
+        m = self.modules
+        return SpeakerStep(m.compute_features, m.mean_var_norm, m.embedding_model, m.loss_fn)
+
     def compute_forward(self, batch, stage):
-        batch = batch.to(self.device)
+        batch = batch.to(self.device, non_blocking=True)  # pinned by the loader on CUDA
         wavs, lens = batch.sig
-        if stage == sb.Stage.TRAIN and self.augment is not None:
+        if stage != sb.Stage.TRAIN:  # whole files, padded; lengths exact in frames
+            feats = self.modules.mean_var_norm(self.modules.compute_features(wavs), lens)
+            return self.modules.embedding_model(feats, lens)
+        if self.augment is not None:
             wavs, lens = self.augment(wavs, lens)  # same batch size and order
-        feats = self.modules.compute_features(wavs)
-        feats = self.modules.mean_var_norm(feats, lens)
-        return self.modules.embedding_model(feats, lens)
+        step = self.train_step if self.train_step is not None else self.make_train_step()
+        full = getattr(batch, "full_length", False)  # decided on the host by the collate
+        return step(wavs, None if full else lens, batch.spk_id_encoded.data, batch.layout)
 
-    def compute_objectives(self, embeddings, batch, stage):
-        if stage != sb.Stage.TRAIN:  # verification stages: keep embeddings, no loss
-            self.embeddings.update(
-                zip(map(os.path.abspath, batch.wav), embeddings.squeeze(1).float().cpu())
-            )
-            return torch.zeros((), device=self.device)
-        labels, _ = batch.spk_id_encoded
+    def compute_objectives(self, outputs, batch, stage):
+        if stage != sb.Stage.TRAIN:  # verification stages: embeddings stay on the device
+            self.keep_embeddings(batch.wav, outputs.squeeze(1))
+            return torch.zeros(())
         self.trace.batch(self.hparams.epoch_counter.current, self.step, batch.id)
-        self._check_finite(embeddings, "the embeddings")
-        loss = self.modules.loss_fn(embeddings, labels)
-        self._check_finite(loss, "the loss")
-        self.acc_sum = self.acc_sum + unwrap(self.modules.loss_fn).last_accuracy
-        self.n_utts += len(labels)
-        return loss
+        self.n_utts += len(batch.id)
+        return outputs[1]
 
-    def _check_finite(self, value, what):
-        if not torch.isfinite(value).all():
-            raise FloatingPointError(
-                f"{what} became NaN/Inf at epoch {self.hparams.epoch_counter.current}, "
-                f"step {self.step}; lower the learning rate or check the data"
-            )
+    def step_values(self, batch, outputs, loss):  # loss, embeddings' size, acc, w, b
+        return SpeakerStep.values(unwrap(self.modules.loss_fn), outputs[0], loss)
 
     def on_stage_start(self, stage, epoch=None):
-        self.embeddings, self.acc_sum, self.n_utts = {}, 0.0, 0
-        self.stage_start = time.perf_counter()
+        self.stage_start, self.n_utts = time.perf_counter(), 0
         if stage == sb.Stage.TRAIN:
             self.epoch_start = self.stage_start
+        torch.backends.cudnn.benchmark = stage == sb.Stage.TRAIN  # fixed shapes only
 
     def on_stage_end(self, stage, stage_loss, epoch=None):
-        if stage == sb.Stage.TRAIN:
-            loss_fn = unwrap(self.modules.loss_fn)
-            self.train_stats = {
-                "loss": stage_loss,
-                "acc": float(self.acc_sum) / max(self.step, 1),
-                "w": loss_fn.w.item() if hasattr(loss_fn, "w") else float("nan"),
-                "b": loss_fn.b.item() if hasattr(loss_fn, "b") else float("nan"),
-                "utt_per_s": round(self.n_utts / (time.perf_counter() - self.stage_start), 1),
-            }
-        elif stage == sb.Stage.VALID:  # the dev EER keeps the best checkpoint, drives the lr
-            stats = _log_stats(
+        if stage == sb.Stage.TRAIN:  # the step log is read before anything else
+            self.train_stats = self.finish_train_stage(mean=("acc",), last=("w", "b"))
+            seconds = time.perf_counter() - self.stage_start
+            self.train_stats["utt_per_s"] = round(self.n_utts / seconds, 1)
+            return
+        self.embeddings = self.take_embeddings()  # one device-to-host copy per pass
+        if stage == sb.Stage.VALID:  # the dev EER keeps the best checkpoint, drives the lr
+            dev_s = round(time.perf_counter() - self.stage_start, 1)
+            stats = rounded_metrics(
                 verification_metrics(*score_trials(self.embeddings, self.dev_trials))
             )
             old_lr, new_lr = self.hparams.lr_scheduler([self.optimizer], epoch, stats["EER"])
             sb.nnet.schedulers.update_learning_rate(self.optimizer, new_lr)
             self.trace.valid(epoch, stats["EER"], old_lr, new_lr)
-            epoch_s = round(time.perf_counter() - self.epoch_start, 1)
-            self.hparams.train_logger.log_stats(
-                stats_meta={"epoch": epoch, "lr": old_lr, "epoch_s": epoch_s},
-                train_stats=self.train_stats,
-                valid_stats=stats,
-            )
+            self._log_epoch(epoch, old_lr, stats, dev_s=dev_s)
             self.checkpointer.save_and_keep_only(  # the best (N best with averaging)
                 meta={"EER": stats["EER"]}, **keep_kwargs(self.hparams)
             )
+
+    def on_epoch_without_validation(self, epoch):  # valid_every: no dev EER this epoch
+        self._log_epoch(epoch, self.optimizer.param_groups[0]["lr"])
+        self.checkpointer.save_and_keep_only(meta={}, **keep_kwargs(self.hparams))
+
+    def _log_epoch(self, epoch, lr, valid_stats=None, **meta):
+        epoch_s = round(time.perf_counter() - self.epoch_start, 1)
+        self.hparams.train_logger.log_stats(
+            stats_meta={"epoch": epoch, "lr": lr, "epoch_s": epoch_s, **meta},
+            train_stats=self.train_stats,
+            valid_stats=valid_stats,
+        )
 
     def on_evaluate_start(self, max_key=None, min_key=None):
         super().on_evaluate_start(max_key=max_key, min_key=min_key)  # the best checkpoint
@@ -151,21 +156,14 @@ class SpeakerBrain(GroupedBatchBrain):
         return Scored(scores, labels, verification_metrics(scores, labels))
 
 
-def _log_stats(m):
-    """The train log's rounded view of verification metrics ``m``."""
-    return {
-        "EER": round(m["EER"], 3),
-        "minDCF_0.01": round(m["minDCF_0.01"], 4),
-        "minDCF_0.05": round(m["minDCF_0.05"], 4),
-        "threshold": round(m["EER_threshold"], 4),
-    }
-
-
 def calibrate_export_and_test(brain, hparams, dev, test, dev_trials, test_trials):
     """Best checkpoint -> dev scores -> calibration -> export (with its model card) -> test
     scores; returns ``(model dir, test Scored, calibration metrics on the test trials)``."""
-    loader = hparams["verification_loader"]
-    dev_scored = brain.score(dev, dev_trials, loader)
+
+    def loader(data):  # the trial files, in length-bucketed batches, read by workers
+        return verification_loader_options(data, hparams["verification_loader"], brain.device)
+
+    dev_scored = brain.score(dev, dev_trials, loader(dev))
     calibration = fit_calibration(*dev_scored[:2], source="dev trials (best checkpoint)")
     calibration.meta = {"score_mode": "cosine", "norm": "none"}  # what it may be applied to
     out = None
@@ -179,9 +177,9 @@ def calibrate_export_and_test(brain, hparams, dev, test, dev_trials, test_trials
             extra_files={CALIBRATION_FILE: json.dumps(calibration.to_dict(), indent=2)},
             card=training_card(hparams, dev_scored, calibration),
         )
-    test_scored = brain.score(test, test_trials, loader)
+    test_scored = brain.score(test, test_trials, loader(test))
     loaded = {"Epoch loaded": hparams["epoch_counter"].current}
-    hparams["train_logger"].log_stats(loaded, test_stats=_log_stats(test_scored.metrics))
+    hparams["train_logger"].log_stats(loaded, test_stats=rounded_metrics(test_scored.metrics))
     test_cal = calibration_metrics(*test_scored[:2], calibration)
     record_test_results(out, test_scored.metrics, test_cal)  # in the model card
     return out, test_scored, test_cal
@@ -189,7 +187,7 @@ def calibrate_export_and_test(brain, hparams, dev, test, dev_trials, test_trials
 
 def train(argv):
     """Run the recipe as the command line ``argv`` says; returns the trained Brain."""
-    hparams_file, run_opts, overrides = split_arguments(argv)  # no option twice
+    hparams_file, run_opts, overrides = split_arguments(argv)  # no option twice; --compile True
     hparams, overrides = load_recipe_hparams(hparams_file, overrides)  # keys, value ranges
     run_opts = resolve_run_options(hparams, run_opts)  # gloo on CPU, `precision: auto`
     run = open_run_folder(hparams, hparams_file, overrides)  # writable, locked, same settings
@@ -202,7 +200,9 @@ def train(argv):
     run.started()  # partial checkpoints removed, log-file errors as one note
     dev_trials = read_prepared_trials(manifests["dev_trials"], manifests["dev_csv"])
     test_trials = read_prepared_trials(manifests["trials"], manifests["test_csv"])
-    train_set, dev, test, sampler, n_speakers = dataio_prep(hparams, manifests)
+    train_set, dev, test, sampler, n_speakers = dataio_prep(
+        hparams, manifests, dev_trials, test_trials, run_opts.device
+    )  # dev / test: the files of their trials only
     setup_training(hparams, train_set, sampler, n_speakers)  # loss, schedule, pretrained; logged
 
     brain = SpeakerBrain(
@@ -212,15 +212,16 @@ def train(argv):
         run_opts=run_opts,
         checkpointer=hparams["checkpointer"],
         dev_trials=dev_trials,
-        augment=build_augmenter(hparams),
+        augment=build_augmenter(hparams, run_opts.device),
         trace=BatchTrace(hparams["batch_trace"]),
     )
+    train_kwargs, valid_kwargs = loader_options(hparams, brain.device, sampler, dev)
     brain.fit(
         brain.hparams.epoch_counter,
         train_set=train_set,
         valid_set=dev,
-        train_loader_kwargs=train_loader_options(sampler, hparams["num_workers"], hparams["seed"]),
-        valid_loader_kwargs=hparams["verification_loader"],
+        train_loader_kwargs=train_kwargs,
+        valid_loader_kwargs=valid_kwargs,
     )
     brain.trace.save_state(brain.modules)
     out, scored, cal = calibrate_export_and_test(brain, hparams, dev, test, dev_trials, test_trials)
