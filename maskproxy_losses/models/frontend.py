@@ -1,4 +1,6 @@
-"""Feature front ends: the authors' log-mel + instance norm, and SpeechBrain's Fbank.
+"""Feature front ends: the authors' log-mel + instance norm, and SpeechBrain's Fbank with
+per-utterance mean and variance normalisation (``fbank``, ResNetSE34L's) or mean
+normalisation only (``fbank_cmn``, the 80 log-mel front end of ResNet34 and ECAPA-TDNN).
 
 Both presets are a pair ``(compute_features, mean_var_norm)`` with the interface
 ``EncoderClassifier`` expects: ``compute_features(wavs)`` maps float waveforms in
@@ -113,6 +115,13 @@ FRONTENDS = {
             {"norm_type": "sentence", "std_norm": True},
         ),
     ),
+    "fbank_cmn": (
+        ("speechbrain.lobes.features.Fbank", {"n_mels": "{n_mels}"}),
+        (
+            "speechbrain.processing.features.InputNormalization",
+            {"norm_type": "sentence", "std_norm": False},
+        ),
+    ),
 }
 
 
@@ -127,7 +136,7 @@ def frontend_spec(name, n_mels=40):
 
 
 def build_frontend(name, n_mels=40):
-    """Instantiate preset ``name`` ("authors" or "fbank") as
+    """Instantiate preset ``name`` ("authors", "fbank" or "fbank_cmn") as
     ``(compute_features, mean_var_norm)`` modules."""
     modules = []
     for path, kwargs in frontend_spec(name, n_mels):

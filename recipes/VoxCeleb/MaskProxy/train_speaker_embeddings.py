@@ -42,7 +42,7 @@ from maskproxy_losses.scoring.metrics import verification_metrics
 from maskproxy_losses.training.averaging import keep_kwargs, load_average
 from maskproxy_losses.training.batch_trace import BatchTrace
 from maskproxy_losses.training.brain import GroupedBatchBrain
-from maskproxy_losses.training.hparams import load_recipe_hparams
+from maskproxy_losses.training.hparams import load_recipe_hparams, recipe_copy
 from maskproxy_losses.training.recipe_setup import (
     dataio_prep,
     prepare_manifests,
@@ -171,7 +171,7 @@ def calibrate_export_and_test(brain, hparams, dev, test, dev_trials, test_trials
         out = export_model(
             hparams["export_folder"],
             hparams["embedding_model"],
-            frontend="fbank",
+            frontend=hparams.get("frontend", "fbank"),
             n_mels=hparams["n_mels"],
             overwrite=True,
             extra_files={CALIBRATION_FILE: json.dumps(calibration.to_dict(), indent=2)},
@@ -192,7 +192,8 @@ def train(argv):
         check_writable_dir(hparams[key], key)
     run_opts = resolve_run_options(hparams, run_opts)  # gloo on CPU, `precision: auto`
     sb.utils.distributed.ddp_init_group(run_opts)
-    sb.create_experiment_directory(hparams["output_folder"], hparams_file, overrides)
+    recipe_file = recipe_copy(hparams_file, overrides, hparams["output_folder"])  # + encoder
+    sb.create_experiment_directory(hparams["output_folder"], recipe_file, overrides)
     if run_opts.ckpt_interval_steps > 0:  # SpeechBrain allows one intra-epoch interval only
         hparams.pop("ckpt_interval_minutes", None)
 
