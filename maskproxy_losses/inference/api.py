@@ -47,6 +47,7 @@ from maskproxy_losses.inference.embedding import (
 from maskproxy_losses.inference.model_dir import load_encoder
 from maskproxy_losses.scoring.calibration import bayes_threshold, load_model_calibration
 from maskproxy_losses.scoring.cosine import cosine_scores
+from maskproxy_losses.scoring.qmf import indexed_quality, qmf_for
 from maskproxy_losses.utils.errors import InputError
 from maskproxy_losses.utils.files import check_writable_dir
 from maskproxy_losses.utils.precision import resolve_precision
@@ -133,7 +134,8 @@ def embed_files(
     batch, no padding); files over ``max_seconds`` are embedded as the mean of chunks of at
     most that length (bounded memory). With ``cache_dir`` embeddings are cached there as
     the verification recipe does; ``stats`` (a dict) receives ``hits``, ``computed``,
-    ``fingerprint``, ``cache`` (the folder or None) and ``precision``. ``precision``:
+    ``fingerprint``, ``cache`` (the folder or None), ``precision`` and ``seconds`` (each
+    file's duration, the QMF quality measure). ``precision``:
     ``auto`` (bfloat16 autocast where the device does it natively), ``fp32`` or ``bf16``.
     """
     if batch_seconds < 0:
@@ -172,6 +174,7 @@ def embed_files(
             fingerprint=model.fingerprint,
             cache=None if cache.folder is None else str(cache.folder),
             precision=precision,
+            seconds=[samples[p] / SAMPLE_RATE for p in paths],
         )
     return emb[[row[p] for p in paths]].astype(np.float32)
 
@@ -180,13 +183,15 @@ def embed_files(
 @dataclasses.dataclass(frozen=True)
 class PairResult:
     """Result of :func:`verify_pair`: cosine ``score``; with calibration, ``llr`` (natural
-    log), ``accept`` (``llr >= threshold``) and the Bayes ``threshold``; else ``None``."""
+    log), ``accept`` (``llr >= threshold``) and the Bayes ``threshold``; else ``None``;
+    ``calibrated_with``: ``"qmf"`` (quality-aware), ``"linear"`` or ``None``."""
 
     score: float
     llr: float | None
     accept: bool | None
     threshold: float | None
     p_target: float
+    calibrated_with: str | None = None
 
 
 def verify_pair(
@@ -198,14 +203,17 @@ def verify_pair(
     trust=False,
     precision="auto",
     calibration="model_dir",
+    qmf="model_dir",
 ):
     """Score two wav files with ``model_dir`` (a path or a :class:`Model`): a
     :class:`PairResult`.
 
     Each file is embedded alone (no padding, no cache). The score is the cosine of the
-    two embeddings; with a calibration (by default the model directory's
-    ``calibration.json``, if any; or a ``Calibration``; or None) it is turned into an LLR
-    (``scale * score + offset``) and accepted when the LLR reaches the Bayes threshold
+    two embeddings; it is turned into an LLR by the quality-aware calibration ``qmf`` (by
+    default the model directory's ``qmf.json``, if any; or a ``QMF``; or None: the score,
+    the two durations and embedding norms) or else by ``calibration`` (by default the
+    model directory's ``calibration.json``, if any; or a ``Calibration``; or None:
+    ``scale * score + offset``), and accepted when the LLR reaches the Bayes threshold
     ``log((1 - p_target) / p_target)``. ``precision`` as in :func:`embed_files`. Bad input
     raises ``InputError`` naming the file.
     """
@@ -214,12 +222,23 @@ def verify_pair(
     model = model_dir if isinstance(model_dir, Model) else load_model(model_dir, device, trust)
     if isinstance(calibration, str) and calibration == "model_dir":
         calibration = load_model_calibration(model.model_dir)
+    if isinstance(qmf, str) and qmf == "model_dir":  # fitted on full-utterance cosine scores
+        qmf, _ = qmf_for(model.model_dir, "cosine", "none")
+    stats = {}
     emb = embed_files(
-        model, [wav1, wav2], batch_seconds=0.0, wheres=["wav1", "wav2"], precision=precision
+        model,
+        [wav1, wav2],
+        batch_seconds=0.0,
+        wheres=["wav1", "wav2"],
+        precision=precision,
+        stats=stats,
     )
     score = float(cosine_scores(emb, [0], [1])[0])
-    if calibration is None:
+    if qmf is not None:
+        llr, used = float(qmf([score], indexed_quality(emb, stats["seconds"], [0], [1]))[0]), "qmf"
+    elif calibration is not None:
+        llr, used = float(calibration(score)), "linear"
+    else:
         return PairResult(score, None, None, None, float(p_target))
-    llr = float(calibration(score))
     threshold = bayes_threshold(p_target)
-    return PairResult(score, llr, bool(llr >= threshold), threshold, float(p_target))
+    return PairResult(score, llr, bool(llr >= threshold), threshold, float(p_target), used)

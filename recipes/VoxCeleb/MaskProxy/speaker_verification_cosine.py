@@ -25,6 +25,7 @@ import torch
 from hyperpyyaml import load_hyperpyyaml
 
 from data_prep.demo_corpus import prepare_builtin
+from maskproxy_losses.data.audio import SAMPLE_RATE
 from maskproxy_losses.data.trials import (
     index_trials,
     read_manifest_wavs,
@@ -39,10 +40,11 @@ from maskproxy_losses.inference.embedding import (
 )
 from maskproxy_losses.inference.model_dir import load_encoder
 from maskproxy_losses.scoring import cosine as scoring
-from maskproxy_losses.scoring.calibration import calibration_for, calibration_metrics, min_cllr
-from maskproxy_losses.scoring.metrics import verification_metrics
+from maskproxy_losses.scoring.calibration import calibration_for
 from maskproxy_losses.scoring.plots import plot_det_and_scores, plot_embedding_map
-from maskproxy_losses.utils.errors import InputError, report, run_cli
+from maskproxy_losses.scoring.qmf import QMF_FILE, fit_qmf, indexed_quality, qmf_for
+from maskproxy_losses.scoring.report import assess, verification_summary
+from maskproxy_losses.utils.errors import InputError, run_cli
 from maskproxy_losses.utils.files import atomic_write_text
 from maskproxy_losses.utils.precision import resolve_precision
 
@@ -107,15 +109,17 @@ def build_embedder(hparams, device, crops):
 
 
 def score(embed, trials, lengths, cohort, hparams, norm):
-    """``(scores, counts, cohort summary)``: raw (cosine or ten-crop) scores, normalised
-    against the cohort's speaker means when asked; counts are cache hits / computed."""
+    """``(scores, counts, cohort summary, quality)``: raw (cosine or ten-crop) scores,
+    normalised against the cohort's speaker means when asked; counts are cache hits /
+    computed; the trials' durations and embedding norms (for QMF)."""
     keys, enrol, test = index_trials([(t.enrol_path, t.test_path) for t in trials])
     wheres = {p: t.where for t in reversed(trials) for p in (t.enrol_path, t.test_path)}
     emb, counts = embed(keys, lengths, wheres, desc="test embeddings")
+    quality = indexed_quality(emb, [lengths[k] / SAMPLE_RATE for k in keys], enrol, test)
     ten_crop = emb.ndim == 3
     scores = (scoring.ten_crop_scores if ten_crop else scoring.cosine_scores)(emb, enrol, test)
     if cohort is None:
-        return scores, counts, None
+        return scores, counts, None, quality
     rows, c_lengths = cohort
     paths, wheres = [r[0] for r in rows], {r[0]: r[2] for r in rows}
     c_emb, c_counts = embed(paths, c_lengths, wheres, desc="cohort embeddings")
@@ -124,21 +128,19 @@ def score(embed, trials, lengths, cohort, hparams, norm):
     scores = scoring.score_norm(scores, emb, enrol, test, means, top_n=top_n)
     counts = (counts[0] + c_counts[0], counts[1] + c_counts[1])
     info = {"cohort_csv": str(hparams["cohort_csv"]), "speakers": len(speakers)}
-    return scores, counts, {**info, "utterances": len(rows), "top_n": top_n}
+    return scores, counts, {**info, "utterances": len(rows), "top_n": top_n}, quality
 
 
-def assess(scores, labels, hparams, mode, norm):
-    """``(metrics, calibration, its file)``: EER / minDCF, and Cllr / actDCF with the
-    model directory's (or the given) calibration, else min-Cllr alone."""
-    metrics = verification_metrics(scores, labels)
-    calibration, where = calibration_for(
-        hparams["pretrained_path"], mode, norm, hparams.get("calibration")
-    )
-    if calibration:
-        metrics.update(calibration_metrics(scores, labels, calibration))
-    else:
-        metrics["minCllr"] = min_cllr(scores, labels)
-    return metrics, calibration, where
+def fit_qmf_on(hparams, embed, cohort, mode, norm, out_dir, skip_bad):
+    """``(QMF, its file)`` fitted on ``qmf_fit_trials`` scored as the test trials (same
+    mode, normalisation and cohort), saved as ``out_dir/qmf.json``."""
+    trials, lengths, _ = usable_trials(hparams["qmf_fit_trials"], None, None, skip_bad)
+    scores, _, _, quality = score(embed, trials, lengths, cohort, hparams, norm)
+    labels, source = [t.label for t in trials], str(Path(hparams["qmf_fit_trials"]).resolve())
+    qmf = fit_qmf(scores, labels, quality, hparams["qmf_features"], source=source)
+    qmf.meta = {"score_mode": mode, "norm": norm}
+    qmf.save(out_dir / QMF_FILE)
+    return qmf, str(out_dir / QMF_FILE)
 
 
 def embedding_map(hparams, embed, out_dir):
@@ -153,28 +155,6 @@ def embedding_map(hparams, embed, out_dir):
     plot_embedding_map(map_emb, [r[1] for r in rows], out_dir / "embedding_map.png")
 
 
-def summary(metrics, problems, cache, calibration_file):
-    """The lines printed at the end of a run."""
-    o, m = metrics["options"], metrics
-    lines = [f"skipped {len(problems)} bad entries:\n{report(problems)}"] if problems else []
-    lines += [
-        f"embeddings: {m['embedding_cache']['hits']} from cache, "
-        f"{m['embedding_cache']['computed']} computed ({cache.folder})",
-        f"trials: {m['n_trials']} ({m['n_target']} target, {m['n_nontarget']} non-target); "
-        f"score_mode={o['score_mode']}, norm={o['norm']}",
-        f"EER: {m['EER']:.4f}% (threshold {m['EER_threshold']:.6f})",
-        f"minDCF(p=0.01): {m['minDCF_0.01']:.4f}",
-        f"minDCF(p=0.05): {m['minDCF_0.05']:.4f}",
-    ]
-    if calibration_file:
-        lines.append(
-            f"Cllr: {m['Cllr']:.4f} (min {m['minCllr']:.4f}), actDCF(p=0.01): "
-            f"{m['actDCF_0.01']:.4f}, actDCF(p=0.05): {m['actDCF_0.05']:.4f} "
-            f"(calibration: {calibration_file})"
-        )
-    return "\n".join(lines)
-
-
 def run(hparams, device="cpu"):
     """Score the trials described by ``hparams``; write outputs; return the metrics."""
     t0, skip_bad = time.time(), bool(hparams.get("skip_bad", False))
@@ -186,11 +166,21 @@ def run(hparams, device="cpu"):
     cohort, c_lengths, c_problems = load_cohort(hparams, norm, skip_bad)
     problems += c_problems
     cohort = None if cohort is None else (cohort, c_lengths)
-    scores, (hits, computed), cohort_info = score(embed, trials, lengths, cohort, hparams, norm)
+    scores, (hits, computed), cohort_info, quality = score(
+        embed, trials, lengths, cohort, hparams, norm
+    )
     labels = np.array([t.label for t in trials])
-    metrics, calibration, calibration_file = assess(scores, labels, hparams, mode, norm)
-    calibrated = bool(calibration and hparams.get("calibrated_scores"))
-    written = calibration(scores) if calibrated else scores
+    model_dir = hparams["pretrained_path"]
+    calibration, calibration_file = calibration_for(
+        model_dir, mode, norm, hparams.get("calibration")
+    )
+    if hparams.get("qmf_fit_trials"):  # e.g. the AS-normalised dev trials
+        qmf, qmf_file = fit_qmf_on(hparams, embed, cohort, mode, norm, out_dir, skip_bad)
+    else:  # the model directory's (fitted on dev cosine scores), a file, or none
+        qmf, qmf_file = qmf_for(model_dir, mode, norm, hparams.get("qmf"))
+    metrics = assess(scores, labels, quality, calibration, qmf)
+    calibrated = bool((qmf or calibration) and hparams.get("calibrated_scores"))
+    written = (qmf(scores, quality) if qmf else calibration(scores)) if calibrated else scores
     metrics["options"] = {
         "pretrained_path": str(Path(hparams["pretrained_path"]).resolve()),
         "model_hash": model_hash,
@@ -201,8 +191,9 @@ def run(hparams, device="cpu"):
         "norm": norm,
         "cohort": cohort_info,
         "calibration": calibration_file,
+        "qmf": qmf_file,
         "precision": precision,
-        "scores_txt": "calibrated LLR" if calibrated else "raw score",
+        "scores_txt": ("QMF LLR" if qmf else "calibrated LLR") if calibrated else "raw score",
     }
     metrics["embedding_cache"] = {"hits": hits, "computed": computed, "dir": str(cache.folder)}
     metrics["skipped"] = {"count": len(problems), "problems": problems[:100]}
@@ -213,7 +204,8 @@ def run(hparams, device="cpu"):
     plot_det_and_scores(scores, labels, out_dir / "det_and_scores.png")
     if hparams.get("embedding_map"):
         embedding_map(hparams, embed, out_dir)
-    print(summary(metrics, problems, cache, calibration_file) + f"\noutputs: {out_dir}")
+    summary = verification_summary(metrics, problems, cache.folder, calibration_file, qmf_file)
+    print(summary + f"\noutputs: {out_dir}")
     return metrics
 
 

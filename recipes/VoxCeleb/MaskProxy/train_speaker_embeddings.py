@@ -10,12 +10,11 @@ if absent) at the yaml's ``builtin`` scale; for VoxCeleb see the recipe README.
 The data flow, top to bottom in :func:`train`: lists -> manifests -> datasets and the
 speaker-grouped sampler -> ``fit`` (each epoch: training, then the EER on the held-out dev
 trials, which keeps the best checkpoint and drives ReduceLROnPlateau) -> the best
-checkpoint's dev scores -> calibration -> export to ``<output_folder>/model``
-(EncoderClassifier format + ``calibration.json``) -> test scores. Bad input stops the run
-before training with one ``error:`` line and exit code 2.
+checkpoint's dev scores -> calibration and QMF -> export to ``<output_folder>/model``
+(EncoderClassifier format + ``calibration.json``, ``qmf.json``) -> test scores. Bad input
+stops the run before training with one ``error:`` line and exit code 2.
 """
 
-import json
 import logging
 import os
 import sys
@@ -32,14 +31,15 @@ from maskproxy_losses.data.augment import build_augmenter
 from maskproxy_losses.data.crops import train_loader_options
 from maskproxy_losses.data.trials import read_prepared_trials
 from maskproxy_losses.inference.export import unwrap
-from maskproxy_losses.scoring.calibration import (
-    CALIBRATION_FILE,
-    calibration_metrics,
-    fit_calibration,
-)
 from maskproxy_losses.scoring.cosine import score_trials
 from maskproxy_losses.scoring.metrics import verification_metrics
 from maskproxy_losses.training.averaging import keep_kwargs, load_average
+from maskproxy_losses.training.back_end import (
+    back_end_files,
+    back_end_metrics,
+    dataset_quality,
+    fit_back_end,
+)
 from maskproxy_losses.training.batch_trace import BatchTrace
 from maskproxy_losses.training.brain import GroupedBatchBrain
 from maskproxy_losses.training.hparams import load_recipe_hparams, recipe_copy
@@ -160,12 +160,11 @@ def _log_stats(m):
 
 
 def calibrate_export_and_test(brain, hparams, dev, test, dev_trials, test_trials):
-    """Best checkpoint -> dev scores -> calibration -> export -> test scores; returns
-    ``(model dir, test Scored, calibration metrics on the test trials)``."""
+    """Best checkpoint -> dev scores -> calibration and QMF -> export -> test scores;
+    returns ``(model dir, test Scored, back-end metrics on the test trials)``."""
     loader = hparams["verification_loader"]
     dev_scored = brain.score(dev, dev_trials, loader)
-    calibration = fit_calibration(*dev_scored[:2], source="dev trials (best checkpoint)")
-    calibration.meta = {"score_mode": "cosine", "norm": "none"}  # what it may be applied to
+    back_end = fit_back_end(*dev_scored[:2], dataset_quality(dev, dev_trials, brain.embeddings))
     out = None
     if if_main_process():  # the model is saved before anything else can fail
         out = export_model(
@@ -174,14 +173,15 @@ def calibrate_export_and_test(brain, hparams, dev, test, dev_trials, test_trials
             frontend=hparams.get("frontend", "fbank"),
             n_mels=hparams["n_mels"],
             overwrite=True,
-            extra_files={CALIBRATION_FILE: json.dumps(calibration.to_dict(), indent=2)},
+            extra_files=back_end_files(back_end),  # calibration.json, qmf.json
         )
     test_scored = brain.score(test, test_trials, loader)
     hparams["train_logger"].log_stats(
         {"Epoch loaded": hparams["epoch_counter"].current},
         test_stats=_log_stats(test_scored.metrics),
     )
-    return out, test_scored, calibration_metrics(*test_scored[:2], calibration)
+    quality = dataset_quality(test, test_trials, brain.embeddings)
+    return out, test_scored, back_end_metrics(back_end, *test_scored[:2], quality)
 
 
 def train(argv):
@@ -229,8 +229,8 @@ def train(argv):
         print(
             f"[{hparams['loss_name']}] test EER {m['EER']:.2f} %  minDCF(0.01) "
             f"{m['minDCF_0.01']:.4f}  minDCF(0.05) {m['minDCF_0.05']:.4f}  Cllr "
-            f"{cal['Cllr']:.3f} (min {cal['minCllr']:.3f})  "
-            f"(best dev-EER checkpoint, exported to {out})"
+            f"{cal['Cllr']:.3f} (min {cal['minCllr']:.3f})  QMF: EER {cal['QMF']['EER']:.2f} % "
+            f"Cllr {cal['QMF']['Cllr']:.3f}  (best dev-EER checkpoint, exported to {out})"
         )
     return brain
 
