@@ -4,8 +4,8 @@
     python recipes/VoxCeleb/MaskProxy/train_speaker_embeddings.py \
         recipes/VoxCeleb/MaskProxy/hparams/mp_balance.yaml [--overrides]
 
-Run from the repository root. With no override it trains on the built-in corpus (made
-if absent) at the yaml's ``builtin`` scale; for VoxCeleb see the recipe README.
+From the repository root; with no override it trains on the built-in corpus (made if
+absent) at the yaml's ``builtin`` scale; for VoxCeleb see the recipe README.
 
 The data flow, top to bottom in :func:`train`: lists -> manifests -> datasets and the
 speaker-grouped sampler -> ``fit`` (each epoch: training, then the EER on the held-out dev
@@ -33,15 +33,11 @@ from maskproxy_losses.data.trials import read_prepared_trials
 from maskproxy_losses.inference.export import unwrap
 from maskproxy_losses.scoring.cosine import score_trials
 from maskproxy_losses.scoring.metrics import verification_metrics
+from maskproxy_losses.training import back_end  # calibration + QMF on the dev trials
 from maskproxy_losses.training.averaging import keep_kwargs, load_average
-from maskproxy_losses.training.back_end import (
-    back_end_files,
-    back_end_metrics,
-    dataset_quality,
-    fit_back_end,
-)
 from maskproxy_losses.training.batch_trace import BatchTrace
 from maskproxy_losses.training.brain import GroupedBatchBrain
+from maskproxy_losses.training.health import warn_if_near_chance
 from maskproxy_losses.training.hparams import load_recipe_hparams, recipe_copy
 from maskproxy_losses.training.recipe_setup import (
     dataio_prep,
@@ -121,6 +117,7 @@ class SpeakerBrain(GroupedBatchBrain):
                 "b": loss_fn.b.item() if hasattr(loss_fn, "b") else float("nan"),
                 "utt_per_s": round(self.n_utts / (time.perf_counter() - self.stage_start), 1),
             }
+            warn_if_near_chance(loss_fn, self.hparams, epoch, self.train_stats["acc"])
         elif stage == sb.Stage.VALID:  # the dev EER keeps the best checkpoint, drives the lr
             stats = _log_stats(
                 verification_metrics(*score_trials(self.embeddings, self.dev_trials))
@@ -164,7 +161,8 @@ def calibrate_export_and_test(brain, hparams, dev, test, dev_trials, test_trials
     returns ``(model dir, test Scored, back-end metrics on the test trials)``."""
     loader = hparams["verification_loader"]
     dev_scored = brain.score(dev, dev_trials, loader)
-    back_end = fit_back_end(*dev_scored[:2], dataset_quality(dev, dev_trials, brain.embeddings))
+    quality = back_end.dataset_quality(dev, dev_trials, brain.embeddings)
+    fitted = back_end.fit_back_end(*dev_scored[:2], quality)
     out = None
     if if_main_process():  # the model is saved before anything else can fail
         out = export_model(
@@ -173,15 +171,15 @@ def calibrate_export_and_test(brain, hparams, dev, test, dev_trials, test_trials
             frontend=hparams.get("frontend", "fbank"),
             n_mels=hparams["n_mels"],
             overwrite=True,
-            extra_files=back_end_files(back_end),  # calibration.json, qmf.json
+            extra_files=back_end.back_end_files(fitted),  # calibration.json, qmf.json
         )
     test_scored = brain.score(test, test_trials, loader)
     hparams["train_logger"].log_stats(
         {"Epoch loaded": hparams["epoch_counter"].current},
         test_stats=_log_stats(test_scored.metrics),
     )
-    quality = dataset_quality(test, test_trials, brain.embeddings)
-    return out, test_scored, back_end_metrics(back_end, *test_scored[:2], quality)
+    quality = back_end.dataset_quality(test, test_trials, brain.embeddings)
+    return out, test_scored, back_end.back_end_metrics(fitted, *test_scored[:2], quality)
 
 
 def train(argv):
