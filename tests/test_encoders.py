@@ -2,7 +2,9 @@
 published sizes, SpeechBrain's ECAPA unchanged, padding, no host reads in the forward
 pass, and the encoder yamls spliced into every loss yaml (issue 26)."""
 
+import json
 import math
+import statistics
 
 import pytest
 import torch
@@ -214,3 +216,27 @@ def test_bad_encoder_choices_are_named(tmp_path):
     assert compose_recipe(copy, "tiny")[1] is None
     with pytest.raises(InputError, match="builds encoder tiny itself"):
         compose_recipe(copy, "resnet34")
+
+
+def test_summarize_encoders_reports_mean_and_spread_over_seeds(tmp_path):
+    import summarize_encoders
+
+    def metrics(eer, cllr, qmf_eer=None):
+        m = {"EER": eer, "minDCF_0.01": 0.5, "Cllr": cllr, "minCllr": cllr - 0.1}
+        if qmf_eer is not None:
+            m["QMF"] = {"EER": qmf_eer, "minDCF_0.01": 0.4, "Cllr": 0.3, "minCllr": 0.2}
+        return m
+
+    for seed, eer in (("1", 10.0), ("2", 14.0)):
+        for kind, value in (("cosine", metrics(eer, 0.6, eer - 1)), ("asnorm", metrics(9.0, 1))):
+            folder = tmp_path / "resnet34+aam" / seed / kind
+            folder.mkdir(parents=True)
+            (folder / "metrics.json").write_text(json.dumps(value))
+    (tmp_path / "ecapa_tdnn+ap" / "1" / "cosine").mkdir(parents=True)  # unfinished: no row
+    lines = summarize_encoders.summarize(tmp_path).splitlines()
+    assert len(lines) == 3 and lines[0].count("|") == lines[1].count("|")
+    cells = [c.strip() for c in lines[2].strip("|").split("|")]
+    sd = statistics.stdev([10.0, 14.0])
+    assert cells[:5] == ["resnet34", "aam", "2 (1, 2)", f"12.00 ± {sd:.2f}", "0.500 ± 0.000"]
+    assert cells[6] == f"11.00 ± {sd:.2f}"  # cosine + QMF
+    assert cells[-3:] == ["-", "-", "- (-)"]  # no QMF in that asnorm file
