@@ -126,7 +126,7 @@ def test_averaging_fine_tuning_and_the_tools(corpus, tmp_path, capsys, recipe_ar
     with np.load(tmp_path / "e.npz") as z:
         alone = encoder_.encode_batch(read_wav(wavs[0])[None]).reshape(-1).numpy()
         cosine = alone @ z["embeddings"][0] / np.linalg.norm(alone) / z["norms"][0]
-        assert cosine > 0.999  # batched (padded) vs alone: exact for ResNet34, close for ECAPA
+        assert cosine > 0.99  # batched (padded) vs alone: exact for ResNet34, close for ECAPA
     by_speaker = {}
     for w in wavs:
         by_speaker.setdefault(w.parent.parent.name, []).append(w)
