@@ -34,6 +34,8 @@ _HOMES = {
     "group_by_speaker": "losses",
     "SpeakerBatchSampler": "data.sampler",
     "ResNetSE34L": "models.resnetse34l",
+    "ResNet34": "models.resnet34",
+    "ECAPA_TDNN": "models.ecapa_tdnn",
     "build_frontend": "models.frontend",
     "export_model": "inference.export",
     "SpeakerEmbedder": "inference.api",

@@ -267,16 +267,41 @@ def test_summarize_puts_variant_rows_after_their_file(tmp_path):
     assert rows == ["mp_balance", "mp_balance+avg5", "mp_balance+ft", "aam", "aam+sp"]
 
 
-def test_aam_final_lr_is_the_dev_choice_on_the_builtin_corpus_only(tmp_path):
-    # The built-in corpus's short run decays 20x (chosen on its dev split); VoxCeleb runs
-    # keep WeSpeaker's 1e-1 -> 5e-5; the command line wins over both.
+def test_aam_final_lr_keeps_wespeakers_per_epoch_decay_at_least_20x(tmp_path):
+    # WeSpeaker decays 2000x over 150 epochs; a run of E epochs decays 2000 ** (E / 150)x,
+    # but at least 20x (the built-in corpus's dev choice at 30 epochs) and at most 2000x.
+    # The command line wins.
     from maskproxy_losses.training.hparams import load_recipe_hparams
 
     aam = RECIPE / "hparams" / "aam.yaml"
     out = f"output_folder: {tmp_path}\n"
-    builtin, _ = load_recipe_hparams(aam, out)
-    voxceleb, _ = load_recipe_hparams(aam, out + "builtin_corpus: False")
-    given, _ = load_recipe_hparams(aam, out + "final_lr: 0.001")
-    for hparams, final in ((builtin, 0.005), (voxceleb, 0.00005), (given, 0.001)):
-        assert hparams["final_lr"] == final
-        assert hparams["lr_scheduler"].final_lr == final
+    cases = {
+        "": 0.1 / 20,  # built-in corpus: 30 epochs
+        "builtin_corpus: False": 0.1 / 2000,  # VoxCeleb: 500 epochs
+        "builtin_corpus: False\nnumber_of_epochs: 4": 0.1 / 20,  # a user's short run
+        "builtin_corpus: False\nnumber_of_epochs: 100": 0.1 / 2000 ** (100 / 150),
+        "builtin_corpus: False\nnumber_of_epochs: 150": 0.1 / 2000,
+        "final_lr: 0.001": 0.001,
+    }
+    for overrides, final in cases.items():
+        hparams, _ = load_recipe_hparams(aam, out + overrides)
+        assert hparams["final_lr"] == pytest.approx(final, rel=1e-12), overrides
+        assert hparams["lr_scheduler"].final_lr == hparams["final_lr"]
+
+
+def test_training_accuracy_near_chance_after_the_warm_up_is_logged(caplog):
+    from maskproxy_losses import build_loss
+    from maskproxy_losses.training.health import warn_if_near_chance
+
+    aam = build_loss("aam", n_classes=1000, emb_dim=8)
+    ap = build_loss("ap")
+    hparams = {"speakers_per_batch": 20, "warmup_epochs": 0.16, "number_of_epochs": 4}
+    with caplog.at_level("WARNING", logger="maskproxy_losses.training.health"):
+        assert not warn_if_near_chance(aam, hparams, 1, 0.002)  # epoch 1 ends in the warm-up
+        assert warn_if_near_chance(aam, hparams, 2, 0.002)  # 2x chance (1 / 1000)
+        assert not warn_if_near_chance(aam, hparams, 2, 0.004)  # 4x chance
+        assert warn_if_near_chance(ap, {"speakers_per_batch": 20}, 1, 0.1)  # 2x 1 / 20
+        assert not warn_if_near_chance(ap, {"speakers_per_batch": 20}, 1, 0.2)
+    assert len(caplog.records) == 2
+    assert "0.20 % after epoch 2 is near chance (0.10 %)" in caplog.records[0].getMessage()
+    assert "a run of 4 epochs" in caplog.records[0].getMessage()

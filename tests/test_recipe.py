@@ -297,6 +297,7 @@ def test_model_is_exported_before_test_scoring(corpus, tmp_path, monkeypatch, re
         "calibration.json",
         "embedding_model.ckpt",
         "hyperparams.yaml",
+        "qmf.json",
     ]
     card = read_model_card(model)  # the dev results are in; the test results never came
     assert "dev" in card["evaluation"] and "test" not in card["evaluation"]

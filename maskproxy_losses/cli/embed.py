@@ -94,8 +94,10 @@ def build(name, parser):
     if name == "embed":
         parser.description = (
             "Embed audio files (any sample rate: resampled to 16 kHz, channels averaged) into "
-            "OUT.npz holding 'paths' (as given) and "
-            "'embeddings' [N, D] float32. Every file is checked before anything is embedded."
+            "OUT.npz holding 'paths' (as given), 'embeddings' [N, D] float32 (raw: not "
+            "length-normalised) and the quality measures of quality-aware calibration "
+            "(qmf.json): 'durations' (seconds) and 'norms' (of the raw embeddings). Every file "
+            "is checked before anything is embedded."
         )
         _audio_options(parser, inputs=True)
         parser.add_argument("--output", required=True, metavar="OUT.npz", help="the .npz to write")
@@ -138,8 +140,9 @@ def build(name, parser):
         return _run_identify
     parser.description = (
         "Score two audio files with MODEL_DIR: the cosine of their embeddings and, when "
-        "MODEL_DIR has calibration.json, the calibrated LLR and the accept / reject decision at "
-        "the Bayes threshold of --p-target."
+        "MODEL_DIR has qmf.json (quality-aware: the score, both durations and embedding norms) "
+        "or calibration.json, the calibrated LLR and the accept / reject decision at the Bayes "
+        "threshold of --p-target."
     )
     add_model_options(parser)
     _resample_option(parser)
@@ -238,6 +241,8 @@ def _run_embed(args):
         buf,
         paths=np.array([e[0] for e in entries], dtype=str),
         embeddings=emb,
+        durations=np.asarray(stats["seconds"], dtype=np.float32),
+        norms=np.linalg.norm(emb, axis=1).astype(np.float32),
         model_fingerprint=np.array(model.fingerprint),
     )
     atomic_write_bytes(args.output, buf.getvalue())
@@ -344,11 +349,14 @@ def _run_verify(args):
     _note({"note": note})
     print(f"score: {result.score:.6f} (cosine)")
     if result.llr is None:
-        print(f"no calibration: {args.model_dir} has no calibration.json, so no decision")
+        print(
+            f"no calibration: {args.model_dir} has no qmf.json or calibration.json, so no decision"
+        )
     else:
         decision = "accept (same speaker)" if result.accept else "reject (different speakers)"
+        how = "qmf.json" if result.calibrated_with == "qmf" else "calibration.json"
         print(
-            f"llr: {result.llr:.4f}; {decision} at p_target {args.p_target:g} "
+            f"llr: {result.llr:.4f} ({how}); {decision} at p_target {args.p_target:g} "
             f"(threshold {result.threshold:.4f})"
         )
     return 0

@@ -57,6 +57,7 @@ from maskproxy_losses.inference.embedding import (
 from maskproxy_losses.inference.model_dir import load_encoder
 from maskproxy_losses.scoring.calibration import bayes_threshold, load_model_calibration
 from maskproxy_losses.scoring.cosine import cosine_scores
+from maskproxy_losses.scoring.qmf import indexed_quality, qmf_for
 from maskproxy_losses.utils.errors import InputError, problem_key
 from maskproxy_losses.utils.files import check_writable_dir
 from maskproxy_losses.utils.precision import resolve_precision
@@ -156,7 +157,8 @@ def embed_files(
     embedded as the mean of chunks of at most that length (bounded memory). With
     ``cache_dir`` embeddings are cached there as the verification recipe does; ``stats``
     (a dict) receives ``hits``, ``computed``, ``fingerprint``, ``cache`` (the folder or
-    None), ``precision`` and ``note`` (which files were resampled or mixed down, or None;
+    None), ``precision``, ``seconds`` (each kept file's duration, the QMF quality
+    measure) and ``note`` (which files were resampled or mixed down, or None;
     also logged). ``precision``: ``auto`` (bfloat16 autocast where the device does it
     natively), ``fp32`` or ``bf16``. With ``resample`` (default) files at another rate
     than 16 kHz are resampled and stereo ones mixed down, as SpeechBrain's ``load_audio``
@@ -217,6 +219,7 @@ def embed_files(
             kept=kept,
             skipped=problems + sorted((bad or {}).values(), key=problem_key),
             note=note,
+            seconds=[samples[paths[i]] / SAMPLE_RATE for i in kept],
         )
     return emb[[row[paths[i]] for i in kept]].astype(np.float32)
 
@@ -225,13 +228,15 @@ def embed_files(
 @dataclasses.dataclass(frozen=True)
 class PairResult:
     """Result of :func:`verify_pair`: cosine ``score``; with calibration, ``llr`` (natural
-    log), ``accept`` (``llr >= threshold``) and the Bayes ``threshold``; else ``None``."""
+    log), ``accept`` (``llr >= threshold``) and the Bayes ``threshold``; else ``None``;
+    ``calibrated_with``: ``"qmf"`` (quality-aware), ``"linear"`` or ``None``."""
 
     score: float
     llr: float | None
     accept: bool | None
     threshold: float | None
     p_target: float
+    calibrated_with: str | None = None
 
 
 def verify_pair(
@@ -244,14 +249,17 @@ def verify_pair(
     precision="auto",
     calibration="model_dir",
     resample=True,
+    qmf="model_dir",
 ):
     """Score two wav files with ``model_dir`` (a path or a :class:`Model`): a
     :class:`PairResult`. To score many pairs, load the model once with :class:`Verifier`.
 
     Each file is embedded alone (no padding, no cache). The score is the cosine of the
-    two embeddings; with a calibration (by default the model directory's
-    ``calibration.json``, if any; or a ``Calibration``; or None) it is turned into an LLR
-    (``scale * score + offset``) and accepted when the LLR reaches the Bayes threshold
+    two embeddings; it is turned into an LLR by the quality-aware calibration ``qmf`` (by
+    default the model directory's ``qmf.json``, if any; or a ``QMF``; or None: the score,
+    the two durations and embedding norms) or else by ``calibration`` (by default the
+    model directory's ``calibration.json``, if any; or a ``Calibration``; or None:
+    ``scale * score + offset``), and accepted when the LLR reaches the Bayes threshold
     ``log((1 - p_target) / p_target)``. ``precision`` as in :func:`embed_files`. Bad input
     raises ``InputError`` naming the file.
     """
@@ -260,6 +268,9 @@ def verify_pair(
     model = model_dir if isinstance(model_dir, Model) else load_model(model_dir, device, trust)
     if isinstance(calibration, str) and calibration == "model_dir":
         calibration = load_model_calibration(model.model_dir)
+    if isinstance(qmf, str) and qmf == "model_dir":  # fitted on full-utterance cosine scores
+        qmf, _ = qmf_for(model.model_dir, "cosine", "none")
+    stats = {}
     emb = embed_files(
         model,
         [wav1, wav2],
@@ -268,13 +279,17 @@ def verify_pair(
         precision=precision,
         resample=resample,
         progress=False,
+        stats=stats,
     )
     score = float(cosine_scores(emb, [0], [1])[0])
-    if calibration is None:
+    if qmf is not None:
+        llr, used = float(qmf([score], indexed_quality(emb, stats["seconds"], [0], [1]))[0]), "qmf"
+    elif calibration is not None:
+        llr, used = float(calibration(score)), "linear"
+    else:
         return PairResult(score, None, None, None, float(p_target))
-    llr = float(calibration(score))
     threshold = bayes_threshold(p_target)
-    return PairResult(score, llr, bool(llr >= threshold), threshold, float(p_target))
+    return PairResult(score, llr, bool(llr >= threshold), threshold, float(p_target), used)
 
 
 # ------------------------------------------------------- the object API
@@ -320,6 +335,15 @@ def _waveform(audio, sample_rate):
             f"at least {MIN_SAMPLES} needed"
         )
     return wav.contiguous()
+
+
+def _seconds(audio, sample_rate):
+    """The duration of a file path (its header) or of a waveform at ``sample_rate``."""
+    if isinstance(audio, (str, os.PathLike)):
+        import soundfile as sf
+
+        return float(sf.info(str(audio)).duration)
+    return float(np.shape(audio)[-1]) / float(sample_rate)
 
 
 class SpeakerEmbedder:
@@ -443,7 +467,9 @@ class Verifier(SpeakerEmbedder):
 
     ``calibration``: the model directory's ``calibration.json`` (default; ``None`` when it
     has none), a :class:`~maskproxy_losses.scoring.calibration.Calibration`, or ``None``
-    (cosine scores only). Decisions accept when the LLR reaches the Bayes threshold of
+    (cosine scores only); ``qmf``: the model directory's ``qmf.json`` (default; used
+    before ``calibration`` when present), a :class:`~maskproxy_losses.scoring.qmf.QMF`, or
+    ``None``. Decisions accept when the LLR reaches the Bayes threshold of
     ``p_target``. ``verify(a, b)`` returns a :class:`PairResult`; ``enrol({speaker:
     [audio, ...]})`` an :class:`EnrolledSpeakers`; ``identify(audio, speakers)`` the
     top-k :class:`Match` list against those or a speakers file of ``maskproxy enrol``.
@@ -466,14 +492,18 @@ class Verifier(SpeakerEmbedder):
     'ann'
     """
 
-    def __init__(self, model_dir, p_target=0.01, calibration="model_dir", **kwargs):
+    def __init__(
+        self, model_dir, p_target=0.01, calibration="model_dir", qmf="model_dir", **kwargs
+    ):
         super().__init__(model_dir, **kwargs)
         if not 0.0 < float(p_target) < 1.0:
             raise InputError(f"p_target must be in (0, 1), got {p_target}")
         self.p_target = float(p_target)
         if isinstance(calibration, str) and calibration == "model_dir":
             calibration = load_model_calibration(self.model.model_dir)
-        self.calibration = calibration
+        if isinstance(qmf, str) and qmf == "model_dir":  # fitted on full-utterance cosine
+            qmf, _ = qmf_for(self.model.model_dir, "cosine", "none")
+        self.calibration, self.qmf = calibration, qmf
 
     def _decide(self, score, p_target):
         p = self.p_target if p_target is None else float(p_target)
@@ -489,10 +519,23 @@ class Verifier(SpeakerEmbedder):
         return float(cosine_scores(emb, [0], [1])[0])
 
     def verify(self, a, b, p_target=None, sample_rate=SAMPLE_RATE):
-        """:class:`PairResult` of ``a`` and ``b``: cosine, LLR, decision, threshold."""
-        score = self.score(a, b, sample_rate)
-        llr, accept, threshold, p = self._decide(score, p_target)
-        return PairResult(score, llr, accept, threshold, p)
+        """:class:`PairResult` of ``a`` and ``b``: cosine, LLR, decision, threshold. The
+        LLR comes from the model directory's ``qmf.json`` (the score, both durations and
+        embedding norms) when it has one, as in :func:`verify_pair`, else from its
+        ``calibration.json``."""
+        if self.qmf is None:
+            score = self.score(a, b, sample_rate)
+            llr, accept, threshold, p = self._decide(score, p_target)
+            return PairResult(
+                score, llr, accept, threshold, p, "linear" if llr is not None else None
+            )
+        emb = self._embed_all([a, b], sample_rate)
+        score = float(cosine_scores(emb, [0], [1])[0])
+        seconds = [_seconds(x, sample_rate) for x in (a, b)]
+        llr = float(self.qmf([score], indexed_quality(emb, seconds, [0], [1]))[0])
+        p = self.p_target if p_target is None else float(p_target)
+        threshold = bayes_threshold(p)
+        return PairResult(score, llr, bool(llr >= threshold), threshold, p, "qmf")
 
     def enrol(self, utterances, sample_rate=SAMPLE_RATE):
         """:class:`EnrolledSpeakers` of ``{speaker_id: [audio, ...]}`` (paths or waveforms)."""

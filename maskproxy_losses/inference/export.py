@@ -62,10 +62,13 @@ def render_hparams(embedding_model, frontend="fbank", n_mels=40):
     kwargs = getattr(model, "init_kwargs", None)
     if not isinstance(kwargs, dict):
         raise TypeError(f"{type(model).__name__} has no `init_kwargs` dict to rebuild it from")
-    if kwargs.get("n_mels", n_mels) != n_mels:
-        raise ValueError(f"model expects {kwargs['n_mels']} mels, the front end gives {n_mels}")
+    expected = kwargs.get("n_mels", kwargs.get("input_size", n_mels))  # ECAPA: input_size
+    if expected != n_mels:
+        raise ValueError(f"model expects {expected} mels, the front end gives {n_mels}")
     (feat_path, feat_kwargs), (norm_path, norm_kwargs) = frontend_spec(frontend, n_mels)
     cls = type(model)
+    # A class that only records SpeechBrain's constructor arguments exports as SpeechBrain's.
+    model_path = getattr(model, "export_path", f"{cls.__module__}.{cls.__qualname__}")
     return (
         "\n\n".join(
             [
@@ -74,7 +77,7 @@ def render_hparams(embedding_model, frontend="fbank", n_mels=40):
                 f"sample_rate: 16000\nn_mels: {int(n_mels)}",
                 _new("compute_features", feat_path, feat_kwargs),
                 _new("mean_var_norm", norm_path, norm_kwargs),
-                _new("embedding_model", f"{cls.__module__}.{cls.__qualname__}", kwargs),
+                _new("embedding_model", model_path, kwargs),
                 "modules:\n"
                 "    compute_features: !ref <compute_features>\n"
                 "    mean_var_norm: !ref <mean_var_norm>\n"
@@ -105,11 +108,13 @@ def export_model(
         Directory to create. An existing non-empty one is only replaced when
         ``overwrite`` is True.
     embedding_model : torch.nn.Module
-        Model with an ``init_kwargs`` dict (e.g. ``ResNetSE34L``); DataParallel,
-        DDP and torch.compile wrappers are unwrapped.
+        Model with an ``init_kwargs`` dict (``ResNetSE34L``, ``ResNet34``, ``ECAPA_TDNN``;
+        an ``export_path`` attribute names the class to write instead of its own);
+        DataParallel, DDP and torch.compile wrappers are unwrapped.
     frontend : str
-        "fbank" (SpeechBrain Fbank + sentence mean/var norm, used in training) or
-        "authors" (the authors' log-mel + instance norm).
+        A preset of :mod:`maskproxy_losses.models.frontend`: "fbank" (SpeechBrain Fbank +
+        sentence mean/var norm, ResNetSE34L's in training), "fbank_cmn" (mean norm only,
+        ResNet34's and ECAPA-TDNN's) or "authors" (the authors' log-mel + instance norm).
     n_mels : int
         Number of mel bins of the front end.
     overwrite : bool

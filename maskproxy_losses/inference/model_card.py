@@ -103,6 +103,9 @@ def metrics_summary(metrics, calibration_metrics=None):
     for key in ("Cllr", "minCllr"):
         if calibration_metrics and key in calibration_metrics:
             out[key] = round(float(calibration_metrics[key]), 4)
+    qmf = (calibration_metrics or {}).get("QMF")  # the quality-aware calibration's
+    if qmf and "Cllr" in qmf:
+        out["Cllr_QMF"] = round(float(qmf["Cllr"]), 4)
     return out
 
 

@@ -61,6 +61,9 @@ ALLOWED_CONSTRUCTORS = frozenset(
         "speechbrain.processing.features.InputNormalization",
         "speechbrain.utils.parameter_transfer.Pretrainer",
         "maskproxy_losses.models.resnetse34l.ResNetSE34L",
+        "maskproxy_losses.models.resnet34.ResNet34",
+        "maskproxy_losses.models.ecapa_tdnn.ECAPA_TDNN",
+        "speechbrain.lobes.models.ECAPA_TDNN.ECAPA_TDNN",  # what an ECAPA_TDNN exports as
         "maskproxy_losses.models.frontend.AuthorsFbank",
         "maskproxy_losses.models.frontend.InstanceNorm",
         "maskproxy_losses.encoder.ResNetSE34L",

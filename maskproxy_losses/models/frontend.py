@@ -1,4 +1,6 @@
-"""Feature front ends: the authors' log-mel + instance norm, and SpeechBrain's Fbank.
+"""Feature front ends: the authors' log-mel + instance norm, and SpeechBrain's Fbank with
+per-utterance mean and variance normalisation (``fbank``, ResNetSE34L's) or mean
+normalisation only (``fbank_cmn``, the 80 log-mel front end of ResNet34 and ECAPA-TDNN).
 
 :class:`DeviceFbank` is SpeechBrain's ``Fbank`` (the same features) with its constants
 (the STFT window and the mel matrix) kept as buffers on the module's device, where
@@ -163,6 +165,13 @@ FRONTENDS = {
             {"norm_type": "sentence", "std_norm": True},
         ),
     ),
+    "fbank_cmn": (
+        ("speechbrain.lobes.features.Fbank", {"n_mels": "{n_mels}"}),
+        (
+            "speechbrain.processing.features.InputNormalization",
+            {"norm_type": "sentence", "std_norm": False},
+        ),
+    ),
 }
 
 
@@ -177,7 +186,7 @@ def frontend_spec(name, n_mels=40):
 
 
 def build_frontend(name, n_mels=40):
-    """Instantiate preset ``name`` ("authors" or "fbank") as
+    """Instantiate preset ``name`` ("authors", "fbank" or "fbank_cmn") as
     ``(compute_features, mean_var_norm)`` modules."""
     modules = []
     for path, kwargs in frontend_spec(name, n_mels):

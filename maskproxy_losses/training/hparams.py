@@ -15,6 +15,14 @@ Anything HyperPyYAML still cannot build from the file is one line naming the fil
 :func:`read_tagged_yaml` reads a file with its tags kept as values (``{"!new:X": args}``),
 for comparing two runs' settings (:mod:`maskproxy_losses.training.run_folder`).
 
+The encoder: a recipe file names it in a top-level ``encoder: NAME`` line, and
+:func:`compose_recipe` splices ``encoders/NAME.yaml`` (beside the recipe file: its front
+end, ``n_mels``, ``emb_dim``, ``channels`` and ``embedding_model``) in after that line, so
+``--encoder resnet34`` trains every loss with another encoder and the encoder's keys are
+overridden as any other (``--channels [8,16,32,64]``). :func:`recipe_copy` writes the
+spliced file into the run's folder, where SpeechBrain's resolved ``hyperparams.yaml``
+copy is made from it.
+
 Example
 -------
 >>> data, tags = read_plain_yaml("a: !ref <b>\\nb: 1\\n")
@@ -24,13 +32,23 @@ Example
 
 import difflib
 import logging
+import re
+from pathlib import Path
 
 import yaml
 
 from maskproxy_losses.training.options import check_values
 from maskproxy_losses.utils.errors import InputError
+from maskproxy_losses.utils.files import atomic_write_text
 
-__all__ = ["read_plain_yaml", "read_tagged_yaml", "check_override_keys", "load_recipe_hparams"]
+__all__ = [
+    "read_plain_yaml",
+    "read_tagged_yaml",
+    "check_override_keys",
+    "compose_recipe",
+    "recipe_copy",
+    "load_recipe_hparams",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -113,6 +131,90 @@ def check_override_keys(keys, valid, source):
         raise InputError(problems)
 
 
+_ENCODER_LINE = re.compile(r"^encoder:[ \t]*([^\s#]*)[^\n]*$", re.MULTILINE)
+
+
+def encoder_names(folder):
+    """The encoder yamls of ``folder`` (``NAME.yaml`` -> ``NAME``), sorted."""
+    return sorted(p.stem for p in Path(folder).glob("*.yaml"))
+
+
+def compose_recipe(hparams_file, encoder=None):
+    """``(text, encoder file or None)``: the recipe file with ``encoders/<encoder>.yaml``
+    spliced in after its top-level ``encoder:`` line (``encoder`` None: the line's own
+    value). A file with no such line, or one that builds ``embedding_model`` itself (a
+    copy :func:`recipe_copy` wrote), is returned as it is.
+
+    >>> import tempfile, os
+    >>> folder = tempfile.mkdtemp(); os.mkdir(os.path.join(folder, "encoders"))
+    >>> _ = open(os.path.join(folder, "encoders", "tiny.yaml"), "w").write("emb_dim: 8\\n")
+    >>> _ = open(os.path.join(folder, "r.yaml"), "w").write("a: 1\\nencoder: tiny\\nb: 2\\n")
+    >>> print(compose_recipe(os.path.join(folder, "r.yaml"))[0], end="")
+    a: 1
+    encoder: tiny   # spliced in: encoders/tiny.yaml
+    emb_dim: 8
+    b: 2
+    """
+    with open(hparams_file, encoding="utf-8") as f:
+        text = f.read()
+    lines = list(_ENCODER_LINE.finditer(text))
+    if not lines:
+        if encoder is not None:
+            raise InputError(f"{hparams_file}: has no top-level encoder: line to override")
+        return text, None
+    if len(lines) > 1:
+        raise InputError(f"{hparams_file}: more than one top-level encoder: line")
+    own = lines[0].group(1)
+    name = own if encoder is None else str(encoder)
+    if re.search(r"^embedding_model:", text, re.MULTILINE):  # complete already (a run's copy)
+        if name != own:
+            raise InputError(
+                f"{hparams_file}: builds encoder {own} itself (a run's copy); --encoder "
+                "applies to the recipe files in hparams/"
+            )
+        return text, None
+    folder = Path(hparams_file).parent / "encoders"
+    names = encoder_names(folder)
+    if name not in names:
+        raise InputError(
+            f"{hparams_file}: unknown encoder {name!r}; choose one of "
+            f"{', '.join(names) or '(none found)'} (the yamls in {folder})"
+        )
+    path = folder / f"{name}.yaml"
+    with open(path, encoding="utf-8") as f:
+        spliced = f.read().rstrip("\n")
+    try:
+        keys = set(read_plain_yaml(spliced)[0] or {})
+    except yaml.YAMLError as err:
+        raise InputError(f"{path}: not valid YAML ({str(err).splitlines()[0]})") from None
+    both = keys & set(read_plain_yaml(text)[0] or {})  # its YAML errors name hparams_file
+    if both:
+        raise InputError(
+            f"{hparams_file}: defines {', '.join(sorted(both))}, which the encoder file "
+            f"{path} defines too; keep them in one of the two"
+        )
+    line = f"encoder: {name}   # spliced in: encoders/{name}.yaml\n"
+    return text[: lines[0].start()] + line + spliced + text[lines[0].end() :], path
+
+
+def recipe_copy(hparams_file, overrides, folder):
+    """The recipe file to give ``sb.create_experiment_directory``: ``hparams_file`` itself,
+    or, when an encoder yaml is spliced in, that text written to
+    ``folder/<name>.<encoder>.yaml`` (on the main process; its path is returned on every
+    process). ``overrides``: the text :func:`load_recipe_hparams` returned."""
+    from speechbrain.utils.distributed import if_main_process
+
+    given = (read_plain_yaml(overrides)[0] if overrides else None) or {}
+    text, encoder_file = compose_recipe(hparams_file, given.get("encoder"))
+    if encoder_file is None:
+        return str(hparams_file)
+    path = Path(folder) / f"{Path(hparams_file).stem}.{encoder_file.stem}.yaml"
+    if if_main_process():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(path, text)
+    return str(path)
+
+
 def load_recipe_hparams(hparams_file, overrides="", losses=None):
     """``(hparams, overrides)``: the loaded recipe and the overrides it was loaded with
     (the built-in scale merged in; give them to ``sb.create_experiment_directory``).
@@ -124,13 +226,14 @@ def load_recipe_hparams(hparams_file, overrides="", losses=None):
 
     if losses is None:
         from maskproxy_losses.losses import LOSSES as losses
-    with open(hparams_file, encoding="utf-8") as f:
-        text = f.read()
     try:
-        raw, _ = read_plain_yaml(text)
         given = (read_plain_yaml(overrides)[0] if overrides else None) or {}
+        text, encoder_file = compose_recipe(hparams_file, given.get("encoder"))
+        raw, _ = read_plain_yaml(text)
     except yaml.YAMLError as err:
         raise InputError(f"{hparams_file}: not valid YAML ({str(err).splitlines()[0]})") from None
+    if encoder_file is not None:
+        logger.info("encoder: %s (%s)", raw.get("encoder"), encoder_file)
     check_override_keys(given, raw, hparams_file)
     loss_name = given.get("loss_name", raw.get("loss_name"))
     if loss_name is not None and loss_name not in losses:

@@ -160,6 +160,8 @@ def check_values(settings):
         value = settings.get(key)
         if key not in settings or (isinstance(value, str) and "<" in value):
             continue  # not in this yaml, or derived (!ref): checked where it comes from
+        if isinstance(value, dict):  # computed (!apply: its arguments): checked there
+            continue
         if not test(value):
             problems.append(f"--{key} {value}: must be {what}")
     share = settings.get("dev_share")

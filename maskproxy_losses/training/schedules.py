@@ -9,6 +9,11 @@ checkpointed with the run.
   ``StepLR`` (``lr * gamma ** (epoch // step_size)``) it is the ``steplr`` scheduler of
   voxceleb_trainer (Chung et al. 2020; ``--lr 0.001 --lr_decay 0.95``, decay every
   ``test_interval`` = 10 epochs).
+- :func:`run_final_lr`: the final lr of a run of any length from a reference schedule's
+  lr decay: the reference's decay *per epoch*, but at least ``min_decay`` (20x, chosen on
+  the built-in corpus's dev split) and at most the reference's total, so that a short run
+  is neither a long run squeezed (WeSpeaker's 2000x in 4 epochs leaves AAM at chance)
+  nor left undecayed.
 - :class:`WarmupExponentialLR`: set before every optimiser step; an exponential decay
   from ``lr`` to ``final_lr`` over the whole run, times a linear warm-up from zero and a
   batch-size factor ``lr_scale`` (WeSpeaker's ``ExponentialDecrease`` with
@@ -42,11 +47,32 @@ import warnings
 import torch
 from speechbrain.utils.checkpoints import mark_as_loader, mark_as_saver, register_checkpoint_hooks
 
-__all__ = ["EpochScheduler", "WarmupExponentialLR", "scheduled_optimizer"]
+__all__ = ["EpochScheduler", "WarmupExponentialLR", "run_final_lr", "scheduled_optimizer"]
 
 
 def _lr(optimizer):
     return optimizer.param_groups[0]["lr"]
+
+
+def run_final_lr(lr, reference_final_lr, reference_epochs, n_epochs, min_decay=20.0):
+    """The final lr of an ``n_epochs`` run whose reference decays from ``lr`` to
+    ``reference_final_lr`` over ``reference_epochs``: ``lr / D`` with the decay
+
+    ``D = clamp(R ** (n_epochs / reference_epochs), min(min_decay, R), R)``, ``R = lr /
+    reference_final_lr``,
+
+    i.e. the reference's per-epoch rate, at least ``min_decay`` and at most ``R``. For
+    WeSpeaker's AAM schedule (0.1 -> 5e-5 over 150 epochs, R = 2000): 20x up to 59
+    epochs (0.005: the built-in corpus's dev choice at 30 epochs), 2000x from 150.
+
+    >>> [round(run_final_lr(0.1, 5e-5, 150, e), 6) for e in (4, 30, 100, 150, 500)]
+    [0.005, 0.005, 0.00063, 5e-05, 5e-05]
+    """
+    total = float(lr) / float(reference_final_lr)
+    if total < 1 or n_epochs <= 0 or reference_epochs <= 0:
+        raise ValueError("need lr >= reference_final_lr and positive epoch counts")
+    per_epoch = total ** (float(n_epochs) / float(reference_epochs))
+    return float(lr) / min(total, max(min(float(min_decay), total), per_epoch))
 
 
 @register_checkpoint_hooks

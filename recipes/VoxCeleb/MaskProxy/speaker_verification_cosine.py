@@ -23,7 +23,13 @@ import torch
 from hyperpyyaml import load_hyperpyyaml
 
 from data_prep.demo_corpus import prepare_builtin
-from maskproxy_losses.data.trials import read_manifest_wavs, usable_speaker_wavs, usable_trials
+from maskproxy_losses.data.audio import SAMPLE_RATE
+from maskproxy_losses.data.trials import (
+    index_trials,
+    read_manifest_wavs,
+    usable_speaker_wavs,
+    usable_trials,
+)
 from maskproxy_losses.inference.api import check_device
 from maskproxy_losses.inference.embedding import (
     Embedder,
@@ -35,11 +41,12 @@ from maskproxy_losses.inference.embedding import (
 )
 from maskproxy_losses.inference.model_dir import load_encoder
 from maskproxy_losses.scoring import cosine as scoring
-from maskproxy_losses.scoring.calibration import calibration_for, calibration_metrics, min_cllr
-from maskproxy_losses.scoring.metrics import verification_metrics
+from maskproxy_losses.scoring.calibration import calibration_for
 from maskproxy_losses.scoring.plots import plot_det_and_scores, plot_embedding_map
+from maskproxy_losses.scoring.qmf import QMF_FILE, fit_qmf, indexed_quality, qmf_for
+from maskproxy_losses.scoring.report import assess, verification_summary
 from maskproxy_losses.training.options import split_arguments
-from maskproxy_losses.utils.errors import InputError, report, run_cli
+from maskproxy_losses.utils.errors import InputError, run_cli
 from maskproxy_losses.utils.files import atomic_write_lines, atomic_write_text
 from maskproxy_losses.utils.precision import resolve_precision
 
@@ -105,18 +112,21 @@ def build_embedder(hparams, device, crops):
     return embed, cache, precision, model_hash
 
 
-def score(embed, trials, lengths, cohort, hparams, norm):
-    """``(trials, scores, counts, cohort summary, problems)``: raw (cosine or ten-crop)
-    scores, normalised against the cohort's speaker means when asked; counts are cache hits
-    / computed; with ``skip_bad`` trials and cohort rows whose audio embeds to NaN / Inf are
-    dropped (``problems``), else such a file stops the run, named by its line."""
+def score(embed, trials, lengths, cohort, hparams, norm, source=None):
+    """``(trials, scores, counts, cohort summary, problems, quality)``: raw (cosine or
+    ten-crop) scores, normalised against the cohort's speaker means when asked; counts are
+    cache hits / computed; with ``skip_bad`` trials and cohort rows whose audio embeds to
+    NaN / Inf are dropped (``problems``), else such a file stops the run, named by its
+    line; the trials' durations and embedding norms (for QMF)."""
     skip = bool(hparams.get("skip_bad", False))
     trials, emb, enrol, test, counts, problems = embed_trials(
-        embed, trials, lengths, hparams["trials_file"], skip
+        embed, trials, lengths, source or hparams["trials_file"], skip
     )
+    keys, _, _ = index_trials((t.enrol_path, t.test_path) for t in trials)  # emb's rows
+    quality = indexed_quality(emb, [lengths[k] / SAMPLE_RATE for k in keys], enrol, test)
     scores = (scoring.ten_crop_scores if emb.ndim == 3 else scoring.cosine_scores)(emb, enrol, test)
     if cohort is None:
-        return trials, scores, counts, None, problems
+        return trials, scores, counts, None, problems, quality
     rows, c_emb, c_counts, c_problems = embed_rows(embed, *cohort, skip)
     speakers, means = scoring.speaker_means(c_emb, [r[1] for r in rows])
     top_n = int(hparams["cohort_top_n"]) if norm == "asnorm" else None
@@ -124,21 +134,20 @@ def score(embed, trials, lengths, cohort, hparams, norm):
     counts = (counts[0] + c_counts[0], counts[1] + c_counts[1])
     info = {"cohort_csv": str(hparams["cohort_csv"]), "speakers": len(speakers)}
     info.update(utterances=len(rows), top_n=top_n)
-    return trials, scores, counts, info, problems + c_problems
+    return trials, scores, counts, info, problems + c_problems, quality
 
 
-def assess(scores, labels, hparams, mode, norm):
-    """``(metrics, calibration, its file)``: EER / minDCF, and Cllr / actDCF with the
-    model directory's (or the given) calibration, else min-Cllr alone."""
-    metrics = verification_metrics(scores, labels)
-    calibration, where = calibration_for(
-        hparams["pretrained_path"], mode, norm, hparams.get("calibration")
-    )
-    if calibration:
-        metrics.update(calibration_metrics(scores, labels, calibration))
-    else:
-        metrics["minCllr"] = min_cllr(scores, labels)
-    return metrics, calibration, where
+def fit_qmf_on(hparams, embed, cohort, mode, norm, out_dir, skip_bad):
+    """``(QMF, its file)`` fitted on ``qmf_fit_trials`` scored as the test trials (same
+    mode, normalisation and cohort), saved as ``out_dir/qmf.json``."""
+    trials, lengths, _ = usable_trials(hparams["qmf_fit_trials"], None, None, skip_bad)
+    source = hparams["qmf_fit_trials"]
+    trials, scores, _, _, _, quality = score(embed, trials, lengths, cohort, hparams, norm, source)
+    labels, source = [t.label for t in trials], str(Path(hparams["qmf_fit_trials"]).resolve())
+    qmf = fit_qmf(scores, labels, quality, hparams["qmf_features"], source=source)
+    qmf.meta = {"score_mode": mode, "norm": norm}
+    qmf.save(out_dir / QMF_FILE)
+    return qmf, str(out_dir / QMF_FILE)
 
 
 def embedding_map(hparams, embed, out_dir):
@@ -153,28 +162,6 @@ def embedding_map(hparams, embed, out_dir):
     plot_embedding_map(map_emb, [r[1] for r in rows], out_dir / "embedding_map.png")
 
 
-def summary(metrics, problems, cache, calibration_file):
-    """The lines printed at the end of a run."""
-    o, m = metrics["options"], metrics
-    lines = [f"skipped {len(problems)} bad entries:\n{report(problems)}"] if problems else []
-    lines += [
-        f"embeddings: {m['embedding_cache']['hits']} from cache, "
-        f"{m['embedding_cache']['computed']} computed ({cache.folder})",
-        f"trials: {m['n_trials']} ({m['n_target']} target, {m['n_nontarget']} non-target); "
-        f"score_mode={o['score_mode']}, norm={o['norm']}",
-        f"EER: {m['EER']:.4f}% (threshold {m['EER_threshold']:.6f})",
-        f"minDCF(p=0.01): {m['minDCF_0.01']:.4f}",
-        f"minDCF(p=0.05): {m['minDCF_0.05']:.4f}",
-    ]
-    if calibration_file:
-        lines.append(
-            f"Cllr: {m['Cllr']:.4f} (min {m['minCllr']:.4f}), actDCF(p=0.01): "
-            f"{m['actDCF_0.01']:.4f}, actDCF(p=0.05): {m['actDCF_0.05']:.4f} "
-            f"(calibration: {calibration_file})"
-        )
-    return "\n".join(lines)
-
-
 def run(hparams, device="cpu"):
     """Score the trials described by ``hparams``; write outputs; return the metrics."""
     t0, skip_bad = time.time(), bool(hparams.get("skip_bad", False))
@@ -184,14 +171,22 @@ def run(hparams, device="cpu"):
     out_dir.mkdir(parents=True, exist_ok=True)
     trials, lengths, problems = load_trials(hparams, skip_bad)
     cohort, c_problems = load_cohort(hparams, norm, skip_bad)
-    trials, scores, (hits, computed), cohort_info, bad = score(
+    trials, scores, (hits, computed), cohort_info, bad, quality = score(
         embed, trials, lengths, cohort, hparams, norm
     )
     problems += c_problems + bad
     labels = np.array([t.label for t in trials])
-    metrics, calibration, calibration_file = assess(scores, labels, hparams, mode, norm)
-    calibrated = bool(calibration and hparams.get("calibrated_scores"))
-    written = calibration(scores) if calibrated else scores
+    model_dir = hparams["pretrained_path"]
+    calibration, calibration_file = calibration_for(
+        model_dir, mode, norm, hparams.get("calibration")
+    )
+    if hparams.get("qmf_fit_trials"):  # e.g. the AS-normalised dev trials
+        qmf, qmf_file = fit_qmf_on(hparams, embed, cohort, mode, norm, out_dir, skip_bad)
+    else:  # the model directory's (fitted on dev cosine scores), a file, or none
+        qmf, qmf_file = qmf_for(model_dir, mode, norm, hparams.get("qmf"))
+    metrics = assess(scores, labels, quality, calibration, qmf)
+    calibrated = bool((qmf or calibration) and hparams.get("calibrated_scores"))
+    written = (qmf(scores, quality) if qmf else calibration(scores)) if calibrated else scores
     metrics["options"] = {
         "pretrained_path": str(Path(hparams["pretrained_path"]).resolve()),
         "model_hash": model_hash,
@@ -201,8 +196,9 @@ def run(hparams, device="cpu"):
         "norm": norm,
         "cohort": cohort_info,
         "calibration": calibration_file,
+        "qmf": qmf_file,
         "precision": precision,
-        "scores_txt": "calibrated LLR" if calibrated else "raw score",
+        "scores_txt": ("QMF LLR" if qmf else "calibrated LLR") if calibrated else "raw score",
     }
     metrics["embedding_cache"] = {"hits": hits, "computed": computed, "dir": str(cache.folder)}
     metrics["skipped"] = {"count": len(problems), "problems": problems[:100]}
@@ -213,7 +209,8 @@ def run(hparams, device="cpu"):
     plot_det_and_scores(scores, labels, out_dir / "det_and_scores.png")
     if hparams.get("embedding_map"):
         embedding_map(hparams, embed, out_dir)
-    print(summary(metrics, problems, cache, calibration_file) + f"\noutputs: {out_dir}")
+    summary = verification_summary(metrics, problems, cache.folder, calibration_file, qmf_file)
+    print(summary + f"\noutputs: {out_dir}")
     return metrics
 
 

@@ -4,19 +4,18 @@
     python recipes/VoxCeleb/MaskProxy/train_speaker_embeddings.py \
         recipes/VoxCeleb/MaskProxy/hparams/mp_balance.yaml [--overrides]
 
-Run from the repository root. With no override it trains on the built-in corpus (made
-if absent) at the yaml's ``builtin`` scale; for VoxCeleb see the recipe README.
+From the repository root; with no override it trains on the built-in corpus (made if
+absent) at the yaml's ``builtin`` scale; for VoxCeleb see the recipe README.
 
 The data flow, top to bottom in :func:`train`: lists -> manifests -> datasets and the
 speaker-grouped sampler -> ``fit`` (each epoch: training, then, every ``valid_every``
 epochs, the EER on the held-out dev trials, which keeps the best checkpoint and drives
-ReduceLROnPlateau) -> the best
-checkpoint's dev scores -> calibration -> export to ``<output_folder>/model``
-(EncoderClassifier format + ``calibration.json``) -> test scores. Bad input stops the run
-before training with one ``error:`` line and exit code 2.
+ReduceLROnPlateau) -> the best checkpoint's dev scores -> calibration and QMF -> export
+to ``<output_folder>/model`` (EncoderClassifier format + ``calibration.json``,
+``qmf.json``, a model card) -> test scores. Bad input stops the run before training with
+one ``error:`` line and exit code 2.
 """
 
-import json
 import logging
 import sys
 import time
@@ -32,17 +31,14 @@ from maskproxy_losses.data.augment import build_augmenter
 from maskproxy_losses.data.length_batches import verification_loader_options
 from maskproxy_losses.data.trials import read_prepared_trials
 from maskproxy_losses.inference.export import unwrap
-from maskproxy_losses.scoring.calibration import (
-    CALIBRATION_FILE,
-    calibration_metrics,
-    fit_calibration,
-)
 from maskproxy_losses.scoring.cosine import score_trials
 from maskproxy_losses.scoring.metrics import rounded_metrics, verification_metrics
+from maskproxy_losses.training import back_end  # calibration + QMF on the dev trials
 from maskproxy_losses.training.averaging import keep_kwargs, load_average
 from maskproxy_losses.training.batch_trace import BatchTrace
 from maskproxy_losses.training.brain import GroupedBatchBrain
-from maskproxy_losses.training.hparams import load_recipe_hparams
+from maskproxy_losses.training.health import warn_if_near_chance
+from maskproxy_losses.training.hparams import load_recipe_hparams, recipe_copy
 from maskproxy_losses.training.options import split_arguments
 from maskproxy_losses.training.recipe_setup import (
     dataio_prep,
@@ -118,6 +114,8 @@ class SpeakerBrain(GroupedBatchBrain):
             self.train_stats = self.finish_train_stage(mean=("acc",), last=("w", "b"))
             seconds = time.perf_counter() - self.stage_start
             self.train_stats["utt_per_s"] = round(self.n_utts / seconds, 1)
+            loss_fn = unwrap(self.modules.loss_fn)
+            warn_if_near_chance(loss_fn, self.hparams, epoch, self.train_stats["acc"])
             return
         self.embeddings = self.take_embeddings()  # one device-to-host copy per pass
         if stage == sb.Stage.VALID:  # the dev EER keeps the best checkpoint, drives the lr
@@ -157,30 +155,32 @@ class SpeakerBrain(GroupedBatchBrain):
 
 
 def calibrate_export_and_test(brain, hparams, dev, test, dev_trials, test_trials):
-    """Best checkpoint -> dev scores -> calibration -> export (with its model card) -> test
-    scores; returns ``(model dir, test Scored, calibration metrics on the test trials)``."""
+    """Best checkpoint -> dev scores -> calibration and QMF -> export (with its model card)
+    -> test scores; returns ``(model dir, test Scored, back-end metrics on the test
+    trials)``."""
 
     def loader(data):  # the trial files, in length-bucketed batches, read by workers
         return verification_loader_options(data, hparams["verification_loader"], brain.device)
 
     dev_scored = brain.score(dev, dev_trials, loader(dev))
-    calibration = fit_calibration(*dev_scored[:2], source="dev trials (best checkpoint)")
-    calibration.meta = {"score_mode": "cosine", "norm": "none"}  # what it may be applied to
+    quality = back_end.dataset_quality(dev, dev_trials, brain.embeddings)
+    fitted = back_end.fit_back_end(*dev_scored[:2], quality)
     out = None
     if if_main_process():  # the model is saved before anything else can fail
         out = export_model(
             hparams["export_folder"],
             hparams["embedding_model"],
-            frontend="fbank",
+            frontend=hparams.get("frontend", "fbank"),
             n_mels=hparams["n_mels"],
             overwrite=True,
-            extra_files={CALIBRATION_FILE: json.dumps(calibration.to_dict(), indent=2)},
-            card=training_card(hparams, dev_scored, calibration),
+            extra_files=back_end.back_end_files(fitted),  # calibration.json, qmf.json
+            card=training_card(hparams, dev_scored, fitted.calibration),
         )
     test_scored = brain.score(test, test_trials, loader(test))
     loaded = {"Epoch loaded": hparams["epoch_counter"].current}
     hparams["train_logger"].log_stats(loaded, test_stats=rounded_metrics(test_scored.metrics))
-    test_cal = calibration_metrics(*test_scored[:2], calibration)
+    quality = back_end.dataset_quality(test, test_trials, brain.embeddings)
+    test_cal = back_end.back_end_metrics(fitted, *test_scored[:2], quality)
     record_test_results(out, test_scored.metrics, test_cal)  # in the model card
     return out, test_scored, test_cal
 
@@ -196,7 +196,8 @@ def train(argv):
         hparams.pop("ckpt_interval_minutes", None)
     manifests = run_on_main(prepare_manifests, kwargs={"hparams": hparams})  # to every rank
     run.check_data(manifests)  # same data and labels on resume; nothing rewritten before
-    sb.create_experiment_directory(hparams["output_folder"], hparams_file, overrides)
+    recipe_file = recipe_copy(hparams_file, overrides, hparams["output_folder"])  # + encoder
+    sb.create_experiment_directory(hparams["output_folder"], recipe_file, overrides)
     run.started()  # partial checkpoints removed, log-file errors as one note
     dev_trials = read_prepared_trials(manifests["dev_trials"], manifests["dev_csv"])
     test_trials = read_prepared_trials(manifests["trials"], manifests["test_csv"])
@@ -230,8 +231,8 @@ def train(argv):
         print(
             f"[{hparams['loss_name']}] test EER {m['EER']:.2f} %  minDCF(0.01) "
             f"{m['minDCF_0.01']:.4f}  minDCF(0.05) {m['minDCF_0.05']:.4f}  Cllr "
-            f"{cal['Cllr']:.3f} (min {cal['minCllr']:.3f})  "
-            f"(best dev-EER checkpoint, exported to {out})"
+            f"{cal['Cllr']:.3f} (min {cal['minCllr']:.3f})  QMF: EER {cal['QMF']['EER']:.2f} % "
+            f"Cllr {cal['QMF']['Cllr']:.3f}  (best dev-EER checkpoint, exported to {out})"
         )
     run.release()
     return brain
