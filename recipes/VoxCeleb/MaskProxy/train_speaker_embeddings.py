@@ -240,12 +240,7 @@ def train(argv):
 
 def main(argv=None):
     """Command-line entry point: 0, or 2 after one ``error:`` line for bad input."""
-
-    def run(args):
-        train(args)
-        return 0
-
-    return run_cli(run, sys.argv[1:] if argv is None else argv)
+    return run_cli(lambda args: train(args) and 0, sys.argv[1:] if argv is None else argv)
 
 
 if __name__ == "__main__":
