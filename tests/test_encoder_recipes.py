@@ -96,10 +96,11 @@ def test_one_epoch_exports_a_model_every_path_loads(
         assert whole <= 1e-4
     # the verification recipe scores it, with the model directory's QMF
     metrics = _verification().verify(_verify_argv(model_dir, corpus, tmp_path / "ver"))
-    # the recipe's test EER: exactly for the masked encoders; ECAPA's reflect-padded
-    # convolutions make an embedding depend on its batch (the recipe's test pass and the
-    # verification recipe batch the files differently): one trial of the ~15 may flip
-    assert metrics["EER"] == pytest.approx(test_eer, abs=0.01 if encoder != "ecapa_tdnn" else 7)
+    # the recipe's test EER, up to one trial: the two batch the files differently, which
+    # moves an embedding by ~1e-5 (masked encoders; more for ECAPA's reflect-padded
+    # convolutions), enough to reorder the nearly tied scores of a 1-epoch model
+    one_trial = 100.0 / min(metrics["n_target"], metrics["n_nontarget"])
+    assert metrics["EER"] == pytest.approx(test_eer, abs=one_trial + 0.01)
     assert metrics["options"]["qmf"] == str(model_dir / "qmf.json") and "Cllr" in metrics["QMF"]
 
 
