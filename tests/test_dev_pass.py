@@ -6,6 +6,7 @@ import os
 import re
 
 import numpy as np
+import pytest
 import soundfile as sf
 import speechbrain as sb
 import torch
@@ -20,6 +21,18 @@ from maskproxy_losses.data.length_batches import (
 from maskproxy_losses.data.trials import read_prepared_trials
 from maskproxy_losses.training.hparams import load_recipe_hparams
 from maskproxy_losses.training.recipe_setup import dataio_prep, prepare_manifests
+
+
+def test_batch_seconds_auto_per_device_and_bad_values_named():
+    from maskproxy_losses.data.length_batches import auto_batch_seconds
+    from maskproxy_losses.utils.errors import InputError
+
+    assert auto_batch_seconds("auto", "cpu") == 100.0  # the fastest on a CPU (docs/results.md)
+    assert auto_batch_seconds("auto", "cuda:1") == 400.0
+    assert auto_batch_seconds("2.5", "cpu") == 2.5
+    for bad in (0, -3, "many", None):
+        with pytest.raises(InputError, match="batch_seconds must be auto or > 0"):
+            auto_batch_seconds(bad)
 
 
 def test_budget_batches_hold_the_budget_and_every_index_once():

@@ -30,6 +30,7 @@ from speechbrain.utils.data_utils import batch_pad_right
 
 from maskproxy_losses.data.audio import HOP, SAMPLE_RATE
 from maskproxy_losses.data.crops import auto_num_workers
+from maskproxy_losses.utils.errors import InputError
 
 __all__ = [
     "budget_batches",
@@ -38,6 +39,7 @@ __all__ = [
     "FrameCollate",
     "trial_files",
     "verification_loader_options",
+    "auto_batch_seconds",
 ]
 
 
@@ -102,22 +104,44 @@ def trial_files(dataset, trials):
     )
 
 
+def auto_batch_seconds(value, device="cpu"):
+    """Seconds of padded audio per dev / test batch: a number as given, or ``"auto"``: 100
+    on a CPU (measured fastest there, ``benchmarks/bench_dev_pass.py``: 0.80x the time of
+    one file at a time, where 400 s batches took 1.24x) and 400 on a GPU (larger batches
+    keep it busy; not yet measured there).
+
+    >>> auto_batch_seconds("auto", "cpu"), auto_batch_seconds("auto", "cuda:0"), auto_batch_seconds(30)
+    (100.0, 400.0, 30.0)
+    """
+    if value == "auto":
+        return 400.0 if str(device).startswith("cuda") else 100.0
+    try:
+        seconds = float(value)
+    except (TypeError, ValueError):
+        seconds = -1.0
+    if not seconds > 0:
+        raise InputError(f"verification_loader: batch_seconds must be auto or > 0, not {value!r}")
+    return seconds
+
+
 def verification_loader_options(dataset, options=None, device="cpu"):
     """DataLoader options of a dev / test pass over ``dataset`` (with a ``duration``
-    column): :class:`LengthBatches` of ``options["batch_seconds"]`` (default 400) seconds
-    of padded audio, :class:`FrameCollate`, ``options["num_workers"]`` loader workers
-    (``auto`` by default, see :func:`~maskproxy_losses.data.crops.auto_num_workers`),
-    pinned batches on CUDA."""
+    column): :class:`LengthBatches` of ``options["batch_seconds"]`` seconds of padded
+    audio (``auto``, the default: :func:`auto_batch_seconds`), :class:`FrameCollate`,
+    ``options["num_workers"]`` loader workers (``auto`` by default, see
+    :func:`~maskproxy_losses.data.crops.auto_num_workers`), pinned batches on CUDA."""
     options = dict(options or {})
     unknown = set(options) - {"batch_seconds", "num_workers"}
     if unknown:
-        raise ValueError(f"verification_loader: unknown option(s) {', '.join(sorted(unknown))}")
+        raise InputError(f"verification_loader: unknown option(s) {', '.join(sorted(unknown))}")
     lengths = [
         int(round(float(dataset.data[i]["duration"]) * SAMPLE_RATE)) for i in dataset.data_ids
     ]
     workers = auto_num_workers(options.get("num_workers", "auto"), device)
     return {
-        "batch_sampler": LengthBatches(lengths, float(options.get("batch_seconds", 400.0))),
+        "batch_sampler": LengthBatches(
+            lengths, auto_batch_seconds(options.get("batch_seconds", "auto"), device)
+        ),
         "collate_fn": FrameCollate(),
         "num_workers": workers,
         "persistent_workers": workers > 0,
