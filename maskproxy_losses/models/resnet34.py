@@ -32,6 +32,8 @@ torch.Size([2, 1, 32])
 import torch
 from torch import nn
 
+from maskproxy_losses.models.resnetse34l import init_conv_weights
+
 __all__ = ["ResNet34", "BasicBlock"]
 
 
@@ -112,12 +114,7 @@ class ResNet34(nn.Module):
             in_ch, freq = ch, (freq - 1) // stride + 1
         self.stats_dim = channels[-1] * freq
         self.fc = nn.Linear(2 * self.stats_dim, int(emb_dim))
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
+        init_conv_weights(self)
 
     def forward(self, x, lengths=None):
         """x: [batch, time, n_mels]; lengths: relative lengths in [0, 1], or None when no

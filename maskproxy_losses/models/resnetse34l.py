@@ -15,6 +15,17 @@ from torch import nn
 __all__ = ["ResNetSE34L", "SEBasicBlock", "SELayer"]
 
 
+def init_conv_weights(module):
+    """He (fan-out) initialisation of every convolution of ``module``, batch norms at
+    identity: the initialisation of the ResNets of voxceleb_trainer and WeSpeaker."""
+    for m in module.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+
+
 class SELayer(nn.Module):
     """Squeeze-excitation: channel gates from the (masked) mean over freq x time."""
 
@@ -150,12 +161,7 @@ class ResNetSE34L(nn.Module):
         self.fc = nn.Linear(out_ch * (2 if pooling == "asp" else 1), emb_dim)
 
         nn.init.xavier_normal_(self.attention)
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
+        init_conv_weights(self)
 
     def forward(self, x, lengths=None):
         """x: [batch, time, n_mels]; lengths: relative lengths in [0, 1], or None when no

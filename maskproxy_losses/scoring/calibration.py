@@ -42,7 +42,7 @@ import numpy as np
 
 from maskproxy_losses.scoring.metrics import check_labels, check_scores
 from maskproxy_losses.utils.errors import InputError
-from maskproxy_losses.utils.files import atomic_write_text, list_fields
+from maskproxy_losses.utils.files import atomic_write_text, list_fields, read_format_json
 
 __all__ = [
     "CALIBRATION_FILE",
@@ -140,18 +140,8 @@ class Calibration:
     @classmethod
     def load(cls, path):
         """Read a file written by :meth:`save`; a malformed one raises InputError naming it."""
-        try:
-            with open(path, encoding="utf-8") as f:
-                text = f.read()
-        except UnicodeDecodeError as err:
-            raise InputError(f"{path}: not UTF-8 text (byte {err.start})") from None
-        try:
-            data = json.loads(text)
-        except json.JSONDecodeError as err:
-            raise InputError(f"{path}:{err.lineno}: not valid JSON ({err.msg})") from None
+        data = read_format_json(path, _FORMAT, "a calibration file")
         problems = []
-        if not isinstance(data, dict) or data.get("format") != _FORMAT:
-            raise InputError(f'{path}: not a calibration file (no "format": "{_FORMAT}")')
         if data.get("version") != _VERSION:
             problems.append(f"{path}: unsupported version {data.get('version')!r}")
         for key in ("scale", "offset", "prior"):

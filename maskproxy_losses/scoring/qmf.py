@@ -55,7 +55,7 @@ import numpy as np
 from maskproxy_losses.scoring.calibration import actual_dcf, cllr, min_cllr
 from maskproxy_losses.scoring.metrics import check_scores, verification_metrics
 from maskproxy_losses.utils.errors import InputError
-from maskproxy_losses.utils.files import atomic_write_text
+from maskproxy_losses.utils.files import atomic_write_text, read_format_json
 
 __all__ = [
     "QMF_FILE",
@@ -202,15 +202,7 @@ class QMF:
     @classmethod
     def load(cls, path):
         """Read a file written by :meth:`save`; a malformed one raises InputError naming it."""
-        try:
-            with open(path, encoding="utf-8") as f:
-                data = json.load(f)
-        except UnicodeDecodeError as err:
-            raise InputError(f"{path}: not UTF-8 text (byte {err.start})") from None
-        except json.JSONDecodeError as err:
-            raise InputError(f"{path}:{err.lineno}: not valid JSON ({err.msg})") from None
-        if not isinstance(data, dict) or data.get("format") != _FORMAT:
-            raise InputError(f'{path}: not a QMF file (no "format": "{_FORMAT}")')
+        data = read_format_json(path, _FORMAT, "a QMF file")
         problems = []
         if data.get("version") != _VERSION:
             problems.append(f"{path}: unsupported version {data.get('version')!r}")

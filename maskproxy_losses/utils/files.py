@@ -17,6 +17,7 @@ Example
 ['a.txt']
 """
 
+import json
 import os
 import re
 import shutil
@@ -35,6 +36,7 @@ __all__ = [
     "check_writable_dir",
     "text_lines",
     "list_fields",
+    "read_format_json",
 ]
 
 _STALE = re.compile(r"\.(?:tmp|old)-(\d+)-")
@@ -225,3 +227,19 @@ def list_fields(path, problems):
         fields = line.split()
         if fields:
             yield f"{path}:{lineno}", fields
+
+
+def read_format_json(path, fmt, what):
+    """The JSON object of ``path`` whose ``"format"`` is ``fmt`` (a file the project
+    writes, e.g. ``calibration.json``); ``InputError`` naming the file (and line) when it
+    is not UTF-8, not JSON or not such a file (``what``: "a calibration file")."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except UnicodeDecodeError as err:
+        raise InputError(f"{path}: not UTF-8 text (byte {err.start})") from None
+    except json.JSONDecodeError as err:
+        raise InputError(f"{path}:{err.lineno}: not valid JSON ({err.msg})") from None
+    if not isinstance(data, dict) or data.get("format") != fmt:
+        raise InputError(f'{path}: not {what} (no "format": "{fmt}")')
+    return data
