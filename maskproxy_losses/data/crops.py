@@ -286,9 +286,9 @@ def train_loader_options(sampler, num_workers, seed, pin_memory=False, label_key
     ``label_key`` when given), loader workers kept alive across epochs (new ones every
     epoch cost seconds on a small CPU), batches pinned when ``pin_memory`` (CUDA). A
     sharded training set (``maskproxy_losses.data.shards``) batches itself and gives its
-    own options."""
+    own options (and always gives the speaker grouping)."""
     if hasattr(sampler, "loader_options"):
-        return sampler.loader_options(pin_memory=pin_memory, label_key=label_key)
+        return sampler.loader_options(pin_memory=pin_memory)
     return {
         "batch_sampler": SeededBatches(sampler, seed),
         "num_workers": num_workers,

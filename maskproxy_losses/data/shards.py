@@ -182,7 +182,6 @@ class ShardedSpeakerBatches(torch.utils.data.IterableDataset):
         self.pool = max(self.batch, int(pool_speakers or 2 * self.batch))
         self.cap = max_per_speaker
         self.seed, self.num_workers = int(seed), int(num_workers)
-        self.label_key = None  # set by loader_options: the collate's speaker grouping
         self.readers_per_rank = max(1, self.num_workers)
         if num_replicas is None:
             dist = torch.distributed
@@ -347,10 +346,9 @@ class ShardedSpeakerBatches(torch.utils.data.IterableDataset):
     def __len__(self):
         return self._plan(int(self._state[0])).m * self.readers_per_rank
 
-    def loader_options(self, pin_memory=False, label_key=None):
+    def loader_options(self, pin_memory=False):
         """DataLoader options for this dataset (it yields finished batches, with the
-        speaker grouping of ``label_key`` when given, as the file-based collate does)."""
-        self.label_key = label_key
+        speaker grouping of their ``spk_id_encoded``, as the file-based collate gives)."""
         return {
             "batch_size": None,
             "num_workers": self.num_workers,
@@ -437,7 +435,7 @@ class ShardedSpeakerBatches(torch.utils.data.IterableDataset):
         groups, sizes = self._by_shard(plan, batches)
         keys = np.random.default_rng([self.seed, epoch, 3]).random(self.n_utterances)
         examples = [[None] * n for n in sizes]
-        filled, nxt, collate = [0] * len(batches), 0, CropCollate(self.label_key)
+        filled, nxt, collate = [0] * len(batches), 0, CropCollate("spk_id_encoded")
         for shard in plan.shards[reader]:
             if shard not in groups:  # none of its utterances in the remaining batches
                 continue
