@@ -62,25 +62,30 @@ def test_cllr_infinite_llrs_and_stability():
 
 
 # ------------------------------------------- fitting vs a direct minimisation
-@pytest.mark.parametrize("prior", [0.5, 0.01, 0.2])
-def test_fit_minimises_the_prior_weighted_cross_entropy(prior):
+@pytest.mark.parametrize("prior, smooth", [(0.5, True), (0.01, True), (0.2, False), (0.5, False)])
+def test_fit_minimises_the_prior_weighted_cross_entropy(prior, smooth):
     """The fit (scikit-learn inside) against scipy's BFGS on the objective as written in
-    the docstring, computed here from scratch in raw score units."""
+    the docstring, computed here from scratch in raw score units (with Platt's targets
+    when ``smooth``)."""
     from scipy.optimize import minimize
 
     rng = np.random.default_rng(0)
     scores, labels = _gauss(rng, 400, 3000)
     n_tar, n_non = labels.sum(), (1 - labels).sum()
+    t_tar, t_non = ((n_tar + 1) / (n_tar + 2), 1 / (n_non + 2)) if smooth else (1.0, 0.0)
     logit_prior = math.log(prior / (1 - prior))
+
+    def cross_entropy(e, t):  # -(t log sigmoid(e) + (1 - t) log sigmoid(-e))
+        return t * np.logaddexp(0.0, -e) + (1 - t) * np.logaddexp(0.0, e)
 
     def objective(theta):
         e = theta[0] * scores + theta[1] + logit_prior
-        tar = np.logaddexp(0.0, -e[labels == 1]).sum() * prior / n_tar
-        non = np.logaddexp(0.0, e[labels == 0]).sum() * (1 - prior) / n_non
+        tar = cross_entropy(e[labels == 1], t_tar).sum() * prior / n_tar
+        non = cross_entropy(e[labels == 0], t_non).sum() * (1 - prior) / n_non
         return tar + non
 
     ref = minimize(objective, np.zeros(2), method="BFGS", options={"gtol": 1e-10}).x
-    cal = fit_calibration(scores, labels, prior=prior)
+    cal = fit_calibration(scores, labels, prior=prior, smooth=smooth)
     assert cal.scale == pytest.approx(ref[0], abs=1e-4)
     assert cal.offset == pytest.approx(ref[1], abs=1e-4)
     assert (cal.prior, cal.n_target, cal.n_nontarget) == (prior, 400, 3000)
@@ -107,12 +112,26 @@ def test_fit_recovers_the_analytic_llr_of_gaussian_classes():
 
 def test_fit_separable_data_stays_finite():
     s, y = [0.9, 0.8, 0.3, 0.1], [1, 1, 0, 0]
-    cal = fit_calibration(s, y)
-    assert np.isfinite([cal.scale, cal.offset]).all() and cal.scale > 0
-    llr = cal(s)
-    assert (llr[:2] > 0).all() and (llr[2:] < 0).all()  # threshold between the classes
-    # a weaker penalty lets the scale grow further (towards the unpenalised infinity)
-    assert fit_calibration(s, y, l2=1e-12).scale > cal.scale
+    for smooth in (True, False):
+        cal = fit_calibration(s, y, smooth=smooth)
+        assert np.isfinite([cal.scale, cal.offset]).all() and cal.scale > 0
+        llr = cal(s)
+        assert (llr[:2] > 0).all() and (llr[2:] < 0).all()  # threshold between the classes
+    # without smoothing only the l2 term stops the scale: a weaker one lets it grow further
+    hard = fit_calibration(s, y, smooth=False)
+    assert fit_calibration(s, y, l2=1e-12, smooth=False).scale > hard.scale
+
+
+@pytest.mark.parametrize("n", [9, 99])
+def test_smoothed_fit_of_separated_trials_claims_what_their_counts_support(n):
+    """n target trials all scoring 1 and n non-targets all -1: by symmetry the offset is 0
+    and the optimum puts sigmoid(llr) of a target at Platt's target (n + 1) / (n + 2), so
+    its LLR is exactly ln(n + 1) (by hand); hard targets push it towards infinity."""
+    scores, labels = [1.0] * n + [-1.0] * n, [1] * n + [0] * n
+    cal = fit_calibration(scores, labels)
+    assert cal(1.0) == pytest.approx(math.log(n + 1), abs=1e-6)
+    assert cal(-1.0) == pytest.approx(-math.log(n + 1), abs=1e-6)
+    assert fit_calibration(scores, labels, smooth=False)(1.0) > 3 * math.log(n + 1)
 
 
 @pytest.mark.parametrize(

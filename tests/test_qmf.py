@@ -43,17 +43,21 @@ def _softplus(x):
     return np.logaddexp(0.0, x)
 
 
-def test_fit_matches_a_direct_minimisation():
+@pytest.mark.parametrize("smooth", [True, False])
+def test_fit_matches_a_direct_minimisation(smooth):
     scores, labels, quality = _trials()
     prior = 0.3
-    qmf = fit_qmf(scores, labels, quality, prior=prior)
+    qmf = fit_qmf(scores, labels, quality, prior=prior, smooth=smooth)
     x = np.column_stack([scores, quality_columns(["duration", "norm"], quality)])
     tar, non = labels == 1, labels == 0
+    t_tar, t_non = (301 / 302, 1 / 302) if smooth else (1.0, 0.0)  # Platt's, 300 + 300
     logit = math.log(prior / (1 - prior))
 
     def objective(theta):  # the prior-weighted cross-entropy, written out
         e = x @ theta[:-1] + theta[-1] + logit
-        return prior * _softplus(-e[tar]).mean() + (1 - prior) * _softplus(e[non]).mean()
+        ce_tar = t_tar * _softplus(-e[tar]) + (1 - t_tar) * _softplus(e[tar])
+        ce_non = (1 - t_non) * _softplus(e[non]) + t_non * _softplus(-e[non])
+        return prior * ce_tar.mean() + (1 - prior) * ce_non.mean()
 
     direct = minimize(objective, np.zeros(x.shape[1] + 1), method="BFGS", options={"gtol": 1e-10})
     np.testing.assert_allclose(qmf.weights, direct.x[:-1], rtol=1e-4, atol=1e-6)

@@ -22,10 +22,15 @@ Example
 >>> labels = [1, 1, 1, 1, 0, 0, 0, 0]
 >>> cal = fit_calibration(scores, labels)
 >>> round(cal.scale, 3), round(cal.offset, 3)
-(3.151, -1.196)
+(1.215, -0.524)
 >>> llr = cal(scores)
 >>> round(cllr(llr, labels), 4), round(min_cllr(scores, labels), 4)
-(0.5666, 0.3444)
+(0.6663, 0.3444)
+>>> # 8 trials support little confidence: the hard-target fit is steeper (and fits
+>>> # these 8 trials better; it is less trustworthy on the next ones)
+>>> hard = fit_calibration(scores, labels, smooth=False)
+>>> round(hard.scale, 3), round(cllr(hard(scores), labels), 4)
+(3.151, 0.5666)
 >>> cal.decide(cal(1.0), p_target=0.5).item(), cal.decide(cal(0.3), p_target=0.5).item()
 (True, False)
 >>> round(cllr([0.0, 0.0], [1, 0]), 6)  # an uninformative system costs 1 bit
@@ -50,6 +55,7 @@ __all__ = [
     "ScoreList",
     "bayes_threshold",
     "fit_calibration",
+    "logistic_fit",
     "cllr",
     "min_cllr",
     "pav",
@@ -191,45 +197,73 @@ def calibration_for(model_dir, score_mode, norm, override=None):
 
 
 # ----------------------------------------------------------------- fitting
-def fit_calibration(scores, labels, prior=0.5, l2=1e-10, source=None, max_iter=100):
+def logistic_fit(x, labels, prior=0.5, l2=1e-10, smooth=True, max_iter=100):
+    """``(weights, offset)`` of the LLR ``x @ weights + offset`` fitted by prior-weighted
+    logistic regression of ``labels`` on the columns of ``x`` ``[N, K]`` (the fit behind
+    :func:`fit_calibration` and :func:`~maskproxy_losses.scoring.qmf.fit_qmf`).
+
+    Minimises ``prior / N_tar * sum_tar [t_tar softplus(-e) + (1 - t_tar) softplus(e)]
+    + (1 - prior) / N_non * sum_non [(1 - t_non) softplus(e) + t_non softplus(-e)]``
+    with ``e = llr + logit(prior)``, plus ``l2 / 2`` times the squared weights of the
+    standardised columns. ``smooth``: Platt's targets ``t_tar = (N_tar + 1) / (N_tar + 2)``
+    and ``t_non = 1 / (N_non + 2)`` (Platt 1999, the Bayesian estimate of a rate seen 0
+    times in N); ``smooth=False``: hard targets 1 and 0. The smoothing moves a fit on
+    overlapping classes by O(1 / N); on (nearly) separable trials it bounds the LLRs near
+    the log-odds the trial counts can support (about ``ln N``) instead of letting them
+    grow without bound: a dev list with no errors cannot show that errors are rarer than
+    1 in N. The fit is scikit-learn's ``LogisticRegression`` (Newton-Cholesky) on
+    standardised columns, each trial entered once per class with the weight of its target.
+    """
+    from sklearn.linear_model import LogisticRegression
+
+    x = np.asarray(x, dtype=np.float64)
+    labels = np.asarray(labels)
+    n_tar = int(labels.sum())
+    n_non = int(labels.size - n_tar)
+    mean, std = x.mean(axis=0), x.std(axis=0)
+    std = np.where(std > 0, std, 1.0)
+    z = (x - mean) / std
+    weights = np.where(labels == 1, prior / n_tar, (1.0 - prior) / n_non)
+    if smooth:
+        target = np.where(labels == 1, (n_tar + 1.0) / (n_tar + 2.0), 1.0 / (n_non + 2.0))
+    else:
+        target = labels.astype(np.float64)
+    keep = np.concatenate([target > 0, target < 1])  # rows of zero weight left out
+    z2 = np.concatenate([z, z])[keep]
+    y2 = np.concatenate([np.ones(labels.size), np.zeros(labels.size)])[keep]
+    w2 = np.concatenate([weights * target, weights * (1.0 - target)])[keep]
+    fit = LogisticRegression(C=1.0 / l2, solver="newton-cholesky", tol=1e-14, max_iter=max_iter)
+    fit.fit(z2, y2, sample_weight=w2)
+    w = fit.coef_[0] / std
+    offset = float(fit.intercept_[0] - w @ mean) - (math.log(prior) - math.log1p(-prior))
+    return w, offset
+
+
+def fit_calibration(scores, labels, prior=0.5, l2=1e-10, source=None, max_iter=100, smooth=True):
     """Fit ``llr = scale * score + offset`` by prior-weighted logistic regression.
 
     Minimises the prior-weighted cross-entropy ``prior / N_tar * sum_tar softplus(-e)
     + (1 - prior) / N_non * sum_non softplus(e)`` with ``e = llr + logit(prior)``, so
     that the fitted ``llr`` is a log-likelihood ratio whatever the class proportions
     of the trials. With ``prior=0.5`` the objective is ``ln 2 / 2 *`` the Cllr-like
-    cross-entropy. The fit is scikit-learn's ``LogisticRegression`` (Newton-Cholesky
-    solver, these per-trial weights) on standardised scores ``z = (s - mean) / std`` with
-    ``l2 / 2 * a_z^2`` added (``llr = a_z z + b_z``). On ordinary data this moves the fit
-    by a relative ``l2 / curvature`` (about 1e-8 on a few thousand trials whose classes
-    overlap); it keeps the solution finite when the classes are perfectly separated,
-    where the unpenalised optimum is an infinite scale: the scale then stops near
-    ``ln(1 / l2) / gap`` in standardised units (very confident LLRs; a dev set that
-    separates perfectly is too small or too easy to calibrate on).
-    Returns a :class:`Calibration`.
+    cross-entropy. ``smooth`` (default) replaces the hard targets 1 / 0 by Platt's
+    ``(N_tar + 1) / (N_tar + 2)`` / ``1 / (N_non + 2)``: negligible on a dev list whose
+    classes overlap, it keeps the LLRs of a (nearly) separable one near what its trial
+    counts support instead of very large (:func:`logistic_fit`, which also adds ``l2 / 2 *
+    a_z^2`` for the scale ``a_z`` of the standardised scores). Returns a
+    :class:`Calibration`.
     """
-    from sklearn.linear_model import LogisticRegression
-
     scores, labels = check_scores(scores, labels)
     prior = _check_prior(prior)
     if l2 <= 0:
         raise ValueError(f"l2 must be positive, got {l2}")
-    n_tar = int(labels.sum())
-    n_non = int(labels.size - n_tar)
-    mean, std = float(scores.mean()), float(scores.std())
-    std = std if std > 0 else 1.0
-    z = ((scores - mean) / std)[:, None]
-    weights = np.where(labels == 1, prior / n_tar, (1.0 - prior) / n_non)
-    fit = LogisticRegression(C=1.0 / l2, solver="newton-cholesky", tol=1e-14, max_iter=max_iter)
-    fit.fit(z, labels, sample_weight=weights)
-    a_z = float(fit.coef_[0, 0])
-    b_z = float(fit.intercept_[0]) - (math.log(prior) - math.log1p(-prior))
+    w, offset = logistic_fit(scores[:, None], labels, prior, l2, smooth, max_iter)
     return Calibration(
-        scale=a_z / std,
-        offset=b_z - a_z * mean / std,
+        scale=float(w[0]),
+        offset=offset,
         prior=prior,
-        n_target=n_tar,
-        n_nontarget=n_non,
+        n_target=int(labels.sum()),
+        n_nontarget=int(labels.size - labels.sum()),
         source=None if source is None else str(source),
     )
 

@@ -17,7 +17,7 @@ with quality measures ``q`` of the trial, by group (:data:`FEATURES`):
   normalisation; the mean over crops in ten-crop scoring).
 
 The fit is the linear calibration's (prior-weighted logistic regression, scikit-learn,
-on standardised inputs with a tiny L2 term) with the quality columns added. The training
+on standardised inputs, Platt's smoothed targets) with the quality columns added. The training
 recipe fits one on the dev trials of the best checkpoint (full-utterance cosine scores)
 and stores it as ``qmf.json`` beside ``calibration.json`` in the model directory;
 verification, ``verify_pair`` and ``maskproxy verify`` apply it, and the verification
@@ -52,7 +52,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from maskproxy_losses.scoring.calibration import actual_dcf, cllr, min_cllr
+from maskproxy_losses.scoring.calibration import actual_dcf, cllr, logistic_fit, min_cllr
 from maskproxy_losses.scoring.metrics import check_scores, verification_metrics
 from maskproxy_losses.utils.errors import InputError
 from maskproxy_losses.utils.files import atomic_write_text, read_format_json
@@ -244,19 +244,25 @@ def _finite(v):
 
 
 def fit_qmf(
-    scores, labels, quality, features=("duration", "norm"), prior=0.5, l2=1e-10, source=None
+    scores,
+    labels,
+    quality,
+    features=("duration", "norm"),
+    prior=0.5,
+    l2=1e-10,
+    source=None,
+    smooth=True,
 ):
     """Fit a :class:`QMF` by prior-weighted logistic regression on labelled trials.
 
     Minimises ``prior / N_tar * sum_tar softplus(-e) + (1 - prior) / N_non * sum_non
     softplus(e)`` with ``e = llr + logit(prior)``, as
     :func:`~maskproxy_losses.scoring.calibration.fit_calibration` does for the score alone,
-    over the score and the quality columns of ``features``, standardised (``l2 / 2`` times
-    the squared standardised weights is added: it keeps the fit finite on separable data
-    and moves it negligibly otherwise). Returns the weights in the inputs' own units.
+    over the score and the quality columns of ``features``, standardised, with the same
+    ``l2`` term and (``smooth``) Platt's targets
+    (:func:`~maskproxy_losses.scoring.calibration.logistic_fit`). Returns the weights in
+    the inputs' own units.
     """
-    from sklearn.linear_model import LogisticRegression
-
     scores, labels = check_scores(scores, labels)
     if not 0.0 < float(prior) < 1.0:
         raise ValueError(f"prior must be in (0, 1), got {prior}")
@@ -266,12 +272,8 @@ def fit_qmf(
         raise ValueError(f"{scores.size} scores but {x.shape[0]} trials' quality")
     if not np.isfinite(x).all():
         raise ValueError("quality measures contain NaN or Inf")
-    mean, std = x.mean(axis=0), x.std(axis=0)
-    std = np.where(std > 0, std, 1.0)
-    z = (x - mean) / std
     n_tar = int(labels.sum())
     n_non = int(labels.size - n_tar)
-    weights = np.where(labels == 1, prior / n_tar, (1.0 - prior) / n_non)
     if min(n_tar, n_non) < 10 * x.shape[1]:
         logger.warning(
             "QMF fitted on %d target / %d non-target trials for %d weights: its LLRs may be "
@@ -280,10 +282,7 @@ def fit_qmf(
             n_non,
             x.shape[1] + 1,
         )
-    fit = LogisticRegression(C=1.0 / l2, solver="newton-cholesky", tol=1e-14, max_iter=200)
-    fit.fit(z, labels, sample_weight=weights)
-    w = fit.coef_[0] / std
-    offset = float(fit.intercept_[0] - w @ mean) - (math.log(prior) - math.log1p(-prior))
+    w, offset = logistic_fit(x, labels, float(prior), l2, smooth, max_iter=200)
     return QMF(
         features=features,
         weights=[float(v) for v in w],
