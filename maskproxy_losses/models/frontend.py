@@ -26,7 +26,6 @@ import importlib
 import torch
 import torchaudio
 from speechbrain.lobes.features import Fbank
-from speechbrain.processing.features import spectral_magnitude
 from torch import nn
 
 __all__ = [
@@ -124,6 +123,8 @@ class DeviceFbank(Fbank):
     >>> wavs = torch.rand(2, 16000) * 2 - 1
     >>> torch.allclose(DeviceFbank(n_mels=40)(wavs), Fbank(n_mels=40)(wavs), atol=1e-4)
     True
+    >>> torch.allclose(DeviceFbank(n_mels=80)(wavs), Fbank(n_mels=80)(wavs), atol=1e-4)
+    True
     """
 
     def __init__(self, **kwargs):
@@ -145,8 +146,12 @@ class DeviceFbank(Fbank):
         """wav: [batch, time] -> log-mel features [batch, frames, n_mels], in float32
         with autocast off (as SpeechBrain's ``fwd_default_precision`` does)."""
         with torch.autocast(device_type=wav.device.type, enabled=False):
-            power = spectral_magnitude(self.compute_STFT(wav.float()))
-            fbanks = torch.matmul(power, self.fbank_matrix)
+            # SpeechBrain's STFT gives [batch, frames, freqs, 2] as a transposed view: |X|^2
+            # in one fused pass over the contiguous [batch, freqs, frames] layout costs a
+            # third of its spectral_magnitude (pow(2), a sum over an axis of 2, pow(1))
+            real, imag = self.compute_STFT(wav.float()).transpose(1, 2).unbind(-1)
+            power = torch.addcmul(real.square(), imag, imag)
+            fbanks = torch.matmul(power.transpose(1, 2), self.fbank_matrix)
             return self.compute_fbanks._amplitude_to_DB(fbanks)
 
 
