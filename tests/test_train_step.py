@@ -226,6 +226,20 @@ def test_device_fbank_is_speechbrains_fbank():
         DeviceFbank(deltas=True)
 
 
+def test_device_fbank_forms_the_power_in_one_pass():
+    """Op budget of the front end (its cost is most of the recipe's fixed per-step work
+    on a CPU, docs/results.md): the power spectrum is one ``square`` (an ``aten::pow``)
+    and one ``addcmul``, without ``spectral_magnitude``'s second ``pow`` and its sum."""
+    from torch.profiler import profile
+
+    fbank = DeviceFbank(n_mels=40)
+    with profile() as prof:
+        fbank(torch.rand(2, 8000) * 2 - 1)
+    calls = {e.key: e.count for e in prof.key_averages()}
+    assert calls.get("aten::addcmul") == 1 and calls.get("aten::pow") == 1
+    assert "aten::sum" not in calls
+
+
 @pytest.mark.slow
 def test_compiled_step_gives_the_eager_loss(corpus, tmp_path, recipe_args, capsys):
     """``--compile True`` (torch.compile of the whole step, inductor on the CPU): one epoch
