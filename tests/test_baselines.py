@@ -302,6 +302,12 @@ def test_training_accuracy_near_chance_after_the_warm_up_is_logged(caplog):
         assert not warn_if_near_chance(aam, hparams, 2, 0.004)  # 4x chance
         assert warn_if_near_chance(ap, {"speakers_per_batch": 20}, 1, 0.1)  # 2x 1 / 20
         assert not warn_if_near_chance(ap, {"speakers_per_batch": 20}, 1, 0.2)
-    assert len(caplog.records) == 2
+        # a dev EER below 25 % (half of chance) shows learning whatever the accuracy
+        assert not warn_if_near_chance(aam, hparams, 3, 0.002, dev_eer=21.3)
+        assert warn_if_near_chance(aam, hparams, 3, 0.002, dev_eer=35.8)
+    assert len(caplog.records) == 3
+    assert "0.20 % after epoch 3 is near chance (0.10 %), dev EER 35.80 %" in (
+        caplog.records[2].getMessage()
+    )
     assert "0.20 % after epoch 2 is near chance (0.10 %)" in caplog.records[0].getMessage()
     assert "a run of 4 epochs" in caplog.records[0].getMessage()

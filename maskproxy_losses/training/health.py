@@ -19,11 +19,12 @@ Example
 
 import logging
 
-__all__ = ["NEAR_CHANCE", "chance_accuracy", "near_chance", "warn_if_near_chance"]
+__all__ = ["NEAR_CHANCE", "LEARNED_EER", "chance_accuracy", "near_chance", "warn_if_near_chance"]
 
 logger = logging.getLogger(__name__)
 
 NEAR_CHANCE = 3.0  # an accuracy below this many times chance is "near chance"
+LEARNED_EER = 25.0  # a dev EER (%) below half of chance (50 %): the model has learned
 
 
 def chance_accuracy(loss_fn, speakers_per_batch):
@@ -39,23 +40,30 @@ def near_chance(accuracy, chance, factor=NEAR_CHANCE):
     return float(accuracy) < factor * float(chance)
 
 
-def warn_if_near_chance(loss_fn, hparams, epoch, accuracy):
+def warn_if_near_chance(loss_fn, hparams, epoch, accuracy, dev_eer=None):
     """Log a warning (and return True) when the training accuracy of ``epoch``, which ends
-    after the warm-up (``hparams["warmup_epochs"]``, 0 when absent), is near chance.
-    ``hparams``: the recipe's dict or the Brain's namespace of it."""
+    after the warm-up (``hparams["warmup_epochs"]``, 0 when absent), is near chance,
+    unless the epoch's ``dev_eer`` (%, when validated) is below :data:`LEARNED_EER`: then
+    the embeddings rank the dev trials well whatever the classifier's accuracy (AAM with
+    a margin on many speakers). ``hparams``: the recipe's dict or the Brain's namespace
+    of it."""
     hparams = hparams if isinstance(hparams, dict) else vars(hparams)
     if epoch < float(hparams.get("warmup_epochs") or 0.0) + 1.0:
+        return False
+    if dev_eer is not None and float(dev_eer) < LEARNED_EER:
         return False
     chance = chance_accuracy(loss_fn, hparams["speakers_per_batch"])
     if not near_chance(accuracy, chance):
         return False
     logger.warning(
-        "training accuracy %.2f %% after epoch %d is near chance (%.2f %%): the model is "
-        "not learning. Check the learning-rate schedule for a run of %s epochs (recipe "
-        "README, 'Schedules at any number of epochs'), the learning rate and the labels.",
+        "training accuracy %.2f %% after epoch %d is near chance (%.2f %%)%s: the model "
+        "learns slowly or not at all. Check the learning-rate schedule for a run of %s "
+        "epochs (recipe README, 'Schedules at any number of epochs'), the learning rate "
+        "and the labels; AAM on many speakers needs many steps (docs/results.md).",
         100.0 * float(accuracy),
         epoch,
         100.0 * chance,
+        "" if dev_eer is None else f", dev EER {float(dev_eer):.2f} %",
         hparams.get("number_of_epochs"),
     )
     return True

@@ -114,8 +114,6 @@ class SpeakerBrain(GroupedBatchBrain):
             self.train_stats = self.finish_train_stage(mean=("acc",), last=("w", "b"))
             seconds = time.perf_counter() - self.stage_start
             self.train_stats["utt_per_s"] = round(self.n_utts / seconds, 1)
-            loss_fn = unwrap(self.modules.loss_fn)
-            warn_if_near_chance(loss_fn, self.hparams, epoch, self.train_stats["acc"])
             return
         self.embeddings = self.take_embeddings()  # one device-to-host copy per pass
         if stage == sb.Stage.VALID:  # the dev EER keeps the best checkpoint, drives the lr
@@ -135,7 +133,9 @@ class SpeakerBrain(GroupedBatchBrain):
         self._log_epoch(epoch, self.optimizer.param_groups[0]["lr"])
         self.checkpointer.save_and_keep_only(meta={}, **keep_kwargs(self.hparams))
 
-    def _log_epoch(self, epoch, lr, valid_stats=None, **meta):
+    def _log_epoch(self, epoch, lr, valid_stats=None, **meta):  # and the learning check
+        acc, eer = self.train_stats["acc"], (valid_stats or {}).get("EER")
+        warn_if_near_chance(unwrap(self.modules.loss_fn), self.hparams, epoch, acc, eer)
         epoch_s = round(time.perf_counter() - self.epoch_start, 1)
         self.hparams.train_logger.log_stats(
             stats_meta={"epoch": epoch, "lr": lr, "epoch_s": epoch_s, **meta},
