@@ -224,7 +224,7 @@ def test_device_fbank_is_speechbrains_fbank():
         DeviceFbank(deltas=True)
 
 
-def test_device_fbank_forms_the_power_in_one_pass():
+def test_device_fbank_power_spectrum_op_budget():
     """Op budget of the front end (its cost is most of the recipe's fixed per-step work
     on a CPU, docs/results.md): the power spectrum is two ``square`` (``aten::pow``)
     and one in-place ``add_``, without ``spectral_magnitude``'s ``pow(1)`` and its sum

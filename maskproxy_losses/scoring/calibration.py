@@ -216,6 +216,8 @@ def logistic_fit(x, labels, prior=0.5, l2=1e-10, smooth=True, max_iter=100):
     """
     from sklearn.linear_model import LogisticRegression
 
+    if l2 <= 0:
+        raise ValueError(f"l2 must be positive, got {l2}")
     x = np.asarray(x, dtype=np.float64)
     labels = np.asarray(labels)
     n_tar = int(labels.sum())
@@ -255,8 +257,6 @@ def fit_calibration(scores, labels, prior=0.5, l2=1e-10, source=None, max_iter=1
     """
     scores, labels = check_scores(scores, labels)
     prior = _check_prior(prior)
-    if l2 <= 0:
-        raise ValueError(f"l2 must be positive, got {l2}")
     w, offset = logistic_fit(scores[:, None], labels, prior, l2, smooth, max_iter)
     return Calibration(
         scale=float(w[0]),

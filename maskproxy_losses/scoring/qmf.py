@@ -52,7 +52,13 @@ from typing import NamedTuple
 
 import numpy as np
 
-from maskproxy_losses.scoring.calibration import actual_dcf, cllr, logistic_fit, min_cllr
+from maskproxy_losses.scoring.calibration import (
+    _check_prior,
+    actual_dcf,
+    cllr,
+    logistic_fit,
+    min_cllr,
+)
 from maskproxy_losses.scoring.metrics import check_scores, verification_metrics
 from maskproxy_losses.utils.errors import InputError
 from maskproxy_losses.utils.files import atomic_write_text, read_format_json
@@ -264,8 +270,7 @@ def fit_qmf(
     the inputs' own units.
     """
     scores, labels = check_scores(scores, labels)
-    if not 0.0 < float(prior) < 1.0:
-        raise ValueError(f"prior must be in (0, 1), got {prior}")
+    prior = _check_prior(prior)
     features = list(features)
     x = np.column_stack([scores, quality_columns(features, quality)])
     if x.shape[0] != scores.size:
@@ -282,12 +287,12 @@ def fit_qmf(
             n_non,
             x.shape[1] + 1,
         )
-    w, offset = logistic_fit(x, labels, float(prior), l2, smooth, max_iter=200)
+    w, offset = logistic_fit(x, labels, prior, l2, smooth, max_iter=200)
     return QMF(
         features=features,
         weights=[float(v) for v in w],
         offset=offset,
-        prior=float(prior),
+        prior=prior,
         n_target=n_tar,
         n_nontarget=n_non,
         source=None if source is None else str(source),
