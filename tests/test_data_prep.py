@@ -237,8 +237,8 @@ def test_unreadable_empty_wrong_rate_stereo_and_short_audio(vox):
     sf.write(str(base / "empty.wav"), np.zeros(0), SR, subtype="PCM_16")
     write_wav(str(base / "narrow.wav"), sr=8000)
     write_wav(str(base / "stereo.wav"), channels=2)
-    write_wav(str(base / "short.wav"), seconds=399 / SR)
-    write_wav(str(base / "just.wav"), seconds=400 / SR)  # MIN_SAMPLES: accepted
+    write_wav(str(base / "short.wav"), seconds=799 / SR)
+    write_wav(str(base / "just.wav"), seconds=800 / SR)  # MIN_SAMPLES: accepted
     for name in ("garbage", "empty", "narrow", "stereo", "short", "just"):
         append(vox / "train_list.txt", f"id00001 id00001/s0/{name}.wav\n")
     lst = vox / "train_list.txt"
@@ -248,7 +248,7 @@ def test_unreadable_empty_wrong_rate_stereo_and_short_audio(vox):
         f"{lst}:14: empty audio {base}/empty.wav",
         f"{lst}:15: sample rate 8000 Hz, expected 16000: {base}/narrow.wav",
         f"{lst}:16: 2 channels, expected mono: {base}/stereo.wav",
-        f"{lst}:17: too short to embed: 399 samples, at least 400 (25 ms) needed: {base}/short.wav",
+        f"{lst}:17: too short to embed: 799 samples, at least 800 (50 ms) needed: {base}/short.wav",
     )
     assert len(err.problems) == 5 and str(err).startswith("5 problem(s) in the input:")
 
@@ -323,13 +323,13 @@ def test_parallel_header_reads_match_serial(tmp_path):
     paths = []
     for i in range(600):
         paths.append(str(tmp_path / f"{i}.wav"))
-        write_wav(paths[-1], seconds=0.01 + i / SR)
+        write_wav(paths[-1], seconds=(480 + i) / SR)
     paths.append(str(tmp_path / "missing.wav"))
     serial = audio_check.probe_all(paths, 1)
     assert audio_check.probe_all(paths, num_workers=2, chunk=64) == serial
-    assert serial[0][1].startswith("too short to embed: 160 samples")  # 0.01 s
-    st = os.stat(paths[240])
-    assert serial[240] == (0.01 + 240 / SR, None, (st.st_size, st.st_mtime_ns))
+    assert serial[0][1].startswith("too short to embed: 480 samples")  # 0.03 s
+    st = os.stat(paths[400])
+    assert serial[400] == (880 / SR, None, (st.st_size, st.st_mtime_ns))
     assert serial[-1][1].startswith("missing file") and serial[-1][2] is None
 
 

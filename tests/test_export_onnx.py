@@ -32,9 +32,9 @@ from maskproxy_losses.utils.errors import InputError  # noqa: E402
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 CKPT = FIXTURES / "resnetse34l_original_layout.model"
 EXPECTED = FIXTURES / "resnetse34l_original_layout_expected.npz"
-# (samples, batch size): 400 samples (the shortest input the project embeds), 0.5 s,
+# (samples, batch size): 800 samples (the shortest input the project embeds), 0.5 s,
 # 1.3 s and 3 s, each length once, batch sizes 1 and 3 both used (kept small for time).
-CASES = ((400, 3), (8000, 1), (20800, 3), (48000, 1))
+CASES = ((800, 3), (8000, 1), (20800, 3), (48000, 1))
 TOL = 1e-4  # relative, ONNX vs PyTorch
 FIXTURE_TOL = 1e-3  # relative, vs the authors' embeddings (as tests/test_convert.py)
 
@@ -153,8 +153,8 @@ def test_authors_fixture_embeddings(authors_export):
 
 def test_onnx_embedder_rejects_bad_shapes(fbank_export):
     session = OnnxEmbedder(fbank_export[1])
-    with pytest.raises(InputError, match="at least 400 samples"):
-        session(np.zeros((2, 399), np.float32))
+    with pytest.raises(InputError, match="at least 800 samples"):
+        session(np.zeros((2, 799), np.float32))
     with pytest.raises(InputError, match=r"\[batch, samples\]"):
         session(np.zeros((2, 1, 16000), np.float32))
 

@@ -212,13 +212,32 @@ def test_bad_files_stop_the_part_or_are_skipped(env, tmp_path, capsys):
     argv = ["extract", env["models"][0], "--wav-scp", scp, "--precision", "fp32"]
     code, _, err = _cli(argv + ["--output-dir", tmp_path / "stop"], capsys)
     assert code == 2 and f"{scp}:2: missing file {tmp_path}/missing.wav" in err, err
-    assert f"{scp}:4: " in err and "NaN" in err, err  # the NaN file is named too
+    assert not list((tmp_path / "stop" / "parts").iterdir())  # found before any embedding
+    lines = scp.read_text().splitlines(keepends=True)
+    (tmp_path / "nan.scp").write_text(lines[0] + lines[3])
+    nan_argv = ["extract", env["models"][0], "--wav-scp", tmp_path / "nan.scp"]
+    code, _, err = _cli(nan_argv + ["--output-dir", tmp_path / "nan"], capsys)
+    assert code == 2 and "nan.scp:2: " in err and "NaN" in err, err
     code, text, err = _cli(argv + ["--output-dir", tmp_path / "skip", "--skip-bad"], capsys)
     assert code == 0 and "(2 files, 2 skipped)" in text, err
     assert list(_load(tmp_path / "skip")) == ["a", "c"]
     skipped = (tmp_path / "skip" / "skipped.txt").read_text().splitlines()
     assert skipped[0] == f"b\t{scp}:2: missing file {tmp_path}/missing.wav"
     assert skipped[1].startswith(f"d\t{scp}:4: ") and "NaN" in skipped[1]
+
+
+def test_a_missing_file_in_the_last_part_stops_the_job_before_any_part(env, tmp_path, capsys):
+    scp = tmp_path / "wav.scp"
+    lines = env["scp"].read_text().splitlines()
+    wrong = f"utt99 {env['base']}/wav/f03.wav extra"  # a third column: no such path
+    scp.write_text("\n".join(f"{k} {env['base']}/{p}" for k, p in (x.split() for x in lines)))
+    scp.write_text(scp.read_text() + "\n" + wrong + "\n")
+    out = tmp_path / "out"
+    argv = ["extract", env["models"][0], "--wav-scp", scp, "--output-dir", out]
+    code, _, err = _cli(argv + ["--part-size", "8", "--precision", "fp32"], capsys)
+    assert code == 2, err
+    assert err.strip() == f"error: {scp}:{N_FILES + 1}: missing file {wrong.split(' ', 1)[1]}"
+    assert not list((out / "parts").iterdir())
 
 
 @pytest.mark.parametrize(

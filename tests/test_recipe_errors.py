@@ -175,7 +175,7 @@ def _snapshot(folder):
         (["--precision", "fp16"], "--precision fp16: float16 training needs a CUDA device"),
         (["--lr", "-0.1"], "--lr -0.1: must be a number above 0"),
         (["--number_of_epochs", "0"], "--number_of_epochs 0: must be an integer of at least 1"),
-        (["--crop_frames", "0"], "--crop_frames 0: must be an integer of at least 1 (a crop"),
+        (["--crop_frames", "0"], "--crop_frames 0: must be an integer of at least 4 (a crop"),
         (["--lr", "0.1", "--lr", "0.2"], "--lr is given twice (0.1 and 0.2); give each option"),
         (["--seed=1", "--seed", "1"], "--seed is given twice (1 and 1)"),
         (["--device", "cuda:0"], "--device cuda:0: CUDA is not available on this machine"),
@@ -333,7 +333,7 @@ def test_ctrl_c_exits_130_and_the_rerun_resumes(corpus, tmp_path, recipe_args):
     argv = [
         sys.executable,
         str(SCRIPT),
-        *recipe_args(corpus, tmp_path / "run", number_of_epochs=2, ckpt_interval_steps=1),
+        *recipe_args(corpus, tmp_path / "run", number_of_epochs=4, ckpt_interval_steps=1),
     ]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MASKPROXY_DEBUG": "", "PYTHONUNBUFFERED": "1"}
     run = subprocess.Popen(

@@ -262,7 +262,7 @@ def test_options_given_twice_and_precision_auto():
 
 
 def test_value_ranges():
-    assert MIN_CROP_FRAMES == 1  # 1 * 160 + 240 = 400 samples, the model's minimum
+    assert MIN_CROP_FRAMES == 4  # 4 * 160 + 240 = 880 >= 800 samples, the model's minimum
     problems = check_values(
         {
             "lr": 0,
@@ -291,7 +291,7 @@ def test_value_ranges():
         "--snr_low",
         "--max_per_speaker",
     ], problems
-    assert check_values({"lr": "1e-3", "number_of_epochs": "3", "crop_frames": 1}) == []
+    assert check_values({"lr": "1e-3", "number_of_epochs": "3", "crop_frames": 4}) == []
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")

@@ -35,6 +35,7 @@ __all__ = [
     "FLOAT_SUBTYPES",
     "crop_samples",
     "first_non_finite",
+    "signal_problem",
     "probe",
     "read_wav",
     "pad_batch",
@@ -47,12 +48,12 @@ SAMPLE_RATE = 16000
 HOP = 160
 WIN_EXTRA = 240  # a crop of F frames is F * 160 + 240 samples
 # The shortest file data preparation and scoring accept. Measured (tests/test_audio.py):
-# ResNetSE34L in eval mode embeds a file alone to finite values from 1 sample with the
-# "fbank" front end (SpeechBrain Fbank + sentence InputNormalization) but only from
-# 257 samples with "authors" (torchaudio's centred STFT reflect-pads n_fft // 2 = 256
-# samples per side, which must be shorter than the signal; 256 raises RuntimeError).
-# 400 = one full 25 ms analysis window, the next round value above 257.
-MIN_SAMPLES = 400
+# alone in eval mode, ResNetSE34L and ResNet34 embed from 1 sample with the "fbank" front
+# end (SpeechBrain Fbank + sentence InputNormalization) and from 257 with "authors"
+# (torchaudio's centred STFT reflect-pads n_fft // 2 = 256 samples per side); ECAPA-TDNN
+# only from 640 (5 frames: its dilated convolutions reflect-pad 4 frames per side).
+# 800 = 50 ms, the next round value above all of them.
+MIN_SAMPLES = 800
 FLOAT_SUBTYPES = ("FLOAT", "DOUBLE")  # the sample formats that can hold NaN / Inf
 
 
@@ -83,6 +84,27 @@ def first_non_finite(path, block=1 << 20):
         if not finite.all():
             return done + int(np.argmin(finite))
         done += len(part)
+    return None
+
+
+def signal_problem(wav):
+    """Why a read 1-D waveform cannot be embedded, or ``None``: a NaN / Inf sample, fewer
+    than :data:`MIN_SAMPLES` samples (a file shorter than its header says), or digital
+    silence (every sample equal: any two such files score as the same speaker).
+
+    >>> import torch
+    >>> signal_problem(torch.zeros(1000)), signal_problem(torch.arange(1000.0)) is None
+    ('silent: every sample is 0', True)
+    """
+    import torch
+
+    finite = torch.isfinite(wav)
+    if not bool(finite.all()):
+        return f"non-finite sample (NaN/Inf) at sample {int((~finite).nonzero()[0])}"
+    if wav.shape[0] < MIN_SAMPLES:
+        return f"too short to embed: {wav.shape[0]} samples read, at least {MIN_SAMPLES} needed"
+    if bool((wav == wav[0]).all()):
+        return f"silent: every sample is {float(wav[0]):g}"
     return None
 
 

@@ -36,6 +36,7 @@ __all__ = [
     "budget_batches",
     "LengthBatches",
     "frame_pad",
+    "float32_lengths",
     "FrameCollate",
     "trial_files",
     "verification_loader_options",
@@ -82,6 +83,21 @@ def frame_pad(tensors, hop=HOP):
     longest = batch.shape[1] // hop + 1
     frames = torch.tensor([t.shape[0] // hop + 1 for t in tensors], dtype=torch.float64)
     return batch, frames / longest
+
+
+def float32_lengths(lengths):
+    """:func:`frame_pad`'s float64 relative lengths as float32, each rounded toward zero,
+    so that ``length * T`` never exceeds a file's frames (a float32 rounded up would let
+    SpeechBrain's ``make_padding_mask`` keep one padded frame) nor falls half a frame
+    short: for models whose layers take float32 lengths only (SpeechBrain's ECAPA-TDNN).
+
+    >>> x = torch.tensor([1 / 3], dtype=torch.float64)
+    >>> bool(float32_lengths(x).double() <= x), float(float32_lengths(x) * 3) <= 1.0
+    (True, True)
+    """
+    down = lengths.float()
+    over = down.double() > lengths
+    return torch.where(over, torch.nextafter(down, torch.zeros_like(down)), down)
 
 
 class FrameCollate:

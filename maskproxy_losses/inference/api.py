@@ -46,7 +46,13 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
-from maskproxy_losses.data.audio import MIN_SAMPLES, SAMPLE_RATE, conversion_note, probe_entries
+from maskproxy_losses.data.audio import (
+    MIN_SAMPLES,
+    SAMPLE_RATE,
+    conversion_note,
+    probe_entries,
+    signal_problem,
+)
 from maskproxy_losses.inference.embedding import (
     Embedder,
     EmbeddingCache,
@@ -334,6 +340,9 @@ def _waveform(audio, sample_rate):
             f"waveform too short to embed: {wav.shape[0]} samples at {SAMPLE_RATE} Hz, "
             f"at least {MIN_SAMPLES} needed"
         )
+    problem = signal_problem(wav)
+    if problem:
+        raise InputError(f"waveform cannot be embedded: {problem}")
     return wav.contiguous()
 
 

@@ -33,8 +33,14 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from maskproxy_losses.data.audio import SAMPLE_RATE, crop_samples, pad_batch, probe, read_wav
-from maskproxy_losses.data.length_batches import budget_batches
+from maskproxy_losses.data.audio import (
+    SAMPLE_RATE,
+    crop_samples,
+    probe,
+    read_wav,
+    signal_problem,
+)
+from maskproxy_losses.data.length_batches import budget_batches, float32_lengths, frame_pad
 from maskproxy_losses.scoring.cosine import make_crops
 from maskproxy_losses.utils.errors import InputError, problem_key
 from maskproxy_losses.utils.files import atomic_write_bytes, remove_stale_temps
@@ -177,6 +183,8 @@ class Embedder:
 
     @torch.no_grad()
     def _encode(self, wavs, lens=None):
+        if lens is not None:  # SpeechBrain's ECAPA-TDNN computes in the lengths' dtype
+            lens = float32_lengths(lens)
         with autocast_for(self.precision, str(self.encoder.device)):
             out = self.encoder.encode_batch(wavs, lens)
         return out.reshape(wavs.shape[0], -1).float().cpu().numpy()
@@ -192,7 +200,7 @@ class Embedder:
         chunks = list(torch.tensor_split(wav, n_chunks))
         per_batch = max(1, self.budget // chunks[0].shape[0])
         embs = [
-            self._encode(*pad_batch(chunks[i : i + per_batch]))
+            self._encode(*frame_pad(chunks[i : i + per_batch]))
             for i in range(0, n_chunks, per_batch)
         ]
         return np.concatenate(embs).mean(axis=0)
@@ -223,13 +231,10 @@ class Embedder:
 
     def embed_waveforms(self, wavs):
         """Embeddings of the 1-D waveforms of one batch (as :meth:`_batches` groups files;
-        the extraction job reads them in loader workers), a list; a waveform with NaN / Inf
-        samples gets a problem (str) instead and is kept out of the batch."""
-        out = [None] * len(wavs)
-        for i, wav in enumerate(wavs):
-            finite = torch.isfinite(wav)
-            if not bool(finite.all()):
-                out[i] = f"non-finite sample (NaN/Inf) at sample {int((~finite).nonzero()[0])}"
+        the extraction job reads them in loader workers), a list; a waveform that cannot be
+        embedded (:func:`~maskproxy_losses.data.audio.signal_problem`: NaN / Inf, silent,
+        shorter than its header said) gets a problem (str) instead and is kept out."""
+        out = [signal_problem(wav) for wav in wavs]
         todo = [i for i in range(len(wavs)) if out[i] is None]
         if self.crops and todo:
             k, frames = self.crops
@@ -242,7 +247,7 @@ class Embedder:
             if wavs[i].shape[0] > self.max_len:
                 out[i] = self._full(wavs[i])
         if short:
-            for i, e in zip(short, self._encode(*pad_batch([wavs[i] for i in short]))):
+            for i, e in zip(short, self._encode(*frame_pad([wavs[i] for i in short]))):
                 out[i] = e
         return out
 
@@ -285,7 +290,8 @@ class Embedder:
         key_of = {paths[i]: keys[i] for i in todo}
         found = {}
         hide = not todo or not progress
-        with tqdm(total=len(todo_paths), desc=desc, unit="file", disable=hide) as bar:
+        bar = tqdm(total=len(todo_paths), desc=desc, unit="file", disable=hide)
+        try:  # what is embedded stays cached, also after Ctrl-C or an error
             for batch in self._batches(todo_paths, [lengths[p] for p in todo_paths]):
                 for p, e in zip(batch, self._embed_batch(batch, wheres)):
                     if isinstance(e, str):
@@ -300,7 +306,9 @@ class Embedder:
                 bar.update(len(batch))
                 if len(self.cache.pending) >= flush_every:
                     self.cache.flush()
-        self.cache.flush()
+        finally:
+            bar.close()
+            self.cache.flush()
         if found and bad is None:
             raise InputError(sorted(found.values(), key=problem_key))
         if bad is not None:

@@ -6,7 +6,7 @@ becomes a single ONNX file holding the whole pipeline ``compute_features ->
 mean_var_norm -> embedding_model``:
 
 * input ``wavs``: float32 ``[batch, samples]``, 16 kHz, values in [-1, 1]; both axes
-  are dynamic and named ``batch`` and ``samples`` (at least ``MIN_SAMPLES`` = 400);
+  are dynamic and named ``batch`` and ``samples`` (at least ``MIN_SAMPLES`` = 800);
 * output ``embeddings``: float32 ``[batch, emb_dim]``, the same numbers as
   ``EncoderClassifier.encode_batch(wavs)`` (which returns ``[batch, 1, emb_dim]``),
   i.e. ``encode_batch(wavs).squeeze(1)``;
