@@ -104,10 +104,16 @@ def test_check_not_input(tmp_path):
         path.write_text("x")
     inputs = [(model, "the model directory"), (lst, "the wav list")]
     check_not_input(tmp_path / "out.npz", inputs, listed=[str(wav)], what="audio file")
+    check_not_input(model / "new.npz", inputs)  # a new file in the model directory is fine
+    (model / "x.npz").write_text("x")
     (tmp_path / "link.txt").symlink_to(lst)
     cases = [
         (tmp_path / "link.txt", {}, "is an input of this run (the wav list); choose another"),
-        (model / "x.npz", {}, f"lies inside an input of this run (the model directory {model})"),
+        (
+            model / "x.npz",
+            {},
+            f"would replace a file of an input of this run (the model directory {model})",
+        ),
         (wav, {"listed": [str(wav)], "what": "audio file"}, f"(audio file {wav})"),
         (
             tmp_path,
