@@ -24,6 +24,8 @@ import io
 import json
 import os
 
+from maskproxy_losses.utils.files import utf8_named
+
 __all__ = [
     "CSV_FIELDS",
     "OPTIONS_FILE",
@@ -155,7 +157,7 @@ def check_files(csv_paths, workers=8, chunk=4096):
 
     wheres, wavs, stats = [], [], []
     for path in csv_paths:
-        with open(path, newline="", encoding="utf-8") as f:
+        with utf8_named(path), open(path, newline="", encoding="utf-8") as f:
             reader = csv.reader(f)
             column = {name: i for i, name in enumerate(next(reader))}
             w, s, m = column["wav"], column["size"], column["mtime_ns"]

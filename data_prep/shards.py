@@ -69,10 +69,12 @@ import numpy as np
 from maskproxy_losses.utils.errors import InputError
 from maskproxy_losses.utils.files import (
     atomic_write_text,
+    check_not_input,
     check_writable_dir,
     remove_stale_temps,
     temp_path,
     umask_mode,
+    utf8_named,
 )
 
 __all__ = [
@@ -113,7 +115,7 @@ def read_train_manifest(path):
     that is not a positive number, audio file not found, repeated ID).
     """
     problems, rows, speakers, seen = [], [], {}, set()
-    with open(path, newline="", encoding="utf-8") as f:
+    with utf8_named(path), open(path, newline="", encoding="utf-8") as f:
         reader = csv.reader(f)
         header = next(reader, None)
         if header is None or [h.strip() for h in header[:4]] != list(_FIELDS):
@@ -269,6 +271,8 @@ def write_shards(train_csv, output_dir, shard_size=1000, block=12, seed=0, num_w
     """Write the shards and ``shards.json`` of ``train_csv`` to ``output_dir``; return the
     index path (see the module docstring). ``num_workers`` processes write shards."""
     output_dir = os.path.abspath(output_dir)
+    for name in (INDEX_NAME, PROGRESS_NAME):
+        check_not_input(os.path.join(output_dir, name), [(train_csv, "the manifest")], "OUTPUT_DIR")
     check_writable_dir(output_dir, "shard folder")
     os.makedirs(output_dir, exist_ok=True)
     remove_stale_temps(output_dir)

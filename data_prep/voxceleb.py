@@ -53,7 +53,12 @@ from data_prep.audio_check import check_audio
 from data_prep.splits import make_trials, split_dev
 from maskproxy_losses.data.trials import check_classes
 from maskproxy_losses.utils.errors import InputError, problem_key, report
-from maskproxy_losses.utils.files import atomic_write_text, check_writable_dir, remove_stale_temps
+from maskproxy_losses.utils.files import (
+    atomic_write_text,
+    check_not_input,
+    check_writable_dir,
+    remove_stale_temps,
+)
 
 __all__ = ["prepare_voxceleb", "main"]
 
@@ -184,6 +189,10 @@ def prepare_voxceleb(
     test_root = os.path.abspath(test_root) if test_root else train_root
     outputs = manifests.output_paths(output_dir, trials is not None)
     _check_inputs(train_root, test_root, train_list, trials)
+    inputs = [(train_list, "the training list"), (trials, "the trial list")]
+    inputs = [(path, what) for path, what in inputs if path]
+    for path in [*outputs.values(), os.path.join(output_dir, manifests.OPTIONS_FILE)]:
+        check_not_input(path, inputs, "--output-dir")
     check_writable_dir(output_dir)
     remove_stale_temps(output_dir)
 

@@ -370,8 +370,7 @@ def test_cli_fits_and_writes(tmp_path, cli):
     rng = np.random.default_rng(6)
     scores, labels = _gauss(rng, 100, 900)
     _write_scores(tmp_path / "scores.txt", scores, labels)
-    model = tmp_path / "model"
-    model.mkdir()
+    model = _model_dir(tmp_path / "model")
     code, out, _ = cli("calibrate", tmp_path / "scores.txt", "--model-dir", model, "--prior", "0.1")
     assert code == 0
     got = Calibration.load(model / CALIBRATION_FILE)
@@ -388,7 +387,7 @@ def test_cli_fits_and_writes(tmp_path, cli):
     "content, args, message",
     [
         ("1 0.5 a b\n0 oops a b\n", ["--output", "{d}/c.json"], "scores.txt:2: score is not"),
-        ("1 0.5 a b\n0 0.1 a b\n", ["--model-dir", "{d}/missing"], "is not a directory"),
+        ("1 0.5 a b\n0 0.1 a b\n", ["--model-dir", "{d}/missing"], "model directory not found"),
         ("1 0.5 a b\n0 0.1 a b\n", ["--output", "{d}/no/c.json"], "does not exist"),
     ],
 )
@@ -430,3 +429,65 @@ def test_read_scores_drops_a_bom_and_names_non_utf8_lines(tmp_path):
     path.write_bytes(b"1 0.5 a b\n0 0.25 caf\xe9 c\n")
     with pytest.raises(InputError, match=f"{path}:2: not UTF-8 text"):
         read_scores(path)
+
+
+def _model_dir(path):
+    from conftest import tiny_model_dir
+
+    return Path(tiny_model_dir(path, 0))
+
+
+def test_cli_refuses_to_overwrite_the_scores_and_a_folder_that_is_no_model(tmp_path, cli):
+    scores = tmp_path / "scores.txt"
+    scores.write_text("1 0.9\n1 0.8\n0 0.1\n0 0.5\n")
+    code, _, err = cli("calibrate", scores, "--output", scores)
+    assert (
+        code == 2
+        and err
+        == f"error: {scores}: is an input of this run (the scores file); choose another --output\n"
+    )
+    assert scores.read_text() == "1 0.9\n1 0.8\n0 0.1\n0 0.5\n"
+    data = tmp_path / "data"
+    data.mkdir()
+    code, _, err = cli("calibrate", scores, "--model-dir", data)
+    assert code == 2 and err == f"error: {data}: not a model directory (no hyperparams.yaml)\n"
+    assert os.listdir(data) == []
+
+
+def test_cli_warns_when_qmf_json_takes_precedence(tmp_path, cli):
+    from maskproxy_losses.scoring.qmf import QMF
+
+    model = _model_dir(tmp_path / "model")
+    scores = tmp_path / "scores.txt"
+    scores.write_text("1 0.9\n1 0.8\n0 0.1\n0 0.5\n")
+    code, _, err = cli("calibrate", scores, "--model-dir", model)
+    assert code == 0 and "warning" not in err
+    meta = {"score_mode": "cosine", "norm": "none"}
+    QMF(["duration"], [3.0, 0.5, -0.2], -1.0, meta=meta).save(model / "qmf.json")
+    code, _, err = cli("calibrate", scores, "--model-dir", model)
+    assert code == 0 and (model / CALIBRATION_FILE).is_file()
+    assert err == (
+        f"warning: {model / 'qmf.json'} takes precedence over this calibration in verify "
+        "(identify uses calibration.json); remove qmf.json to verify with it\n"
+    )
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        ("0 0.9\n0 0.8\n1 0.1\n1 0.5\n0 0.6\n1 0.55\n", "the fitted scale is negative"),
+        ("0 0.5\n1 0.5\n0 0.5\n", "all 3 scores are 0.5: the calibration cannot use them"),
+    ],
+)
+def test_cli_warns_about_a_useless_calibration(tmp_path, cli, content, message):
+    (tmp_path / "s.txt").write_text(content)
+    code, _, err = cli("calibrate", tmp_path / "s.txt", "--output", tmp_path / "c.json")
+    assert code == 0 and f"warning: {message}" in err
+
+
+def test_cli_names_the_first_score_out_of_range(tmp_path, cli):
+    (tmp_path / "s.txt").write_text("1 1\n1 1e308\n0 -1e308\n0 0.2\n")
+    code, _, err = cli("calibrate", tmp_path / "s.txt", "--output", tmp_path / "c.json")
+    assert code == 2 and "Traceback" not in err and "NaN" not in err
+    assert f"{tmp_path / 's.txt'}:2: score 1e308 is out of range" in err
+    assert not (tmp_path / "c.json").exists()

@@ -326,3 +326,39 @@ def test_leftovers_of_a_killed_conversion_are_removed(tmp_path):
     live.mkdir()
     assert cli_main(["convert", str(CKPT), str(tmp_path / "out")]) == 0
     assert sorted(p.name for p in tmp_path.iterdir()) == [live.name, "out"]
+
+
+def test_overwrite_refuses_an_output_dir_holding_the_checkpoint(tmp_path, cli):
+    folder = tmp_path / "dir"
+    folder.mkdir()
+    ckpt = folder / "authors.model"
+    ckpt.write_bytes(CKPT.read_bytes())
+    code, _, err = cli("convert", ckpt, folder, "--overwrite")
+    assert code == 2 and err.count("\n") == 1, err
+    assert f"error: {folder}: contains an input of this run (the checkpoint {ckpt})" in err
+    assert ckpt.read_bytes() == CKPT.read_bytes() and os.listdir(folder) == ["authors.model"]
+
+
+def test_a_full_disk_is_one_error_naming_the_output(tmp_path):
+    """A file-size limit makes the checkpoint's write fail as a full disk would (torch.save
+    to a file used to turn it into a RuntimeError naming nothing)."""
+    code = (
+        "import resource, signal, sys\n"
+        "signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
+        "resource.setrlimit(resource.RLIMIT_FSIZE, (100000, 100000))\n"
+        "from maskproxy_losses.cli import main\n"
+        "sys.exit(main(sys.argv[1:]))\n"
+    )
+    out = tmp_path / "out"
+    env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    proc = subprocess.run(
+        [sys.executable, "-c", code, "convert", str(CKPT), str(out)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.startswith(f"error: {out}") and "File too large" in proc.stderr
+    assert proc.stderr.count("\n") == 1 and ".tmp-" not in proc.stderr
+    assert os.listdir(tmp_path) == []

@@ -477,3 +477,36 @@ def test_nan_audio_never_reaches_a_speaker_model_or_a_ranking(env, tmp_path, cap
         [str(wavs[0]), "1", "ann"],
         [str(wavs[0]), "2", "bo"],
     ]
+
+
+def test_an_output_that_is_an_input_is_refused_before_any_work(env, tmp_path, capsys):
+    """--output naming the list, an audio file, the speakers file or a file of the model
+    directory: one error line, exit 2, the input untouched."""
+    base, model = env["base"], Path(env["model"])
+    wav_list = tmp_path / "list.txt"
+    wav_list.write_text(f"{base / 'wavs' / 'ann0.wav'}\n")
+    speakers = tmp_path / "enrol.txt"
+    speakers.write_text(f"ann {base / 'wavs' / 'ann0.wav'}\n")
+    npz = tmp_path / "speakers.npz"
+    npz.write_bytes(b"not read: the check comes first")
+    ckpt = model / "embedding_model.ckpt"
+    audio = base / "wavs" / "ann0.wav"
+    cases = [
+        (["embed", model, "--wav-list", wav_list, "--output", wav_list], wav_list, "the wav list"),
+        (["embed", model, "--wav-list", wav_list, "--output", audio], audio, "audio file"),
+        (["embed", model, "--dir", base / "wavs", "--output", audio], audio, "audio file"),
+        (["embed", model, "--wav-list", wav_list, "--output", ckpt], ckpt, "model directory"),
+        (["enrol", model, "--speakers", speakers, "--output", speakers], speakers, "speaker list"),
+        (
+            ["identify", model, "--speakers", npz, "--wav-list", wav_list, "--output", wav_list],
+            wav_list,
+            "the wav list",
+        ),
+        (["identify", model, "--speakers", npz, audio, "--output", npz], npz, "speakers file"),
+    ]
+    for argv, out, what in cases:
+        before = Path(out).read_bytes()
+        code, _, err = _run([*argv, "--no-cache"], capsys)
+        assert code == 2 and err.count("\n") == 1, (argv, err)
+        assert err.startswith(f"error: {out}: ") and what in err and "--output" in err, err
+        assert Path(out).read_bytes() == before

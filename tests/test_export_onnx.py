@@ -8,6 +8,7 @@ and batch sizes; the fixture also with the authors' own embeddings.
 """
 
 import contextlib
+import errno
 import io
 import sys
 from pathlib import Path
@@ -309,3 +310,26 @@ def test_metadata_of_a_directory_without_card_or_with_calibration(tmp_path):
     assert card["source"] == {"how": "no model card"} and card["model"]["encoder"] == "ResNetSE34L"
     assert json.loads(meta["calibration"])["scale"] == 3.0
     assert meta["embedding_dim"] == str(card["model"]["embedding_dim"])
+
+
+def test_output_inside_the_model_directory_is_refused(fbank_export, capsys):
+    model_dir = Path(fbank_export[0])
+    ckpt = model_dir / "embedding_model.ckpt"
+    before = ckpt.read_bytes()
+    code, _, err = _cli([model_dir, ckpt, "--overwrite"], capsys)
+    assert code == 2 and err.count("\n") == 1, err
+    assert f"error: {ckpt}: would replace a file of an input of this run (the model" in err
+    assert ckpt.read_bytes() == before and _no_temps(model_dir) == []
+
+
+def test_a_full_disk_is_a_disk_error_not_an_opset_problem(fbank_export, tmp_path, monkeypatch):
+    def full(model, args, f, **kwargs):
+        Path(f).write_bytes(b"partial")
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(eo.torch.onnx, "export", full)
+    with pytest.raises(OSError) as err:
+        export_onnx(fbank_export[0], tmp_path / "model.onnx")
+    assert err.value.errno == errno.ENOSPC and "--opset" not in str(err.value)
+    assert err.value.filename == str(tmp_path / "model.onnx")
+    assert list(tmp_path.iterdir()) == []

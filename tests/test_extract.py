@@ -294,3 +294,25 @@ def test_other_rates_and_stereo_are_resampled_unless_refused(env, tmp_path, caps
     assert code == 2 and f"{scp}:2: sample rate 44100 Hz, expected 16000" in err, err
     code, _, err = _cli([*argv, "--output-dir", tmp_path / "on", "--no-resample"], capsys)
     assert code == 2 and "resample True (asked: False)" in err, err
+
+
+def test_an_incomplete_job_record_is_named(env, tmp_path, capsys):
+    out = tmp_path / "job"
+    out.mkdir()
+    (out / "job.json").write_text('{"format": "maskproxy-extract", "version": 1}')
+    code, _, err = _cli(_argv(env, out, "--num-workers", 0), capsys)
+    assert code == 2 and err.count("\n") == 1 and "KeyError" not in err, err
+    assert err.startswith(f"error: {out / 'job.json'}: an incomplete maskproxy-extract job")
+
+
+def test_an_output_dir_whose_job_files_are_the_list_is_refused(env, tmp_path, capsys):
+    out = tmp_path / "job"
+    out.mkdir()
+    scp = out / "embeddings.scp"
+    scp.write_text(env["scp"].read_text().replace("wav/", f"{env['base']}/wav/"))
+    argv = ["extract", env["models"][0], "--wav-scp", scp, "--output-dir", out]
+    code, _, err = _cli(argv, capsys)
+    assert code == 2 and err == (
+        f"error: {scp}: is an input of this run (the wav scp); choose another --output-dir\n"
+    )
+    assert os.listdir(out) == ["embeddings.scp"]

@@ -2,6 +2,7 @@
 
 import errno
 import os
+import re
 import stat
 import subprocess
 import sys
@@ -10,11 +11,14 @@ import pytest
 
 from maskproxy_losses.utils.errors import InputError
 from maskproxy_losses.utils.files import (
+    atomic_dir,
     atomic_write_text,
+    check_not_input,
     check_writable_dir,
     remove_stale_temps,
     temp_path,
     text_lines,
+    utf8_named,
 )
 
 
@@ -91,3 +95,55 @@ def test_a_full_disk_names_the_target_and_leaves_nothing(tmp_path, monkeypatch):
         files.atomic_write_lines(target, (f"{i}\n" for i in range(100_000)))
     assert err.value.filename == str(target) and err.value.errno == errno.ENOSPC
     assert list(tmp_path.iterdir()) == []
+
+
+def test_check_not_input(tmp_path):
+    model, lst, wav = tmp_path / "model", tmp_path / "list.txt", tmp_path / "a.wav"
+    model.mkdir()
+    for path in (lst, wav):
+        path.write_text("x")
+    inputs = [(model, "the model directory"), (lst, "the wav list")]
+    check_not_input(tmp_path / "out.npz", inputs, listed=[str(wav)], what="audio file")
+    check_not_input(model / "new.npz", inputs)  # a new file in the model directory is fine
+    (model / "x.npz").write_text("x")
+    (tmp_path / "link.txt").symlink_to(lst)
+    cases = [
+        (tmp_path / "link.txt", {}, "is an input of this run (the wav list); choose another"),
+        (
+            model / "x.npz",
+            {},
+            f"would replace a file of an input of this run (the model directory {model})",
+        ),
+        (wav, {"listed": [str(wav)], "what": "audio file"}, f"(audio file {wav})"),
+        (
+            tmp_path,
+            {"folder": True},
+            f"contains an input of this run (the model directory {model})",
+        ),
+    ]
+    for out, kwargs, message in cases:
+        with pytest.raises(InputError, match=re.escape(f"{out}: ")) as err:
+            check_not_input(out, inputs, **kwargs)
+        assert message in str(err.value)
+
+
+def test_atomic_dir_names_the_output_not_its_temporary(tmp_path):
+    out = tmp_path / "model"
+    with pytest.raises(OSError) as err:
+        with atomic_dir(out) as tmp:
+            os.symlink("/dev/full", os.path.join(tmp, "weights.bin"))
+            with open(os.path.join(tmp, "weights.bin"), "wb") as f:
+                f.write(b"x" * 100000)
+                f.flush()
+    assert err.value.errno == errno.ENOSPC
+    assert err.value.filename in (str(out), str(out / "weights.bin")), err.value.filename
+    assert os.listdir(tmp_path) == []
+
+
+def test_utf8_named_names_the_file_and_line(tmp_path):
+    path = tmp_path / "train.csv"
+    path.write_bytes(b"ID,wav\na,\xff.wav\n")
+    with pytest.raises(InputError) as err:
+        with utf8_named(path), open(path, encoding="utf-8") as f:
+            f.read()
+    assert str(err.value).startswith(f"{path}:2: not UTF-8 text (byte 0xff at column 3)")

@@ -586,3 +586,22 @@ def test_sharded_dev_eer_lies_within_the_file_paths_seed_spread(default_corpus, 
     se = np.sqrt(np.var(files, ddof=1) / 3 + np.var(shards, ddof=1) / 3)
     assert abs(np.mean(shards) - np.mean(files)) < 2.5 * se, (files, shards)
     assert 0 < np.mean(files) < 45  # both trained: chance is 50 %, the untrained scorer ~29 %
+
+
+def test_a_manifest_that_is_not_utf8_is_named(tmp_path, manifest, cli):
+    table = tmp_path / "train.csv"
+    table.write_bytes(b"ID,duration,wav,spk_id\na,1.0,\xff.wav,s\n")
+    code, _, err = cli("shards", table, tmp_path / "out")
+    assert code == 2 and err.count("\n") == 1, err
+    assert err.startswith(f"error: {table}:2: not UTF-8 text (byte 0xff at column 7)")
+    wav = manifest[1][0][2]
+    code, _, err = cli("shards", wav, tmp_path / "out2")
+    assert code == 2 and err.startswith(f"error: {wav}:1: not UTF-8 text"), err
+
+
+def test_a_manifest_in_the_place_of_the_index_is_refused(tmp_path, manifest):
+    index = tmp_path / "shards.json"
+    index.write_bytes(manifest[0].read_bytes())
+    with pytest.raises(InputError, match="is an input of this run .the manifest."):
+        write_shards(index, tmp_path)
+    assert index.read_bytes() == manifest[0].read_bytes()

@@ -10,9 +10,11 @@ The fit is :func:`maskproxy_losses.scoring.calibration.fit_calibration`; with
 """
 
 import os
+import sys
 
 from maskproxy_losses.cli.common import probability
 from maskproxy_losses.utils.errors import InputError
+from maskproxy_losses.utils.files import check_not_input
 
 __all__ = ["build"]
 
@@ -47,6 +49,25 @@ def build(name, parser):
     return run
 
 
+def _warnings(cal, scores, model_dir):
+    """What the user should know about a calibration that fitted but is not what they want:
+    a scale <= 0, or (``model_dir``) a qmf.json that takes precedence over it."""
+    from maskproxy_losses.scoring.qmf import QMF_FILE, model_calibration
+
+    if scores.min() == scores.max():
+        yield f"all {scores.size} scores are {scores[0]:g}: the calibration cannot use them"
+    elif cal.scale < 0:
+        yield (
+            f"the fitted scale is negative ({cal.scale:.6g}): target trials score lower than "
+            "non-target ones; are the labels or the scores reversed?"
+        )
+    if model_dir is not None and model_calibration(model_dir)[0] is not None:
+        yield (
+            f"{os.path.join(model_dir, QMF_FILE)} takes precedence over this calibration in "
+            "verify (identify uses calibration.json); remove qmf.json to verify with it"
+        )
+
+
 def run(args):
     """Fit on ``args.scores`` and write the calibration."""
     from maskproxy_losses.scoring.calibration import (
@@ -58,19 +79,24 @@ def run(args):
     )
 
     if args.model_dir is not None:
-        if not os.path.isdir(args.model_dir):
-            raise InputError(f"{args.model_dir}: --model-dir is not a directory")
+        from maskproxy_losses.inference.model_dir import check_model_dir
+
+        check_model_dir(args.model_dir)
         target = os.path.join(args.model_dir, CALIBRATION_FILE)
     else:
         target = args.output
         folder = os.path.dirname(os.path.abspath(target))
         if not os.path.isdir(folder):
             raise InputError(f"{folder}: the folder of --output does not exist")
+    option = "--output" if args.model_dir is None else "--model-dir"
+    check_not_input(target, [(args.scores, "the scores file")], option)
     data = read_scores(args.scores)
     cal = fit_calibration(
         data.scores, data.labels, prior=args.prior, source=os.path.abspath(args.scores)
     )
     cal.save(target)
+    for line in _warnings(cal, data.scores, args.model_dir):
+        print(f"warning: {line}", file=sys.stderr)
     before = cllr(data.scores, data.labels)
     after = cllr(cal(data.scores), data.labels)
     print(f"trials: {data.labels.size} ({cal.n_target} target, {cal.n_nontarget} non-target)")

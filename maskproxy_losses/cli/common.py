@@ -17,7 +17,7 @@ import os
 import sys
 
 from maskproxy_losses.utils.errors import InputError
-from maskproxy_losses.utils.files import check_writable_dir
+from maskproxy_losses.utils.files import check_not_input, check_writable_dir
 
 __all__ = [
     "PROG",
@@ -113,11 +113,14 @@ def add_model_options(parser, device=True, precision=True):
         )
 
 
-def check_output(path):
-    """Refuse an output that is a folder or lies in a folder that cannot be written; make
-    its folder."""
+def check_output(path, inputs=(), listed=()):
+    """Refuse an output that is a folder, lies in a folder that cannot be written or would
+    overwrite an input of the run (``inputs``: ``(path, what)`` pairs; ``listed``: the
+    audio files of a list, see :func:`~maskproxy_losses.utils.files.check_not_input`);
+    make its folder."""
     if os.path.isdir(path):
         raise InputError(f"{path}: --output is a directory, expected a file name")
+    check_not_input(path, [(p, what) for p, what in inputs if p], listed=listed, what="audio file")
     folder = os.path.dirname(str(path)) or "."
     check_writable_dir(folder, "output folder")
     os.makedirs(folder, exist_ok=True)

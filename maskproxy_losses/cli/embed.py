@@ -181,6 +181,13 @@ def _inputs(args):
     )
 
 
+def _check_output(args, entries, *inputs):
+    """``check_output`` of ``--output`` against the model, the lists and the audio files."""
+    named = [(args.model_dir, "the model directory"), *inputs]
+    named += [(getattr(args, "wav_list", None), "the wav list")]
+    check_output(args.output, named, listed=(e[-2] for e in entries))
+
+
 def _load(args):
     from maskproxy_losses.inference.api import load_model
 
@@ -233,7 +240,7 @@ def _run_embed(args):
 
     t0 = time.time()
     entries = _inputs(args)
-    check_output(args.output)
+    _check_output(args, entries)
     model = _load(args)
     emb, stats, entries = _embed_entries(args, model, entries)
     buf = io.BytesIO()
@@ -257,7 +264,7 @@ def _run_enrol(args):
 
     t0 = time.time()
     rows = read_speaker_list(args.speakers)
-    check_output(args.output)
+    _check_output(args, rows, (args.speakers, "the speaker list"))
     model = _load(args)
     emb, stats, kept = _embed_entries(args, model, rows)
     lost = sorted({r[0] for r in rows} - {r[0] for r in kept})
@@ -298,7 +305,7 @@ def _run_identify(args):
     t0 = time.time()
     entries = _inputs(args)
     if args.output:
-        check_output(args.output)
+        _check_output(args, entries, (args.speakers, "the speakers file"))
     model = _load(args)
     ids, models, _ = load_speakers(args.speakers, model.fingerprint)
     calibration = _calibration(args)

@@ -27,6 +27,7 @@ import time
 
 from maskproxy_losses.cli.common import add_model_options, non_negative_int, number, positive_int
 from maskproxy_losses.utils.errors import InputError
+from maskproxy_losses.utils.files import check_not_input
 
 __all__ = ["build"]
 
@@ -107,6 +108,19 @@ def _entries(args):
     return read_wav_list(args.wav_list)  # the path as given is the key
 
 
+def _check_outputs(args):
+    """Refuse an output folder whose job files would overwrite the list or the model."""
+    from maskproxy_losses.inference.extract import INDEX_NAME, JOB_NAME, PARTS, SKIPPED_NAME
+
+    inputs = [
+        (args.wav_scp or args.wav_list, "the wav scp" if args.wav_scp else "the wav list"),
+        (args.model_dir, "the model directory"),
+    ]
+    for name in (JOB_NAME, INDEX_NAME, SKIPPED_NAME, PARTS):
+        path = os.path.join(args.output_dir, name)
+        check_not_input(path, inputs, "--output-dir", folder=name == PARTS)
+
+
 def _device(device, shard_env):
     """``cuda`` under a launcher means this process's GPU, ``cuda:<LOCAL_RANK>``."""
     if shard_env and device == "cuda" and "LOCAL_RANK" in os.environ:
@@ -126,6 +140,7 @@ def _run(args):
         )
     shard = parse_shard(args.shard) if args.shard else env or (0, 1)
     entries = _entries(args)
+    _check_outputs(args)
     model = load_model(args.model_dir, _device(args.device, env), args.trust_model_dir)
     result = extract(
         model,

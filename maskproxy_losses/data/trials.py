@@ -12,7 +12,7 @@ from typing import NamedTuple
 import numpy as np
 
 from maskproxy_losses.utils.errors import InputError
-from maskproxy_losses.utils.files import list_fields
+from maskproxy_losses.utils.files import list_fields, utf8_named
 
 __all__ = [
     "Trial",
@@ -129,7 +129,7 @@ def read_manifest_wavs(path):
     trial lists may name utterances by ID."""
     if not os.path.isfile(path):
         raise InputError(f"{path}: manifest not found")
-    with open(path, newline="", encoding="utf-8") as f:
+    with utf8_named(path), open(path, newline="", encoding="utf-8") as f:
         reader = csv.DictReader(f)
         if not {"ID", "wav"} <= set(reader.fieldnames or []):
             raise InputError(f"{path}:1: expected columns ID and wav")
@@ -167,7 +167,7 @@ def read_speaker_wavs(csv_path, per_speaker=0, what="cohort_csv"):
     if not os.path.isfile(csv_path):
         raise InputError(f"{csv_path}: {what} not found")
     out, count = [], {}
-    with open(csv_path, newline="", encoding="utf-8") as f:
+    with utf8_named(csv_path), open(csv_path, newline="", encoding="utf-8") as f:
         reader = csv.DictReader(f)
         if not {"wav", "spk_id"} <= set(reader.fieldnames or []):
             raise InputError(f"{csv_path}:1: expected columns wav and spk_id")

@@ -266,8 +266,9 @@ def verify_pair(
     the two durations and embedding norms) or else by ``calibration`` (by default the
     model directory's ``calibration.json``, if any; or a ``Calibration``; or None:
     ``scale * score + offset``), and accepted when the LLR reaches the Bayes threshold
-    ``log((1 - p_target) / p_target)``. ``precision`` as in :func:`embed_files`. Bad input
-    raises ``InputError`` naming the file.
+    ``log((1 - p_target) / p_target)`` (the precedence of
+    :func:`~maskproxy_losses.scoring.qmf.model_calibration`). ``precision`` as in
+    :func:`embed_files`. Bad input raises ``InputError`` naming the file.
     """
     if not 0.0 < float(p_target) < 1.0:
         raise InputError(f"p_target must be in (0, 1), got {p_target}")
@@ -477,11 +478,13 @@ class Verifier(SpeakerEmbedder):
     ``calibration``: the model directory's ``calibration.json`` (default; ``None`` when it
     has none), a :class:`~maskproxy_losses.scoring.calibration.Calibration`, or ``None``
     (cosine scores only); ``qmf``: the model directory's ``qmf.json`` (default; used
-    before ``calibration`` when present), a :class:`~maskproxy_losses.scoring.qmf.QMF`, or
-    ``None``. Decisions accept when the LLR reaches the Bayes threshold of
-    ``p_target``. ``verify(a, b)`` returns a :class:`PairResult`; ``enrol({speaker:
-    [audio, ...]})`` an :class:`EnrolledSpeakers`; ``identify(audio, speakers)`` the
-    top-k :class:`Match` list against those or a speakers file of ``maskproxy enrol``.
+    before ``calibration`` when present, in ``verify`` only: see
+    :func:`~maskproxy_losses.scoring.qmf.model_calibration`), a
+    :class:`~maskproxy_losses.scoring.qmf.QMF`, or ``None``. Decisions accept when the LLR
+    reaches the Bayes threshold of ``p_target``. ``verify(a, b)`` returns a
+    :class:`PairResult`; ``enrol({speaker: [audio, ...]})`` an :class:`EnrolledSpeakers`;
+    ``identify(audio, speakers)`` the top-k :class:`Match` list against those or a
+    speakers file of ``maskproxy enrol``.
 
     Example
     -------

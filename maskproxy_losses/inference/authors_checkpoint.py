@@ -18,6 +18,7 @@ import torch
 from maskproxy_losses.inference.export import export_model
 from maskproxy_losses.models.resnetse34l import ResNetSE34L
 from maskproxy_losses.utils.errors import MAX_LISTED, InputError
+from maskproxy_losses.utils.files import check_not_input
 
 __all__ = ["load_authors_state_dict", "convert_checkpoint"]
 
@@ -125,6 +126,7 @@ def convert_checkpoint(path, output_dir, overwrite=False):
         raise InputError(f"{out}: exists and is not empty (use --overwrite to replace it)")
     if out.exists() and not out.is_dir():
         raise InputError(f"{out}: exists and is not a directory")
+    check_not_input(out, [(path, "the checkpoint")], "OUTPUT_DIR", folder=True)
     state, n_mels = load_authors_state_dict(path)
     try:
         model = build_model_for(state, n_mels)

@@ -23,9 +23,8 @@ Example
 ('ResNetSE34L', 16, None)
 """
 
+import io
 import json
-import os
-import shutil
 from pathlib import Path
 
 import torch
@@ -34,7 +33,7 @@ from hyperpyyaml import load_hyperpyyaml
 from maskproxy_losses.inference.model_card import describe_encoder, write_model_card
 from maskproxy_losses.inference.model_dir import CKPT_FILE, HPARAMS_FILE
 from maskproxy_losses.models.frontend import frontend_spec
-from maskproxy_losses.utils.files import remove_stale_temps, temp_path, umask_mode
+from maskproxy_losses.utils.files import atomic_dir
 
 __all__ = ["export_model", "render_hparams", "unwrap", "HPARAMS_FILE", "CKPT_FILE"]
 
@@ -144,13 +143,12 @@ def export_model(
     text = render_hparams(embedding_model, frontend, n_mels)
     state = {k: v.detach().cpu() for k, v in unwrap(embedding_model).state_dict().items()}
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    remove_stale_temps(out.parent)  # left by a killed export
-    tmp = Path(temp_path(out))
-    tmp.mkdir(mode=umask_mode(0o777))
-    try:
+    with atomic_dir(out) as tmp:
+        tmp = Path(tmp)
         (tmp / HPARAMS_FILE).write_text(text, encoding="utf-8")
-        torch.save(state, tmp / CKPT_FILE)
+        buf = io.BytesIO()  # torch.save to a file hides a full disk in a RuntimeError
+        torch.save(state, buf)
+        (tmp / CKPT_FILE).write_bytes(buf.getbuffer())
         for name, content in (extra_files or {}).items():
             (tmp / name).write_text(content, encoding="utf-8")
         # Check the directory before it becomes visible.
@@ -164,18 +162,4 @@ def export_model(
         info.update({"training": None, "evaluation": {}, **(card or {})})
         info.setdefault("source", {"how": "exported by maskproxy_losses.inference.export"})
         write_model_card(tmp, info)
-        if out.exists():
-            old = temp_path(out, "old")
-            os.rename(out, old)
-            try:
-                os.rename(tmp, out)
-            except BaseException:
-                os.rename(old, out)
-                raise
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.rename(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out

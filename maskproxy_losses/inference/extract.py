@@ -95,6 +95,7 @@ JOB_NAME, INDEX_NAME, SKIPPED_NAME, PARTS = "job.json", "embeddings.scp", "skipp
 # What every part of a job shares; a process asking for other values is refused.
 _SHARED = ("fingerprint", "digest", "entries", "part_size", "batch_seconds", "max_seconds")
 _SHARED += ("precision", "resample")
+_REQUIRED = {"fingerprint": str, "model_dir": str, "parts": int}  # read directly
 _PROBE_CHUNK = 256
 
 
@@ -166,6 +167,12 @@ def _open_job(folder, spec):
         raise InputError(f"{path}: not an extraction job record ({err})") from None
     if not isinstance(job, dict) or job.get("format") != FORMAT or job.get("version") != VERSION:
         raise InputError(f"{path}: not a {FORMAT} v{VERSION} job; use another output folder")
+    bad = [k for k, kind in _REQUIRED.items() if not isinstance(job.get(k), kind)]
+    if bad:
+        raise InputError(
+            f"{path}: an incomplete {FORMAT} job record (no valid {', '.join(bad)}); "
+            "use another output folder"
+        )
     if job["fingerprint"] != spec["fingerprint"]:
         raise InputError(
             f"{path}: the job's parts are embedded with model {job['model_dir']} (fingerprint "

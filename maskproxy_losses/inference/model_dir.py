@@ -43,6 +43,7 @@ __all__ = [
     "MAX_HPARAMS_BYTES",
     "CKPT_FILE",
     "MODULE_KEYS",
+    "check_model_dir",
     "check_hparams",
     "read_model_hparams",
     "load_modules",
@@ -177,6 +178,17 @@ def _parse(path):
     if not isinstance(data, dict):
         raise InputError(f"{path}: not a mapping of keys to values")
     return data, loader.problems
+
+
+def check_model_dir(model_dir):
+    """Raise ``InputError`` unless ``model_dir`` is a folder holding a model directory's
+    :data:`HPARAMS_FILE` and :data:`CKPT_FILE` (nothing is read)."""
+    model_dir = Path(model_dir)
+    if not model_dir.is_dir():
+        raise InputError(f"{model_dir}: model directory not found")
+    for name in (HPARAMS_FILE, CKPT_FILE):
+        if not (model_dir / name).is_file():
+            raise InputError(f"{model_dir}: not a model directory (no {name})")
 
 
 def check_hparams(model_dir):

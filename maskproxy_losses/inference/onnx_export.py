@@ -53,7 +53,12 @@ from maskproxy_losses.data.audio import MIN_SAMPLES, SAMPLE_RATE
 from maskproxy_losses.inference.model_dir import MODULE_KEYS, load_modules
 from maskproxy_losses.inference.onnx_runtime import INSTALL_HINT, OnnxEmbedder
 from maskproxy_losses.utils.errors import InputError
-from maskproxy_losses.utils.files import remove_stale_temps, temp_path
+from maskproxy_losses.utils.files import (
+    check_not_input,
+    naming_path,
+    remove_stale_temps,
+    temp_path,
+)
 
 __all__ = [
     "export_onnx",
@@ -364,6 +369,7 @@ def export_onnx(
 
     out = Path(out_path).absolute()
     _check_output_path(out, overwrite)
+    check_not_input(out, [(model_dir, "the model directory")], "OUT.onnx")
     _, modules = load_modules(model_dir, trust)
     compute_features, mean_var_norm, embedding_model = (modules[k] for k in MODULE_KEYS)
     embedder = WaveformEmbedder(compute_features, mean_var_norm, embedding_model).eval()
@@ -397,6 +403,9 @@ def export_onnx(
                     verbose=False,
                 )
         except Exception as err:  # unsupported operator, bad opset, ...
+            disk = err if isinstance(err, OSError) else err.__cause__
+            if isinstance(disk, OSError):  # a full disk: not the exporter's fault
+                raise naming_path(disk, tmp, out) from err
             detail = str(err).strip().splitlines()[0] if str(err).strip() else ""
             raise InputError(
                 f"{model_dir}: the ONNX exporter failed ({type(err).__name__}: "
@@ -412,8 +421,10 @@ def export_onnx(
                 f"test batch, more than the tolerance {tolerance:g}; nothing written"
             )
         os.replace(tmp, out)
-    except BaseException:
+    except BaseException as err:
         with contextlib.suppress(OSError):
             os.remove(tmp)
+        if isinstance(err, OSError):
+            raise naming_path(err, tmp, out) from err
         raise
     return out

@@ -51,6 +51,7 @@ from maskproxy_losses.utils.files import atomic_write_text, list_fields, read_fo
 
 __all__ = [
     "CALIBRATION_FILE",
+    "MAX_SCORE",
     "Calibration",
     "ScoreList",
     "bayes_threshold",
@@ -70,6 +71,7 @@ CALIBRATION_FILE = "calibration.json"
 _FORMAT = "maskproxy-calibration"
 _VERSION = 1
 _LN2 = math.log(2.0)
+MAX_SCORE = 1e100  # no scorer gives more; squares (the fit's variance) stay finite
 
 
 # ---------------------------------------------------------------- validation
@@ -403,6 +405,12 @@ def read_scores(path):
             continue
         if not math.isfinite(score):
             problems.append(f"{where}: score must be finite, got {fields[1]!r}")
+            continue
+        if abs(score) > MAX_SCORE:
+            problems.append(
+                f"{where}: score {fields[1]} is out of range (|score| above {MAX_SCORE:g}: "
+                "its square overflows in the fit)"
+            )
             continue
         scores.append(score)
         labels.append(int(fields[0]))

@@ -67,7 +67,10 @@ def _describe(err):
         what = err.strerror or type(err).__name__
         return f"{err.filename}: {what}"
     if isinstance(err, UnicodeDecodeError):
-        return f"a file is not UTF-8 text ({err.reason} at byte {err.start})"
+        return (
+            f"a file is not UTF-8 text ({err.reason} at byte {err.start} of a block); "
+            "--debug shows which"
+        )
     return str(err)
 
 

@@ -17,6 +17,7 @@ Example
 ['a.txt']
 """
 
+import contextlib
 import json
 import os
 import re
@@ -30,10 +31,14 @@ __all__ = [
     "atomic_write_chunks",
     "atomic_write_text",
     "atomic_write_lines",
+    "atomic_dir",
+    "naming_path",
     "temp_path",
     "remove_stale_temps",
     "umask_mode",
     "check_writable_dir",
+    "check_not_input",
+    "utf8_named",
     "text_lines",
     "list_fields",
     "read_format_json",
@@ -76,9 +81,22 @@ def atomic_write_chunks(path, chunks):
     except BaseException as err:
         if os.path.lexists(tmp):
             os.remove(tmp)
-        if isinstance(err, OSError) and err.filename in (None, tmp):
-            raise OSError(err.errno, err.strerror, str(path)) from err
+        if isinstance(err, OSError):
+            raise naming_path(err, tmp, path) from err
         raise
+
+
+def naming_path(err, tmp, path):
+    """``err`` (an OSError) naming the user's ``path`` instead of its temporary ``tmp`` (a
+    file inside a temporary folder becomes the same file inside ``path``)."""
+    name = err.filename
+    if name is None or os.fspath(name) == os.fspath(tmp):
+        name = os.fspath(path)
+    elif os.fspath(name).startswith(os.fspath(tmp) + os.sep):
+        name = os.fspath(path) + os.fspath(name)[len(os.fspath(tmp)) :]
+    else:
+        return err
+    return OSError(err.errno, err.strerror, name)
 
 
 def atomic_write_text(path, text):
@@ -108,6 +126,37 @@ def atomic_write_lines(path, lines, batch=10000):
             yield "".join(part).encode("utf-8")
 
     atomic_write_chunks(path, chunks())
+
+
+@contextlib.contextmanager
+def atomic_dir(path):
+    """Yield a hidden temporary folder beside ``path`` to fill; on success it is renamed
+    to ``path`` (an existing ``path`` is replaced only then), on any error removed. An
+    OSError (a full disk, a read-only folder) names ``path`` (or the file inside it), not
+    the temporary."""
+    path = os.path.abspath(path)
+    tmp = temp_path(path)
+    try:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        remove_stale_temps(os.path.dirname(path))  # left by a killed write
+        os.mkdir(tmp, umask_mode(0o777))
+        yield tmp
+        if os.path.lexists(path):
+            old = temp_path(path, "old")
+            os.rename(path, old)
+            try:
+                os.rename(tmp, path)
+            except BaseException:
+                os.rename(old, path)
+                raise
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.rename(tmp, path)
+    except BaseException as err:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(err, OSError):
+            raise naming_path(err, tmp, path) from err
+        raise
 
 
 def _pid_alive(pid):
@@ -176,6 +225,56 @@ def check_writable_dir(folder, what="output folder"):
             f"{folder}: the {what} is not writable ({err.strerror}); "
             "choose another folder or fix its permissions"
         ) from err
+
+
+def _same(a, b):
+    with contextlib.suppress(OSError):
+        return os.path.samefile(a, b)
+    return os.path.realpath(a) == os.path.realpath(b)
+
+
+def _inside(path, folder):
+    return os.path.realpath(path).startswith(os.path.join(os.path.realpath(folder), ""))
+
+
+def check_not_input(output, inputs, option="--output", folder=False, listed=(), what=""):
+    """Raise ``InputError`` before any work when writing ``output`` would destroy an input
+    of the run: when it is one of ``inputs`` (``(path, what)`` pairs, e.g. ``(list,
+    "the wav list")``; the same file after links), would replace a file inside an input
+    folder (a model directory; a new file there is fine) or, with ``folder`` (a folder
+    output replaced whole), contains an input.
+
+    ``listed``: the paths of a long list (``what`` names them), compared by name first,
+    so millions of entries cost one set lookup each, no file system call.
+    """
+    out = os.fspath(output)
+
+    def refuse(problem):
+        raise InputError(f"{out}: {problem}; choose another {option}")
+
+    for path, kind in inputs:
+        path = os.fspath(path)
+        if _same(out, path):
+            refuse(f"is an input of this run ({kind})")
+        if os.path.isdir(path) and _inside(out, path) and os.path.lexists(out):
+            refuse(f"would replace a file of an input of this run ({kind} {path})")
+        if folder and _inside(path, out):
+            refuse(f"contains an input of this run ({kind} {path}), which it would replace")
+    names = {os.path.basename(out), os.path.basename(os.path.realpath(out))}
+    for path in listed:
+        if os.path.basename(path) in names and _same(out, path):
+            refuse(f"is an input of this run ({what} {path})")
+
+
+@contextlib.contextmanager
+def utf8_named(path):
+    """Turn a ``UnicodeDecodeError`` while reading the text file ``path`` into an
+    ``InputError`` naming its first line that is not UTF-8 (see :func:`text_lines`)."""
+    try:
+        yield
+    except UnicodeDecodeError as err:
+        bad = next((p for _, _, p in text_lines(path) if p), None)
+        raise InputError(bad or f"{path}: not UTF-8 text (byte {err.start})") from None
 
 
 def text_lines(path):
