@@ -12,7 +12,6 @@ from maskproxy_losses.models.frontend import build_frontend
 from maskproxy_losses.models.resnet34 import ResNet34
 from maskproxy_losses.models.resnetse34l import ResNetSE34L
 
-
 ENCODERS = {
     "resnetse34l": lambda: ResNetSE34L(),
     "resnet34": lambda: ResNet34(n_mels=40, channels=(8, 16, 32, 64)),
