@@ -14,6 +14,10 @@
   a rerun with the same inputs reuses the outputs after a ``stat`` of every listed file:
   one missing or changed since is named (``train.csv:N: ...``), or with ``skip_bad``
   the preparation runs again, as it does when a file skipped as bad has changed since.
+- ``.prep.lock``, ``.readers.lock``, ``.readers/``: a preparation holds the first while
+  it checks and writes (another one waits); rewriting manifests that a training run
+  holds (the recipe, until it ends) is refused naming that run, before the audio is read
+  (:mod:`maskproxy_losses.training.run_lock`).
 - ``resampled_16k/`` (only with ``resample=True``): 16 kHz mono copies of the audio that
   is not (:mod:`data_prep.resample`); the manifests name the copies. Without it such
   audio is refused.
@@ -52,6 +56,7 @@ from data_prep import lists, manifests
 from data_prep.audio_check import check_audio
 from data_prep.splits import make_trials, split_dev
 from maskproxy_losses.data.trials import check_classes
+from maskproxy_losses.training.run_lock import check_rewrite, preparing_manifests
 from maskproxy_losses.utils.errors import InputError, problem_key, report
 from maskproxy_losses.utils.files import (
     atomic_write_text,
@@ -194,8 +199,19 @@ def prepare_voxceleb(
     for path in [*outputs.values(), os.path.join(output_dir, manifests.OPTIONS_FILE)]:
         check_not_input(path, inputs, "--output-dir")
     check_writable_dir(output_dir)
-    remove_stale_temps(output_dir)
+    with preparing_manifests(output_dir):  # one preparation at a time
+        return _prepare(
+            output_dir, train_root, test_root, outputs, train_list, trials, dev_share,
+            n_dev_trials, seed, skip_bad, num_workers, skip_if_done, resample,
+        )  # fmt: skip
 
+
+def _prepare(
+    output_dir, train_root, test_root, outputs, train_list, trials, dev_share, n_dev_trials,
+    seed, skip_bad, num_workers, skip_if_done, resample,
+):  # fmt: skip
+    """:func:`prepare_voxceleb` once its folder is locked (absolute paths)."""
+    remove_stale_temps(output_dir)
     problems = []
     if train_list:
         train = lists.read_train_list(train_list, train_root, problems)
@@ -230,6 +246,7 @@ def prepare_voxceleb(
                 logger.warning(warning)
             logger.info("%s is up to date; skipping data preparation", output_dir)
             return outputs
+    check_rewrite(output_dir)  # no run trains on what would be rewritten
 
     _check_relative(
         output_dir, [("train root", train_root)] + ([("test root", test_root)] if trials else [])

@@ -101,6 +101,7 @@ def test_outputs_layout(vox):
     out = prep(vox, dev_share=2)
     assert sorted(os.listdir(vox / "out")) == sorted(
         ["train.csv", "dev.csv", "dev_trials.txt", "test.csv", "trials.txt", "prep_options.json"]
+        + [".prep.lock", ".readers.lock"]  # preparation's lock, runs' holds (run_lock.py)
     )
     train, dev = read_csv(out["train_csv"]), read_csv(out["dev_csv"])
     assert list(train[0]) == ["ID", "duration", "wav", "spk_id", "size", "mtime_ns"]
@@ -731,7 +732,7 @@ def test_kill_9_mid_run_then_rerun_cleans_up(tmp_path):
         assert cli_main(["prepare", *args[1:]]) == 0
     finally:
         os.umask(old)
-    names = sorted(os.listdir(out))
+    names = sorted(n for n in os.listdir(out) if not n.endswith(".lock"))
     assert names == ["dev.csv", "dev_trials.txt", "prep_options.json", "train.csv"]
     assert {stat.S_IMODE(os.stat(out / n).st_mode) for n in names} == {0o644}
     assert len(read_csv(out / "train.csv")) + len(read_csv(out / "dev.csv")) == 3000
@@ -838,3 +839,50 @@ def test_ctrl_c_during_header_reads_is_one_line_and_exit_130(tmp_path):
     assert proc.returncode == 130, err
     assert err.strip().splitlines()[-1] == "interrupted (Ctrl-C)" and "Traceback" not in err
     assert not (out / "prep_options.json").exists()
+
+
+# ------------------------------------------------ a manifest folder that runs train on
+def _hold_in_subprocess(folder, output):
+    """A process that holds ``folder``'s manifests as a running training run does."""
+    code = (
+        "import sys, time\n"
+        "from maskproxy_losses.training.run_lock import hold_manifests, preparing_manifests\n"
+        "with preparing_manifests(sys.argv[1]):\n"
+        "    hold_manifests(sys.argv[1], sys.argv[2])\n"
+        "print('held', flush=True)\n"
+        "time.sleep(120)\n"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code, str(folder), str(output)],
+        cwd=REPO, stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    assert proc.stdout.readline() == "held\n"
+    return proc
+
+
+def test_manifests_a_run_holds_are_reused_but_never_rewritten(vox, caplog):
+    """Two runs on one manifest folder (issue: run A trained on run B's list): while a run
+    holds the manifests, a preparation from another list is refused before reading any
+    audio, naming the run; one from the same list reuses them; once the run is gone the
+    other list is prepared."""
+    prep(vox, dev_share=2)
+    out = vox / "out"
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+    fewer = vox / "fewer.txt"
+    fewer.write_text("".join((vox / "train_list.txt").read_text().splitlines(True)[:-1]))
+    holder = _hold_in_subprocess(out, "/runs/A")
+    try:
+        with pytest.raises(InputError) as info:
+            prep(vox, dev_share=2, train_list=str(fewer))
+        assert str(info.value).startswith(
+            f"{out}: another run (pid {holder.pid}, started "
+        ) and "output folder /runs/A) trains on these manifests" in str(info.value)
+        with caplog.at_level(logging.INFO):
+            prep(vox, dev_share=2)  # the same list: reused beside the run
+        assert "up to date; skipping data preparation" in caplog.text
+        assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before
+    finally:
+        holder.kill()
+        holder.wait()
+    again = prep(vox, dev_share=2, train_list=str(fewer))
+    assert len(read_csv(again["train_csv"]) + read_csv(again["dev_csv"])) == 11  # of 12

@@ -250,6 +250,48 @@ def test_two_runs_into_one_folder_the_second_stops_at_once(corpus, tmp_path, rec
     assert not (tmp_path / "run" / "run.lock").exists()  # released at exit
 
 
+@pytest.mark.slow
+def test_runs_sharing_a_manifest_folder_each_train_on_their_own_list(
+    corpus, tmp_path, capsys, caplog, recipe_args
+):
+    """Run A trains; B, started beside it on the same manifest folder with a list one line
+    shorter, is refused naming A before its data preparation (A trained on B's list and
+    recorded its own); C, with A's list, reuses the manifests beside A (JOBS=2 of
+    run_all_losses.sh). A trains on the data its run.json records."""
+    from maskproxy_losses.training.run_folder import data_fingerprint
+
+    man = tmp_path / "man"
+    argv = recipe_args(corpus, tmp_path / "A", manifest_folder=man, number_of_epochs=2)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MASKPROXY_DEBUG": ""}
+    first = subprocess.Popen(
+        [sys.executable, str(SCRIPT), *argv], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    deadline = time.time() + 120
+    while not list(man.glob(".readers/*.json")) and time.time() < deadline:
+        time.sleep(0.05)
+    lines = (corpus / "train_list.txt").read_text().splitlines(keepends=True)
+    fewer = tmp_path / "tl_minus1.txt"
+    fewer.write_text("".join(lines[:-1]))
+    other = recipe_args(corpus, tmp_path / "B", manifest_folder=man, train_list=fewer)
+    _one_error(
+        *_main(other, capsys),
+        f"error: {os.path.realpath(man)}: another run (pid {first.pid}, started ",
+        f"output folder {tmp_path / 'A'}) trains on these manifests",
+    )
+    assert first.poll() is None, "A ended before B was refused"
+    with caplog.at_level("INFO", logger="data_prep.voxceleb"):
+        code, err = _main(recipe_args(corpus, tmp_path / "C", manifest_folder=man), capsys)
+    assert code == 0, err[-3000:]
+    assert f"{man} is up to date; skipping data preparation" in caplog.text
+    out, _ = first.communicate(timeout=600)
+    assert first.returncode == 0, out[-3000:]
+    recorded = json.loads((tmp_path / "A" / "run.json").read_text())["data"]
+    manifests = {k: man / f"{k[:-4]}.csv" for k in ("train_csv", "dev_csv")}
+    assert recorded == data_fingerprint(manifests)
+    assert f"{len(lines) - recorded['dev']['utterances']} utterances" in out
+
+
 def test_damaged_checkpoint_and_label_encoder_fall_back(corpus, tmp_path, capsys, recipe_args):
     out = tmp_path / "run"
     code, err = _main(recipe_args(corpus, out, number_of_epochs=2, average_checkpoints=2), capsys)

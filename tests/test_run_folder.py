@@ -208,6 +208,20 @@ def test_a_new_run_records_settings_and_data_once(tmp_path):
     folder.release()
 
 
+def test_a_resume_on_changed_manifests_is_refused_naming_them(tmp_path):
+    """The manifests a run trained on changed before its resume (another run prepared
+    the folder from another list): refused, naming the manifest and what changed."""
+    rows = [("u1", "s1", "1.0"), ("u2", "s2", "1.0"), ("u3", "s2", "1.0")]
+    recorded = rf.data_fingerprint(_manifests(tmp_path, rows))
+    folder, manifests, _ = _folder(tmp_path, rows[:2], record_data=recorded)
+    with pytest.raises(InputError) as info:
+        folder.check_data(manifests)
+    assert str(info.value).startswith(
+        f"{tmp_path / 'out'}: this output folder holds a run trained on other data "
+        f"({manifests['train_csv']} 3 -> 2 utterances); nothing was changed in it."
+    )
+
+
 def test_partial_checkpoints_are_removed_at_start(tmp_path):
     save = tmp_path / "save"
     for name, files in (("CKPT+a", ["CKPT.yaml", "m.ckpt"]), ("CKPT+b", ["CKPT.yaml.pending"])):

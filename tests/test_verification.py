@@ -251,6 +251,52 @@ def test_calibration_from_the_model_directory(setup, tmp_path):
     assert m["options"]["calibration"] is None and "Cllr" not in m and "minCllr" in m
 
 
+def test_model_directory_and_trial_ids_are_checked_before_embedding(
+    setup, tmp_path, capsys, monkeypatch
+):
+    """A corrupt calibration.json / qmf.json of the model directory, a training output
+    folder given as the model, and a trial ID that is not in --test_csv: one error line
+    naming the file (and line), before any file is embedded (they came after it)."""
+    import shutil
+
+    def embedded(*args, **kwargs):
+        raise AssertionError("embedded before the check")
+
+    monkeypatch.setattr(sv, "score", embedded)
+    w = _wavs(setup)
+    trials = _write_trials(setup, "model_checks.txt", [f"1 {w[0]} {w[1]}", f"0 {w[0]} {w[4]}"])
+
+    def refused(model, *extra):
+        argv = _argv(dict(setup, model=model), "out_mc", "--trials_file", trials, *extra)
+        code = sv.main([str(a) for a in argv])
+        err = capsys.readouterr().err
+        assert code == 2 and "Traceback" not in err, err[-2000:]
+        errors = [line for line in err.splitlines() if line.startswith("error: ")]
+        assert len(errors) == 1, err[-2000:]
+        return errors[0]
+
+    for name in ("calibration.json", "qmf.json"):
+        model = tmp_path / name.split(".")[0]
+        shutil.copytree(setup["model"], model)
+        (model / name).write_text('{"format": 1,\n "scale": 2.0,\n oops\n}\n')
+        assert refused(model).startswith(f"error: {model / name}:3: not valid JSON")
+
+    run = tmp_path / "run"  # a training output folder: the recipe's yaml, the model in model/
+    shutil.copytree(setup["model"], run / "model")
+    (run / "hyperparams.yaml").write_text("a: &id001 [1]\nb: *id001\n")
+    assert refused(run) == f"error: {run}: is a training output folder; use {run / 'model'}"
+
+    root = setup["corpus"] / "wav"
+    ids = [str(Path(p).relative_to(root)).replace("/", "--")[:-4] for p in w[:2]]
+    trials = _write_trials(
+        setup, "unknown_id.txt", [f"1 {ids[0]} {ids[1]}", f"0 {ids[0]} id99999--sess0--00001"]
+    )
+    test_csv = setup["corpus"] / "manifests" / "test.csv"
+    assert refused(setup["model"], "--test_csv", test_csv) == (
+        f"error: {trials}:2: id99999--sess0--00001 is not an ID in {test_csv} (nor a file)"
+    )
+
+
 def test_embedding_map(setup):
     sv.verify(_argv(setup, "out_map", "--embedding_map", "True"))
     png = setup["base"] / "out_map" / "embedding_map.png"

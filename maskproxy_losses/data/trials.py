@@ -46,8 +46,8 @@ def read_trials(trials_file, test_root=None, id_to_wav=None):
     Each path is a ``test_csv`` ID (when ``id_to_wav`` is given), an absolute path, or a
     path relative to ``test_root`` (default: the trial file's folder). Returns
     ``(trials, problems)``: trials are :class:`Trial` records and each problem names
-    ``file:line`` and what is wrong (a line that is not UTF-8 is one). Audio is not opened
-    here.
+    ``file:line`` and what is wrong (a line that is not UTF-8 is one; with ``id_to_wav``,
+    a name that is neither one of its IDs nor a file). Audio is not opened here.
 
     >>> import os, tempfile
     >>> path = os.path.join(tempfile.mkdtemp(), "trials.txt")
@@ -78,6 +78,14 @@ def read_trials(trials_file, test_root=None, id_to_wav=None):
             )
             for tok in fields[1:]
         )
+        unknown = [
+            tok for tok, path in ((e, e_path), (t, t_path))
+            if id_to_wav and tok not in id_to_wav and not os.path.isfile(path)
+        ]  # fmt: skip
+        if unknown:
+            source = getattr(id_to_wav, "source", "the test_csv")
+            problems.append(f"{where}: {unknown[0]} is not an ID in {source} (nor a file)")
+            continue
         trials.append(Trial(int(fields[0]), e, t, e_path, t_path, where))
     return trials, problems
 
@@ -124,16 +132,24 @@ def check_classes(trials, source):
         )
 
 
+class _IdWavs(dict):
+    """``{ID: wav path}`` that knows its manifest (``source``)."""
+
+    def __init__(self, source):
+        super().__init__()
+        self.source = source
+
+
 def read_manifest_wavs(path):
     """``{ID: wav path}`` of a SpeechBrain manifest (columns ``ID``, ``wav``, ...), so that
-    trial lists may name utterances by ID."""
+    trial lists may name utterances by ID; its ``source`` is ``path``."""
     if not os.path.isfile(path):
         raise InputError(f"{path}: manifest not found")
     with utf8_named(path), open(path, newline="", encoding="utf-8") as f:
         reader = csv.DictReader(f)
         if not {"ID", "wav"} <= set(reader.fieldnames or []):
             raise InputError(f"{path}:1: expected columns ID and wav")
-        out = {}
+        out = _IdWavs(path)
         for lineno, row in enumerate(reader, 2):
             if None in row.values() or None in row:
                 raise InputError(f"{path}:{lineno}: expected {len(reader.fieldnames)} fields")

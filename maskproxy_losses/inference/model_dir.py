@@ -180,12 +180,23 @@ def _parse(path):
     return data, loader.problems
 
 
+def _not_a_training_folder(model_dir):
+    """Raise ``InputError`` when ``model_dir`` is a training output folder (its own
+    ``hyperparams.yaml`` is the recipe's; the exported model is in ``model/``)."""
+    inner = Path(model_dir) / "model"
+    if not (Path(model_dir) / CKPT_FILE).is_file() and all(
+        (inner / name).is_file() for name in (HPARAMS_FILE, CKPT_FILE)
+    ):
+        raise InputError(f"{model_dir}: is a training output folder; use {inner}")
+
+
 def check_model_dir(model_dir):
     """Raise ``InputError`` unless ``model_dir`` is a folder holding a model directory's
     :data:`HPARAMS_FILE` and :data:`CKPT_FILE` (nothing is read)."""
     model_dir = Path(model_dir)
     if not model_dir.is_dir():
         raise InputError(f"{model_dir}: model directory not found")
+    _not_a_training_folder(model_dir)
     for name in (HPARAMS_FILE, CKPT_FILE):
         if not (model_dir / name).is_file():
             raise InputError(f"{model_dir}: not a model directory (no {name})")
@@ -194,6 +205,7 @@ def check_model_dir(model_dir):
 def check_hparams(model_dir):
     """Raise ``InputError`` unless ``model_dir/hyperparams.yaml`` names only what the
     project's export writes (``!ref <key>`` and ``!new:`` of :data:`ALLOWED_CONSTRUCTORS`)."""
+    _not_a_training_folder(model_dir)
     path = Path(model_dir) / HPARAMS_FILE
     if not path.is_file():
         raise InputError(f"{model_dir}: not a model directory (no {HPARAMS_FILE})")
@@ -258,6 +270,7 @@ def load_modules(model_dir, trust=False):
     model_dir = Path(model_dir)
     if not model_dir.is_dir():
         raise InputError(f"{model_dir}: model directory not found")
+    _not_a_training_folder(model_dir)
     if not (model_dir / HPARAMS_FILE).is_file():
         raise InputError(f"{model_dir}: not a model directory (no {HPARAMS_FILE})")
     hparams_path, ckpt = model_dir / HPARAMS_FILE, model_dir / CKPT_FILE

@@ -32,7 +32,8 @@ signatures and that SpeechBrain still calls them):
   default 1) and after the last; other epochs call :meth:`on_epoch_without_validation`.
 - ``_compile`` (private): with ``--compile True`` (and no ``--compile_module_keys``) the
   whole forward of :meth:`make_train_step` is compiled as one graph in ``on_fit_start``,
-  instead of each module apart.
+  instead of each module apart, with the autocast inside the graph
+  (:class:`~maskproxy_losses.training.step.CompiledStep`).
 
 Example
 -------
@@ -60,6 +61,7 @@ from speechbrain.utils.distributed import is_distributed_initialized
 
 from maskproxy_losses.data.sampler import SpeakerBatchSampler
 from maskproxy_losses.data.shards import EpochStart, ShardedSpeakerBatches
+from maskproxy_losses.training.step import CompiledStep
 from maskproxy_losses.training.step_log import StepLog
 
 __all__ = ["GroupedBatchBrain"]
@@ -227,8 +229,9 @@ class GroupedBatchBrain(sb.Brain):
         super().on_fit_start()
         self.train_step = self.make_train_step()
         if self.train_step is not None and self.compile and self.compile_module_keys is None:
-            self.train_step = torch.compile(
+            self.train_step = CompiledStep(  # the autocast inside the graph
                 self.train_step,
+                torch.device(self.device).type,
                 mode=self.compile_mode,
                 fullgraph=self.compile_using_fullgraph,
                 dynamic=True if self.compile_using_dynamic_shape_tracing else None,

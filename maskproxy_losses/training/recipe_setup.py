@@ -37,6 +37,7 @@ from maskproxy_losses.data.sampler import SpeakerBatchSampler
 from maskproxy_losses.data.speed_perturb import SPEEDS, SpeedPerturbedCrops
 from maskproxy_losses.training.finetune import load_pretrained
 from maskproxy_losses.training.options import check_device
+from maskproxy_losses.training.run_lock import hold_manifests, preparing_manifests
 from maskproxy_losses.utils.errors import InputError
 from maskproxy_losses.utils.precision import resolve_run_precision
 
@@ -56,13 +57,22 @@ def prepare_manifests(hparams):
     """The manifest paths of the built-in corpus (generated when absent) or of the given
     VoxCeleb-style lists (``data_prep``); with ``write_shards`` also the training set's
     WebDataset shards (``train_shards``, :mod:`data_prep.shards`). Run on the main
-    process only."""
+    process only. Prepared under the manifest folder's lock, then held (shared) until the
+    run ends: no other run rewrites them meanwhile
+    (:func:`~maskproxy_losses.training.run_lock.hold_manifests`)."""
+    if hparams.get("write_shards") and hparams.get("train_shards"):
+        raise InputError("give train_shards (shards written before) or write_shards, not both")
+    with preparing_manifests(hparams["manifest_folder"]):
+        manifests = _prepare_manifests(hparams)
+        hold_manifests(hparams["manifest_folder"], hparams["output_folder"])
+    return manifests
+
+
+def _prepare_manifests(hparams):
     from data_prep.demo_corpus import prepare_builtin
     from data_prep.shards import write_shards
     from data_prep.voxceleb import prepare_voxceleb
 
-    if hparams.get("write_shards") and hparams.get("train_shards"):
-        raise InputError("give train_shards (shards written before) or write_shards, not both")
     if hparams["builtin_corpus"]:
         seeds = {"corpus_seed": hparams["corpus_seed"], "prep_seed": hparams["prep_seed"]}
         manifests = prepare_builtin(hparams["data_folder"], hparams["manifest_folder"], **seeds)

@@ -40,7 +40,7 @@ import time
 from pathlib import Path
 
 from maskproxy_losses.training.hparams import read_tagged_yaml
-from maskproxy_losses.training.run_lock import LOCK_FILE, RunLock
+from maskproxy_losses.training.run_lock import LOCK_FILE, RunLock, release_manifests
 from maskproxy_losses.utils.errors import InputError
 from maskproxy_losses.utils.files import atomic_write_text, check_writable_dir
 
@@ -191,13 +191,15 @@ def data_fingerprint(manifests):
     return out
 
 
-def _data_differences(recorded, now):
+def _data_differences(recorded, now, manifests=None):
+    """``what recorded -> now`` notes, naming each manifest (its path in ``manifests``)."""
     notes = []
     for key in ("train", "dev"):
         a, b = recorded.get(key, {}), now[key]
         if a != b:
+            name = (manifests or {}).get(f"{key}_csv", f"{key}.csv")
             notes.append(
-                f"{key}.csv {a.get('utterances')} -> {b['utterances']} utterances"
+                f"{name} {a.get('utterances')} -> {b['utterances']} utterances"
                 + ("" if a.get("utterances") != b["utterances"] else " (other rows)")
             )
     a, b = recorded.get("speakers", {}), now["speakers"]
@@ -307,7 +309,7 @@ class RunFolder:
         data = data_fingerprint(manifests)
         resumed = bool(_checkpoints(self.save))
         if resumed and self.record is not None and "data" in self.record:
-            changed = _data_differences(self.record["data"], data)
+            changed = _data_differences(self.record["data"], data, manifests)
             if changed:
                 self.lock.release()
                 raise InputError(self._refusal("trained on other data", changed))
@@ -391,8 +393,11 @@ class RunFolder:
                 logger.warning("removed %s: a checkpoint whose save did not finish", name)
 
     def release(self):
-        """Release the lock (also done when the process ends)."""
+        """Release the lock and the hold of the manifests (also done when the process
+        ends)."""
         self.lock.release()
+        if self.hparams.get("manifest_folder"):
+            release_manifests(self.hparams["manifest_folder"])
 
 
 def _quiet(handler, root):

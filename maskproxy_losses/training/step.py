@@ -5,7 +5,8 @@
 host round trip in it (the speaker grouping comes from the host as a
 :class:`~maskproxy_losses.losses.grouping.SpeakerLayout`, a batch without padding comes
 with ``lengths=None``) it compiles into one graph with no break (``torch.compile``, the
-recipe's ``--compile True``) and, eager or compiled, queues on a GPU without waiting.
+recipe's ``--compile True``, through :class:`CompiledStep`) and, eager or compiled, queues
+on a GPU without waiting.
 
 Example
 -------
@@ -30,7 +31,7 @@ import math
 import torch
 from torch import nn
 
-__all__ = ["SpeakerStep"]
+__all__ = ["SpeakerStep", "CompiledStep"]
 
 
 class SpeakerStep(nn.Module):
@@ -63,3 +64,38 @@ class SpeakerStep(nn.Module):
         feats = self.mean_var_norm(feats, lengths)
         embeddings = self.embedding_model(feats, lengths)
         return embeddings, self.loss_fn(embeddings, labels, layout=layout)
+
+
+class _AutocastInside(nn.Module):
+    """``module`` run under the autocast ``dtype`` given (None: none), entered here."""
+
+    def __init__(self, module, device_type):
+        super().__init__()
+        self.module, self.device_type = module, device_type
+
+    def forward(self, *args, autocast_dtype=None, **kwargs):
+        if autocast_dtype is None:
+            return self.module(*args, **kwargs)
+        with torch.autocast(self.device_type, dtype=autocast_dtype):
+            return self.module(*args, **kwargs)
+
+
+class CompiledStep:
+    """``torch.compile(module, **compile_kwargs)``, called with the caller's autocast (on
+    ``device_type``) moved inside the compiled graph.
+
+    Compiled under an active autocast, the backward graph is traced under it too: a loss
+    that computes in float32 gets bfloat16 products in its backward, and a custom
+    ``autograd.Function`` fails (``index_add_(): self (BFloat16) and source (Float)``).
+    Entered inside, the autocast covers the forward only, as in eager mode."""
+
+    def __init__(self, module, device_type, **compile_kwargs):
+        self.device_type = device_type
+        self.compiled = torch.compile(_AutocastInside(module, device_type), **compile_kwargs)
+
+    def __call__(self, *args, **kwargs):
+        if not torch.is_autocast_enabled(self.device_type):
+            return self.compiled(*args, **kwargs)
+        dtype = torch.get_autocast_dtype(self.device_type)
+        with torch.autocast(self.device_type, enabled=False):
+            return self.compiled(*args, autocast_dtype=dtype, **kwargs)

@@ -167,6 +167,12 @@ def run(hparams, device="cpu"):
     t0, skip_bad = time.time(), bool(hparams.get("skip_bad", False))
     mode, norm, crops = check_options(hparams)
     embed, cache, precision, model_hash = build_embedder(hparams, device, crops)  # model first
+    model_dir = hparams["pretrained_path"]  # its JSON files are read before any embedding
+    calibration, calibration_file = calibration_for(
+        model_dir, mode, norm, hparams.get("calibration")
+    )
+    if not hparams.get("qmf_fit_trials"):  # the model directory's, a file, or none
+        qmf, qmf_file = qmf_for(model_dir, mode, norm, hparams.get("qmf"))
     out_dir = Path(hparams["output_folder"])
     out_dir.mkdir(parents=True, exist_ok=True)
     trials, lengths, problems = load_trials(hparams, skip_bad)
@@ -176,14 +182,8 @@ def run(hparams, device="cpu"):
     )
     problems += c_problems + bad
     labels = np.array([t.label for t in trials])
-    model_dir = hparams["pretrained_path"]
-    calibration, calibration_file = calibration_for(
-        model_dir, mode, norm, hparams.get("calibration")
-    )
     if hparams.get("qmf_fit_trials"):  # e.g. the AS-normalised dev trials
         qmf, qmf_file = fit_qmf_on(hparams, embed, cohort, mode, norm, out_dir, skip_bad)
-    else:  # the model directory's (fitted on dev cosine scores), a file, or none
-        qmf, qmf_file = qmf_for(model_dir, mode, norm, hparams.get("qmf"))
     metrics = assess(scores, labels, quality, calibration, qmf)
     calibrated = bool((qmf or calibration) and hparams.get("calibrated_scores"))
     written = (qmf(scores, quality) if qmf else calibration(scores)) if calibrated else scores
