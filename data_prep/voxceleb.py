@@ -292,6 +292,14 @@ def _prepare(
         [u.spk for u in dev], [u.session for u in dev], n_dev_trials, np.random.default_rng(seed)
     )
     dev_trials = [(lab, dev[a].path, dev[b].path) for lab, a, b in zip(labels, i, j)]
+    if n_dev_trials and not dev_trials:
+        logger.warning(
+            "no dev trials: %d dev utterance(s) make no same-speaker pair from different "
+            "sessions (a speaker keeps 2 utterances for training, so one with 3 gives at "
+            "most 1 to dev); the training recipe needs dev trials: raise --dev-share or "
+            "give speakers more utterances",
+            len(dev),
+        )
     texts = {
         "train_csv": manifests.csv_text(train, durations),
         "dev_csv": manifests.csv_text(dev, durations),

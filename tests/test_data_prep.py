@@ -135,6 +135,17 @@ def test_dev_trials_balanced(vox):
         assert (spk[a] == spk[b]) == (label == 1)
 
 
+def test_no_dev_trials_is_warned(vox, caplog):
+    lines = (vox / "train_list.txt").read_text().splitlines(keepends=True)
+    (vox / "three.txt").write_text("".join(x for x in lines if "s1/00002" not in x))
+    out = prep(vox, train_list=str(vox / "three.txt"), dev_share=2, n_dev_trials=100)
+    assert read_trials(out["dev_trials"]) == ([], [])  # 3 utterances: 1 to dev each
+    assert "no dev trials: 3 dev utterance(s) make no same-speaker pair" in caplog.text
+    caplog.clear()
+    prep(vox, output_dir=str(vox / "out4"), dev_share=2, n_dev_trials=100)
+    assert "no dev trials" not in caplog.text
+
+
 def test_non_voxceleb_test_paths_get_empty_speaker(vox):
     os.rename(vox / "test" / "id10001", vox / "test" / "alice")
     text = (vox / "trials.txt").read_text().replace("id10001", "alice")
