@@ -174,6 +174,23 @@ def test_enrol_stores_the_mean_of_normalised_embeddings(env, enrolled):
             np.testing.assert_allclose(model, want, rtol=1e-5, atol=1e-5)
 
 
+def test_a_repeated_enrolment_line_counts_once_and_is_warned(env, tmp_path, capsys):
+    base = env["base"]
+    (tmp_path / "enrol.txt").write_text(
+        f"ann {base}/wavs/ann0.wav\nann {base}/wavs/ann1.wav\nann {base}/wavs/ann0.wav\n"
+        f"bo {base}/wavs/ann1.wav\n"
+    )
+    argv = ["enrol", env["model"], "--speakers", tmp_path / "enrol.txt"]
+    code, _, err = _run([*argv, "--output", tmp_path / "s.npz", "--no-cache"], capsys)
+    enrol = tmp_path / "enrol.txt"
+    assert code == 0 and f"warning: {enrol}:3: repeats {enrol}:1; kept once" in err, err
+    assert f"warning: {enrol}:4: {base}/wavs/ann1.wav is also enrolled for ann at {enrol}:2" in err
+    with np.load(tmp_path / "s.npz") as z:
+        assert z["counts"].tolist() == [2, 1]  # ann0 counted once
+        want = np.mean([_unit(env["direct"][n]) for n in SPEAKERS["ann"]], axis=0)
+        np.testing.assert_allclose(z["models"][0], want, rtol=1e-5, atol=1e-5)
+
+
 def _read_tsv(path):
     lines = Path(path).read_text().splitlines()
     return lines[0].split("\t"), [line.split("\t") for line in lines[1:]]

@@ -259,11 +259,13 @@ def _run_embed(args):
 
 
 def _run_enrol(args):
-    from maskproxy_losses.inference.inputs import read_speaker_list
+    from maskproxy_losses.inference.inputs import drop_repeated_enrolments, read_speaker_list
     from maskproxy_losses.inference.speakers import enrol_speakers, save_speakers
 
     t0 = time.time()
-    rows = read_speaker_list(args.speakers)
+    rows, warnings = drop_repeated_enrolments(read_speaker_list(args.speakers))
+    for line in warnings:
+        print(f"warning: {line}", file=sys.stderr)
     _check_output(args, rows, (args.speakers, "the speaker list"))
     model = _load(args)
     emb, stats, kept = _embed_entries(args, model, rows)

@@ -19,7 +19,14 @@ import os
 from maskproxy_losses.utils.errors import InputError
 from maskproxy_losses.utils.files import text_lines
 
-__all__ = ["AUDIO_SUFFIXES", "read_wav_list", "scan_dir", "read_speaker_list", "read_wav_scp"]
+__all__ = [
+    "AUDIO_SUFFIXES",
+    "read_wav_list",
+    "scan_dir",
+    "read_speaker_list",
+    "drop_repeated_enrolments",
+    "read_wav_scp",
+]
 
 AUDIO_SUFFIXES = (".wav", ".flac")
 
@@ -85,6 +92,34 @@ def read_speaker_list(path):
     if not rows:
         raise InputError(f"{path}: the speaker list names no utterances")
     return rows
+
+
+def drop_repeated_enrolments(rows):
+    """``(rows, warnings)``: :func:`read_speaker_list` rows with a repeated ``speaker
+    file`` line kept once (it would count twice in the speaker's mean), and a warning for
+    each file enrolled under two speakers (kept for both: the list is ambiguous).
+
+    >>> rows = [("a", "x.wav", "x.wav", "l:1"), ("a", "x.wav", "x.wav", "l:2"),
+    ...         ("b", "x.wav", "x.wav", "l:3")]
+    >>> kept, warnings = drop_repeated_enrolments(rows)
+    >>> [r[3] for r in kept], warnings
+    (['l:1', 'l:3'], ['l:2: repeats l:1; kept once', 'l:3: x.wav is also enrolled for a at l:1'])
+    """
+    first, owner, kept, warnings = {}, {}, [], []
+    for row in rows:
+        spk, _, path, where = row
+        key = os.path.normpath(path)
+        if (spk, key) in first:
+            warnings.append(f"{where}: repeats {first[spk, key]}; kept once")
+            continue
+        first[spk, key] = where
+        if key in owner and owner[key][0] != spk:
+            warnings.append(
+                f"{where}: {row[1]} is also enrolled for {owner[key][0]} at {owner[key][1]}"
+            )
+        owner.setdefault(key, (spk, where))
+        kept.append(row)
+    return kept, warnings
 
 
 def read_wav_scp(path):
