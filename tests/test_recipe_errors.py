@@ -179,6 +179,9 @@ def _snapshot(folder):
         (["--lr", "0.1", "--lr", "0.2"], "--lr is given twice (0.1 and 0.2); give each option"),
         (["--seed=1", "--seed", "1"], "--seed is given twice (1 and 1)"),
         (["--device", "cuda:0"], "--device cuda:0: CUDA is not available on this machine"),
+        (["--precision", "fp8"], "--precision fp8: must be one of fp32, fp16, bf16 or auto"),
+        (["--grad_accumulation_factor", "0"], "--grad_accumulation_factor 0: must be an integ"),
+        (["--optimizer_step_limit", "x"], "--optimizer_step_limit x: must be an integer of"),
     ],
 )
 def test_options_and_environment_are_checked_before_any_work(tmp_path, capsys, args, message):

@@ -261,6 +261,52 @@ def test_options_given_twice_and_precision_auto():
     assert run_opts.precision == "bf16" and overrides == "lr: -1"
 
 
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--precision", "fp8"], "--precision fp8: must be one of fp32, fp16, bf16 or auto"),
+        (["--precision", "FP32"], "--precision FP32: must be one of fp32, fp16, bf16 or auto"),
+        (["--eval_precision", "bad"], "--eval_precision bad: must be one of fp32, fp16, bf16"),
+        (["--max_grad_norm", "abc"], "--max_grad_norm abc: must be a number"),
+        (["--nonfinite_patience", "x"], "--nonfinite_patience x: must be an integer"),
+        (["--device"], "--device: expected one argument"),
+        ([], "no hparams file given"),
+    ],
+)
+def test_speechbrain_parser_errors_are_one_input_error(args, message, capsys):
+    argv = ["mp.yaml", *args] if args else []
+    with pytest.raises(InputError) as err:
+        split_arguments(argv)
+    assert str(err.value) == message or str(err.value).startswith(message)
+    assert capsys.readouterr().err == ""  # no argparse usage text
+
+
+def test_run_options_that_break_a_run_are_range_checked():
+    bad = {
+        "--grad_accumulation_factor 0": "an integer of at least 1",  # divides by zero
+        "--grad_accumulation_factor -1": "an integer of at least 1",  # gradient ascent
+        "--max_grad_norm 0": "a number above 0",  # clips every gradient to zero
+        "--max_grad_norm -1": "a number above 0",  # turns the update around
+        "--optimizer_step_limit 0": "an integer of at least 1",  # trains nothing
+        "--optimizer_step_limit 2.5": "an integer of at least 1",
+        "--ckpt_interval_steps -2": "an integer of at least 0",
+        "--ckpt_interval_minutes -1": "a number of at least 0",
+    }
+    for given, what in bad.items():
+        with pytest.raises(InputError, match=f"must be {what}$") as err:
+            split_arguments(["mp.yaml", *given.split()])
+        assert str(err.value).startswith(given.split()[0] + " ")
+    with pytest.raises(InputError, match="give one of them"):
+        split_arguments(["mp.yaml", "--ckpt_interval_minutes", "5", "--ckpt_interval_steps", "9"])
+    _, run_opts, _ = split_arguments(["mp.yaml", "--optimizer_step_limit", "7"])
+    assert run_opts.optimizer_step_limit == 7  # an integer (SpeechBrain's parser: a string)
+    _, run_opts, _ = split_arguments(["mp.yaml", "--max_grad_norm", "inf"])
+    assert run_opts.max_grad_norm == float("inf")  # no clipping: fine
+    assert check_values({"grad_accumulation_factor": 0}) == [
+        "--grad_accumulation_factor 0: must be an integer of at least 1"
+    ]  # the same keys in a yaml
+
+
 def test_value_ranges():
     assert MIN_CROP_FRAMES == 1  # 1 * 160 + 240 = 400 samples, the model's minimum
     problems = check_values(
