@@ -106,6 +106,17 @@ def test_a_checkpoint_of_other_settings_is_refused_not_set_aside(tmp_path):
     assert len(other.list_checkpoints()) == 3
 
 
+def test_an_optimiser_of_other_parameter_groups_is_refused_not_set_aside(tmp_path):
+    model = torch.nn.Linear(3, 3)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    AtomicCheckpointer(tmp_path, recoverables={"optimizer": opt}).save_checkpoint()
+    groups = [{"params": [model.weight]}, {"params": [model.bias], "weight_decay": 0.0}]
+    other = AtomicCheckpointer(tmp_path, recoverables={"optimizer": torch.optim.SGD(groups, 0.1)})
+    with pytest.raises(InputError, match="does not fit this run's optimizer .*parameter groups"):
+        other.recover_if_possible()
+    assert len(other.list_checkpoints()) == 1
+
+
 def test_disk_full_during_a_save_names_the_folder_and_leaves_no_partial(tmp_path):
     model, ckpt, saved = _three_checkpoints(tmp_path)
 

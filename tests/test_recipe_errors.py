@@ -214,6 +214,13 @@ def test_resume_with_other_settings_or_data_is_refused_and_nothing_rewritten(
         "--output_folder NEW",
     )
     assert _snapshot(out) == before  # hyperparams.yaml, logs, checkpoints, record: as they were
+    for option, change in [
+        (["--grad_accumulation_factor", "2"], "grad_accumulation_factor 1 -> 2"),
+        (["--max_grad_norm", "0.001"], "max_grad_norm 5.0 -> 0.001"),
+        (["--remove_vector_weight_decay"], "remove_vector_weight_decay false -> true"),
+    ]:  # SpeechBrain's run options that change training are recorded too
+        _one_error(*_main(recipe_args(corpus, out) + option, capsys), f"settings ({change})")
+    assert _snapshot(out) == before
     lines = (corpus / "train_list.txt").read_text().splitlines(keepends=True)
     other_list = tmp_path / "fewer_speakers.txt"
     other_list.write_text("".join(line for line in lines if not line.startswith("id00001 ")))

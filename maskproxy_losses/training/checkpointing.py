@@ -298,6 +298,13 @@ def _naming_failures(hook, name):
                 f"{path}: does not fit this run's {name} ({'; '.join(lines[:3])}): the "
                 "folder holds a run with other settings; train into a new --output_folder"
             ) from None
+        except ValueError as err:
+            if "parameter group" not in str(err):  # an optimiser of other parameter groups
+                raise DamagedCheckpoint(path, _why(err)) from err
+            raise InputError(
+                f"{path}: does not fit this run's {name} ({_why(err)}): the folder holds a "
+                "run with other settings; train into a new --output_folder"
+            ) from None
         except Exception as err:
             raise DamagedCheckpoint(path, _why(err)) from err
 
