@@ -86,6 +86,23 @@ def test_unwritable_output_folder(tmp_path):
         _assert_refused(proc, f"{ro / 'x'}: cannot write")
 
 
+@pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="needs Linux's /proc")
+def test_an_output_folder_that_cannot_be_made_is_named_not_the_yaml(tmp_path, capsys, monkeypatch):
+    argv = [MP, "--data_folder", tmp_path / "corpus", "--output_folder", "/proc/x"]
+    _one_error(*_main(argv, capsys), "/proc/x: cannot create this folder (No such file or")
+    real = os.makedirs
+
+    def makedirs(path, *args, **kwargs):  # a read-only mount
+        if str(path).startswith(str(tmp_path / "ro")):
+            raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(path))
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "makedirs", makedirs)
+    argv = [MP, "--data_folder", tmp_path / "corpus", "--output_folder", tmp_path / "ro" / "out"]
+    line = _one_error(*_main(argv, capsys), "cannot create this folder (Read-only file system)")
+    assert line.startswith(f"error: {tmp_path / 'ro' / 'out'}") and "check output_folder" in line
+
+
 def test_too_few_speakers_names_the_override(corpus, tmp_path):
     proc = _on_corpus(corpus, tmp_path, corpus / "manifests", "--speakers_per_batch", 50)
     _assert_refused(
