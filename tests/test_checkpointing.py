@@ -197,10 +197,11 @@ def test_the_speechbrain_checkpointer_pieces_relied_on_are_still_there():
 
 
 # ------------------------------------- a damaged intra-epoch checkpoint, under a Brain
-def _toy_fit(save, seen, stop_at=None):
+def _toy_fit(save, seen, stop_at=None, stats=None, log_every=1):
     """Fit a tiny ``GroupedBatchBrain`` for 2 epochs of 6 steps (12 items, batches of 2; an
     intra-epoch checkpoint every 2 steps, an end-of-epoch one after each dev pass) into
-    ``save``; record ``(epoch, first item)`` per step in ``seen``; KeyboardInterrupt at
+    ``save``; record ``(epoch, first item)`` per step in ``seen`` and each epoch's training
+    statistics (loss, mean ``acc``, last ``w``) in ``stats``; KeyboardInterrupt at
     ``stop_at`` ``(epoch, step)``. The state dict of the model after training."""
     import speechbrain as sb
     from speechbrain.utils.epoch_loop import EpochCounter
@@ -218,7 +219,12 @@ def _toy_fit(save, seen, stop_at=None):
         def compute_objectives(self, outputs, batch, stage):
             return outputs.square().mean()
 
+        def step_values(self, batch, outputs, loss):
+            return {"loss": loss, "acc": batch[0, 0].clone(), "w": batch[1, 0].clone()}
+
         def on_stage_end(self, stage, loss, epoch=None):
+            if stage == sb.Stage.TRAIN and stats is not None:
+                stats.append(self.finish_train_stage(mean=("acc",), last=("w",)))
             if stage == sb.Stage.VALID:
                 self.checkpointer.save_and_keep_only(num_to_keep=1, ckpt_predicate=_end)
 
@@ -228,7 +234,7 @@ def _toy_fit(save, seen, stop_at=None):
     brain = Toy(
         {"lin": lin},
         lambda p: torch.optim.SGD(p, lr=0.1, momentum=0.9),
-        hparams={"counter": counter, "log_every": 1},
+        hparams={"counter": counter, "log_every": log_every},
         run_opts={"device": "cpu", "ckpt_interval_steps": 2, "noprogressbar": True},
         checkpointer=ckpt,
     )
@@ -269,3 +275,17 @@ def test_a_damaged_intra_epoch_checkpoint_resumes_the_whole_epoch(tmp_path, capl
     assert "damaged checkpoint" in caplog.text and "resuming from" in caplog.text
     assert damaged == clean == [(2, 2 * i) for i in range(6)]  # every step of epoch 2
     assert all(torch.equal(want[k], got[k]) for k in want)
+
+
+@pytest.mark.parametrize("log_every", [1, 3])
+def test_a_resumed_epoch_logs_the_statistics_of_an_uninterrupted_one(tmp_path, log_every):
+    """Interrupted at epoch 2 step 5 and resumed from its step-4 checkpoint: epoch 2's
+    loss average and mean accuracy (sums over the whole epoch) are the uninterrupted
+    run's."""
+    want, got = [], []
+    _toy_fit(tmp_path / "full", [], stats=want, log_every=log_every)
+    with pytest.raises(KeyboardInterrupt):
+        _toy_fit(tmp_path / "run", [], stop_at=(2, 5), stats=got, log_every=log_every)
+    _toy_fit(tmp_path / "run", [], stats=got, log_every=log_every)
+    assert want[1]["acc"] == 5.0 and want[1]["w"] == 11.0  # items 0, 2, ..., 10; 11
+    assert got == want
