@@ -168,10 +168,11 @@ def test_best_checkpoint_not_the_last_is_exported_and_tested(
 
 
 def _epoch_stats(train_log):
-    """The epoch lines of ``train_log`` without their timings (``epoch_s``, ``utt_per_s``)."""
+    """The epoch lines of ``train_log`` without their timings (``epoch_s``, ``dev_s``,
+    ``utt_per_s``)."""
     lines = Path(train_log).read_text().splitlines()
     return [
-        re.sub(r"(epoch_s|utt_per_s): [\d.e+-]+", "", line)
+        re.sub(r"(epoch_s|dev_s|utt_per_s): [\d.e+-]+", "", line)
         for line in lines
         if line.startswith("epoch: ")
     ]

@@ -11,14 +11,14 @@
   except :data:`MAY_CHANGE`, SpeechBrain's run options that change what is trained
   (:data:`RUN_OPTIONS`, e.g. ``--grad_accumulation_factor``), and the training data
   (:meth:`RunFolder.check_data`: the rows of ``train.csv`` and ``dev.csv`` without their
-  paths, and the label set). A later
-  run whose settings or data differ is refused in one line listing the differences,
-  before anything in the folder is rewritten (SpeechBrain's ``hyperparams.yaml``, the
-  logs and the checkpoints are untouched: the recipe sets up the experiment folder
-  after these checks). A folder with checkpoints but no record (made before 0.2) is
-  resumed with a warning and recorded. ``save/label_encoder.txt`` is checked against the
-  training speakers; an empty or unreadable one is rebuilt when the recorded data match
-  (the encoder is a function of ``train.csv``), else named.
+  paths, and the label set). A later run whose settings or data differ is refused in
+  one line listing the differences, before anything in the folder is rewritten
+  (SpeechBrain's ``hyperparams.yaml``, the logs and the checkpoints are untouched: the
+  recipe sets up the experiment folder after these checks). A folder with checkpoints
+  but no record (made before 0.2) is resumed with a warning and recorded.
+  ``save/label_encoder.txt`` is checked against the training speakers; an empty or
+  unreadable one is rebuilt when the recorded data match (the encoder is a function of
+  ``train.csv``), else named.
 - **Clean start** (:meth:`RunFolder.started`, after SpeechBrain's experiment set-up):
   checkpoint folders a killed or failed save left without ``CKPT.yaml`` are removed; a
   log file that can no longer be written (disk full) gives one note instead of a
