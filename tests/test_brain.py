@@ -13,6 +13,8 @@ PRIVATE = (
     "_should_save_intra_epoch_ckpt",
     "_fit_valid",
     "_compile",
+    "_save",
+    "_recover",
 )
 PUBLIC = ("fit_batch", "update_average", "on_fit_start")
 
@@ -50,3 +52,30 @@ def test_the_pieces_fit_batch_relies_on_are_still_there():
         assert piece in fit_batch, piece
     # what ours leaves out (and reads back from the device)
     assert "self.check_loss_isfinite(" in fit_batch and "loss.detach().cpu()" in fit_batch
+
+
+def test_the_brain_checkpoint_file_is_ours_and_holds_speechbrains_fields(tmp_path):
+    """The ``brain`` recoverable saves SpeechBrain's fields (its ``_recover`` reads them)
+    and the epoch's sums; the checkpointer picks our hooks for a subclass."""
+    import torch
+    from speechbrain.utils.checkpoints import (
+        DEFAULT_LOAD_HOOKS,
+        DEFAULT_SAVE_HOOKS,
+        get_default_hook,
+    )
+
+    class Brain(GroupedBatchBrain):
+        pass
+
+    brain = Brain({"lin": torch.nn.Linear(1, 1)}, run_opts={"device": "cpu"})
+    assert get_default_hook(brain, DEFAULT_LOAD_HOOKS) is GroupedBatchBrain._recover
+    assert get_default_hook(brain, DEFAULT_SAVE_HOOKS).__qualname__ == "GroupedBatchBrain._save"
+    brain.step, brain.avg_train_loss, brain.optimizer_step = 4, 0.5, 2
+    brain.train_sums, brain.last_values = {"steps": 4.0, "acc": 1.5}, {"acc": 0.25}
+    GroupedBatchBrain._save(brain, tmp_path / "brain.ckpt")
+    other = Brain({"lin": torch.nn.Linear(1, 1)}, run_opts={"device": "cpu"})
+    GroupedBatchBrain._recover(other, tmp_path / "brain.ckpt", False)
+    assert (other.step, other.avg_train_loss, other.optimizer_step) == (4, 0.5, 2)
+    assert other.train_sums == brain.train_sums and other.last_values == brain.last_values
+    for field in ("step", "avg_train_loss", "optimizer_step"):
+        assert f'"{field}"' in inspect.getsource(sb.Brain._recover), field

@@ -106,6 +106,17 @@ def test_a_checkpoint_of_other_settings_is_refused_not_set_aside(tmp_path):
     assert len(other.list_checkpoints()) == 3
 
 
+def test_an_optimiser_of_other_parameter_groups_is_refused_not_set_aside(tmp_path):
+    model = torch.nn.Linear(3, 3)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    AtomicCheckpointer(tmp_path, recoverables={"optimizer": opt}).save_checkpoint()
+    groups = [{"params": [model.weight]}, {"params": [model.bias], "weight_decay": 0.0}]
+    other = AtomicCheckpointer(tmp_path, recoverables={"optimizer": torch.optim.SGD(groups, 0.1)})
+    with pytest.raises(InputError, match="does not fit this run's optimizer .*parameter groups"):
+        other.recover_if_possible()
+    assert len(other.list_checkpoints()) == 1
+
+
 def test_disk_full_during_a_save_names_the_folder_and_leaves_no_partial(tmp_path):
     model, ckpt, saved = _three_checkpoints(tmp_path)
 
@@ -183,3 +194,98 @@ def test_the_speechbrain_checkpointer_pieces_relied_on_are_still_there():
     assert "self.custom_load_hooks[name](obj, loadpath, end_of_epoch)" in inspect.getsource(
         Checkpointer._call_load_hooks
     )
+
+
+# ------------------------------------- a damaged intra-epoch checkpoint, under a Brain
+def _toy_fit(save, seen, stop_at=None, stats=None, log_every=1):
+    """Fit a tiny ``GroupedBatchBrain`` for 2 epochs of 6 steps (12 items, batches of 2; an
+    intra-epoch checkpoint every 2 steps, an end-of-epoch one after each dev pass) into
+    ``save``; record ``(epoch, first item)`` per step in ``seen`` and each epoch's training
+    statistics (loss, mean ``acc``, last ``w``) in ``stats``; KeyboardInterrupt at
+    ``stop_at`` ``(epoch, step)``. The state dict of the model after training."""
+    import speechbrain as sb
+    from speechbrain.utils.epoch_loop import EpochCounter
+
+    from maskproxy_losses.training.brain import GroupedBatchBrain
+
+    class Toy(GroupedBatchBrain):
+        def compute_forward(self, batch, stage):
+            if stage == sb.Stage.TRAIN:
+                seen.append((self.hparams.counter.current, int(batch[0, 0])))
+                if stop_at == seen[-1][0:1] + (self.step,):
+                    raise KeyboardInterrupt
+            return self.modules.lin(batch)
+
+        def compute_objectives(self, outputs, batch, stage):
+            return outputs.square().mean()
+
+        def step_values(self, batch, outputs, loss):
+            return {"loss": loss, "acc": batch[0, 0].clone(), "w": batch[1, 0].clone()}
+
+        def on_stage_end(self, stage, loss, epoch=None):
+            if stage == sb.Stage.TRAIN and stats is not None:
+                stats.append(self.finish_train_stage(mean=("acc",), last=("w",)))
+            if stage == sb.Stage.VALID:
+                self.checkpointer.save_and_keep_only(num_to_keep=1, ckpt_predicate=_end)
+
+    torch.manual_seed(0)
+    lin, counter = torch.nn.Linear(2, 1), EpochCounter(2)
+    ckpt = AtomicCheckpointer(save, recoverables={"lin": lin, "counter": counter})
+    brain = Toy(
+        {"lin": lin},
+        lambda p: torch.optim.SGD(p, lr=0.1, momentum=0.9),
+        hparams={"counter": counter, "log_every": log_every},
+        run_opts={"device": "cpu", "ckpt_interval_steps": 2, "noprogressbar": True},
+        checkpointer=ckpt,
+    )
+    data = [torch.full((2,), float(i)) for i in range(12)]
+    brain.fit(counter, data, data[:2], train_loader_kwargs={"batch_size": 2})
+    return {k: v.clone() for k, v in lin.state_dict().items()}
+
+
+def _end(checkpoint):
+    return checkpoint.meta["end-of-epoch"]
+
+
+def _meta(folder):
+    import types
+
+    import yaml
+
+    return types.SimpleNamespace(meta=yaml.safe_load((folder / "CKPT.yaml").read_text()))
+
+
+def test_a_damaged_intra_epoch_checkpoint_resumes_the_whole_epoch(tmp_path, caplog):
+    """Killed at epoch 2 step 5 (intra-epoch checkpoint of step 4); its optimizer file
+    (loaded after the data loader's) damaged: the resume trains all 6 steps of epoch 2, as
+    a clean resume from epoch 1's checkpoint does, to the same weights."""
+    import shutil
+
+    seen = []
+    with pytest.raises(KeyboardInterrupt):
+        _toy_fit(tmp_path / "run", seen, stop_at=(2, 5))
+    (intra,) = [p for p in (tmp_path / "run").glob("CKPT+*") if not _end(_meta(p))]
+    shutil.copytree(tmp_path / "run", tmp_path / "clean")
+    shutil.rmtree(tmp_path / "clean" / intra.name)
+    optimizer = intra / "optimizer.ckpt"
+    optimizer.write_bytes(optimizer.read_bytes()[:50])
+    clean, damaged = [], []
+    want = _toy_fit(tmp_path / "clean", clean)
+    got = _toy_fit(tmp_path / "run", damaged)
+    assert "damaged checkpoint" in caplog.text and "resuming from" in caplog.text
+    assert damaged == clean == [(2, 2 * i) for i in range(6)]  # every step of epoch 2
+    assert all(torch.equal(want[k], got[k]) for k in want)
+
+
+@pytest.mark.parametrize("log_every", [1, 3])
+def test_a_resumed_epoch_logs_the_statistics_of_an_uninterrupted_one(tmp_path, log_every):
+    """Interrupted at epoch 2 step 5 and resumed from its step-4 checkpoint: epoch 2's
+    loss average and mean accuracy (sums over the whole epoch) are the uninterrupted
+    run's."""
+    want, got = [], []
+    _toy_fit(tmp_path / "full", [], stats=want, log_every=log_every)
+    with pytest.raises(KeyboardInterrupt):
+        _toy_fit(tmp_path / "run", [], stop_at=(2, 5), stats=got, log_every=log_every)
+    _toy_fit(tmp_path / "run", [], stats=got, log_every=log_every)
+    assert want[1]["acc"] == 5.0 and want[1]["w"] == 11.0  # items 0, 2, ..., 10; 11
+    assert got == want

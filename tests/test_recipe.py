@@ -167,6 +167,17 @@ def test_best_checkpoint_not_the_last_is_exported_and_tested(
     assert _test_eer(model, corpus) == pytest.approx(test_eer, abs=0.01)
 
 
+def _epoch_stats(train_log):
+    """The epoch lines of ``train_log`` without their timings (``epoch_s``, ``dev_s``,
+    ``utt_per_s``)."""
+    lines = Path(train_log).read_text().splitlines()
+    return [
+        re.sub(r"(epoch_s|dev_s|utt_per_s): [\d.e+-]+", "", line)
+        for line in lines
+        if line.startswith("epoch: ")
+    ]
+
+
 @pytest.mark.slow
 def test_resume_after_kill_mid_epoch_is_exact(corpus, tmp_path, recipe_args, final_line):
     """kill -9 in epoch 2 of 2, resume: the same batches and bit-identical parameters as an
@@ -221,6 +232,10 @@ def test_resume_after_kill_mid_epoch_is_exact(corpus, tmp_path, recipe_args, fin
     assert 2 <= done + 1 <= 6 and got[: len(killed)] == killed == want[: len(killed)]
     assert got[len(killed) :] == want[at:] and len(killed) >= at
     assert got_valid == want_valid  # the same dev EERs and learning rates
+    # The same logged epoch statistics (loss average, accuracy, w, b; not the timings):
+    # the resumed epoch's sums come from the checkpoint.
+    logs = [_epoch_stats(tmp_path / n / "train_log.txt") for n in ("full", "run")]
+    assert logs[0] == logs[1] and len(logs[0]) == 2
     # Bit-identical final parameters: encoder (with BatchNorm statistics), proxies, w, b.
     final = [torch.load(tmp_path / f"{n}.log.rank0.pt") for n in ("full", "run")]
     assert_same_state(*final)

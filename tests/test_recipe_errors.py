@@ -86,6 +86,23 @@ def test_unwritable_output_folder(tmp_path):
         _assert_refused(proc, f"{ro / 'x'}: cannot write")
 
 
+@pytest.mark.skipif(not os.path.isdir("/proc/self"), reason="needs Linux's /proc")
+def test_an_output_folder_that_cannot_be_made_is_named_not_the_yaml(tmp_path, capsys, monkeypatch):
+    argv = [MP, "--data_folder", tmp_path / "corpus", "--output_folder", "/proc/x"]
+    _one_error(*_main(argv, capsys), "/proc/x: cannot create this folder (No such file or")
+    real = os.makedirs
+
+    def makedirs(path, *args, **kwargs):  # a read-only mount
+        if str(path).startswith(str(tmp_path / "ro")):
+            raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(path))
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "makedirs", makedirs)
+    argv = [MP, "--data_folder", tmp_path / "corpus", "--output_folder", tmp_path / "ro" / "out"]
+    line = _one_error(*_main(argv, capsys), "cannot create this folder (Read-only file system)")
+    assert line.startswith(f"error: {tmp_path / 'ro' / 'out'}") and "check output_folder" in line
+
+
 def test_too_few_speakers_names_the_override(corpus, tmp_path):
     proc = _on_corpus(corpus, tmp_path, corpus / "manifests", "--speakers_per_batch", 50)
     _assert_refused(
@@ -179,6 +196,9 @@ def _snapshot(folder):
         (["--lr", "0.1", "--lr", "0.2"], "--lr is given twice (0.1 and 0.2); give each option"),
         (["--seed=1", "--seed", "1"], "--seed is given twice (1 and 1)"),
         (["--device", "cuda:0"], "--device cuda:0: CUDA is not available on this machine"),
+        (["--precision", "fp8"], "--precision fp8: must be one of fp32, fp16, bf16 or auto"),
+        (["--grad_accumulation_factor", "0"], "--grad_accumulation_factor 0: must be an integ"),
+        (["--optimizer_step_limit", "x"], "--optimizer_step_limit x: must be an integer of"),
     ],
 )
 def test_options_and_environment_are_checked_before_any_work(tmp_path, capsys, args, message):
@@ -211,6 +231,13 @@ def test_resume_with_other_settings_or_data_is_refused_and_nothing_rewritten(
         "--output_folder NEW",
     )
     assert _snapshot(out) == before  # hyperparams.yaml, logs, checkpoints, record: as they were
+    for option, change in [
+        (["--grad_accumulation_factor", "2"], "grad_accumulation_factor 1 -> 2"),
+        (["--max_grad_norm", "0.001"], "max_grad_norm 5.0 -> 0.001"),
+        (["--remove_vector_weight_decay"], "remove_vector_weight_decay false -> true"),
+    ]:  # SpeechBrain's run options that change training are recorded too
+        _one_error(*_main(recipe_args(corpus, out) + option, capsys), f"settings ({change})")
+    assert _snapshot(out) == before
     lines = (corpus / "train_list.txt").read_text().splitlines(keepends=True)
     other_list = tmp_path / "fewer_speakers.txt"
     other_list.write_text("".join(line for line in lines if not line.startswith("id00001 ")))

@@ -102,6 +102,7 @@ def test_run_settings_keep_tags_and_leave_out_what_may_change(tmp_path):
             "!new:torch.nn.Linear": {"in_features": {"!ref": "<emb_dim>"}, "out_features": 2}
         },
         "builtin": {"crop_frames": 200},
+        **RUN_OPTION_DEFAULTS,
     }
     same = rf.run_settings(hp, "number_of_epochs: 9\nnum_workers: 4\noutput_folder: /x")
     assert rf.differences(base, same) == []
@@ -123,6 +124,46 @@ def test_run_settings_keep_tags_and_leave_out_what_may_change(tmp_path):
     changed = rf.run_settings(hp, "", {"train_list": str(train_list)})
     (diff,) = rf.differences(with_list, changed)
     assert diff.startswith("train_list sha1 ")
+
+
+RUN_OPTION_DEFAULTS = {
+    "grad_accumulation_factor": 1,
+    "max_grad_norm": 5.0,
+    "skip_nonfinite_grads": False,
+    "optimizer_step_limit": None,
+    "remove_vector_weight_decay": False,
+}
+
+
+def test_run_options_that_change_training_are_recorded_and_compared(tmp_path):
+    hp = tmp_path / "x.yaml"
+    hp.write_text(YAML + "max_grad_norm: 2.0\n")
+    _, run_opts, _ = split_arguments([str(hp), "--ckpt_interval_steps", "5"])
+    base = rf.run_settings(hp, "", run_opts=run_opts)
+    assert {k: base[k] for k in RUN_OPTION_DEFAULTS} == {
+        **RUN_OPTION_DEFAULTS,
+        "max_grad_norm": 2.0,
+    }
+    assert "ckpt_interval_steps" not in base  # intervals, logging, precision may change
+    argv = [str(hp), "--grad_accumulation_factor", "2", "--skip_nonfinite_grads"]
+    argv += ["--optimizer_step_limit", "9", "--remove_vector_weight_decay", "--precision", "bf16"]
+    changed = rf.run_settings(hp, "", run_opts=split_arguments(argv)[1])
+    assert rf.differences(base, changed) == [
+        "grad_accumulation_factor 1 -> 2",
+        "optimizer_step_limit null -> 9",
+        "remove_vector_weight_decay false -> true",
+        "skip_nonfinite_grads false -> true",
+    ]
+    # a folder recorded before these were: its record holds the defaults
+    out = tmp_path / "out"
+    (out / "save" / "CKPT+1").mkdir(parents=True)
+    (out / "save" / "CKPT+1" / "CKPT.yaml").write_text("x: 1\n")
+    (out / rf.RECORD_FILE).write_text(json.dumps({"settings": {"seed": 3}}))
+    hparams = {"output_folder": str(out), "save_folder": str(out / "save")}
+    rf.RunFolder(hparams, {"seed": 3, **RUN_OPTION_DEFAULTS}).open().release()
+    other = {"seed": 3, **RUN_OPTION_DEFAULTS, "max_grad_norm": 0.001}
+    with pytest.raises(InputError, match=r"other settings \(max_grad_norm 5.0 -> 0.001\)"):
+        rf.RunFolder(hparams, other).open()
 
 
 def _manifests(tmp_path, rows, dev=(("d1", "s1", "1.0"),)):
@@ -273,6 +314,52 @@ def test_options_given_twice_and_precision_auto():
     assert overrides == "precision: auto" and run_opts.noprogressbar
     _, run_opts, overrides = split_arguments(["mp.yaml", "--precision", "bf16", "--lr", "-1"])
     assert run_opts.precision == "bf16" and overrides == "lr: -1"
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--precision", "fp8"], "--precision fp8: must be one of fp32, fp16, bf16 or auto"),
+        (["--precision", "FP32"], "--precision FP32: must be one of fp32, fp16, bf16 or auto"),
+        (["--eval_precision", "bad"], "--eval_precision bad: must be one of fp32, fp16, bf16"),
+        (["--max_grad_norm", "abc"], "--max_grad_norm abc: must be a number"),
+        (["--nonfinite_patience", "x"], "--nonfinite_patience x: must be an integer"),
+        (["--device"], "--device: expected one argument"),
+        ([], "no hparams file given"),
+    ],
+)
+def test_speechbrain_parser_errors_are_one_input_error(args, message, capsys):
+    argv = ["mp.yaml", *args] if args else []
+    with pytest.raises(InputError) as err:
+        split_arguments(argv)
+    assert str(err.value) == message or str(err.value).startswith(message)
+    assert capsys.readouterr().err == ""  # no argparse usage text
+
+
+def test_run_options_that_break_a_run_are_range_checked():
+    bad = {
+        "--grad_accumulation_factor 0": "an integer of at least 1",  # divides by zero
+        "--grad_accumulation_factor -1": "an integer of at least 1",  # gradient ascent
+        "--max_grad_norm 0": "a number above 0",  # clips every gradient to zero
+        "--max_grad_norm -1": "a number above 0",  # turns the update around
+        "--optimizer_step_limit 0": "an integer of at least 1",  # trains nothing
+        "--optimizer_step_limit 2.5": "an integer of at least 1",
+        "--ckpt_interval_steps -2": "an integer of at least 0",
+        "--ckpt_interval_minutes -1": "a number of at least 0",
+    }
+    for given, what in bad.items():
+        with pytest.raises(InputError, match=f"must be {what}$") as err:
+            split_arguments(["mp.yaml", *given.split()])
+        assert str(err.value).startswith(given.split()[0] + " ")
+    with pytest.raises(InputError, match="give one of them"):
+        split_arguments(["mp.yaml", "--ckpt_interval_minutes", "5", "--ckpt_interval_steps", "9"])
+    _, run_opts, _ = split_arguments(["mp.yaml", "--optimizer_step_limit", "7"])
+    assert run_opts.optimizer_step_limit == 7  # an integer (SpeechBrain's parser: a string)
+    _, run_opts, _ = split_arguments(["mp.yaml", "--max_grad_norm", "inf"])
+    assert run_opts.max_grad_norm == float("inf")  # no clipping: fine
+    assert check_values({"grad_accumulation_factor": 0}) == [
+        "--grad_accumulation_factor 0: must be an integer of at least 1"
+    ]  # the same keys in a yaml
 
 
 def test_value_ranges():

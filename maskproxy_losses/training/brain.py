@@ -24,6 +24,9 @@ signatures and that SpeechBrain still calls them):
 - ``_save_intra_epoch_ckpt`` (private): reads the step log first, so no checkpoint is
   written after a non-finite step; :meth:`finish_train_stage` does the same at the end of
   the epoch, before the dev pass.
+- ``_save`` / ``_recover`` (the ``brain`` checkpoint file, private): beside SpeechBrain's
+  step counters and running loss, the epoch's sums of the step values and the last
+  values, so that a resumed epoch reports the statistics of an uninterrupted one.
 - ``_should_save_intra_epoch_ckpt`` (private): under DDP, SpeechBrain broadcasts its
   decision from rank 0 at every step (a device round trip with nccl); here a
   ``ckpt_interval_steps`` decision is taken by every rank alike with no collective, and
@@ -57,6 +60,12 @@ import os
 
 import speechbrain as sb
 import torch
+import yaml
+from speechbrain.utils.checkpoints import (
+    mark_as_loader,
+    mark_as_saver,
+    register_checkpoint_hooks,
+)
 from speechbrain.utils.distributed import is_distributed_initialized
 
 from maskproxy_losses.data.sampler import SpeakerBatchSampler
@@ -69,6 +78,7 @@ __all__ = ["GroupedBatchBrain"]
 logger = logging.getLogger(__name__)
 
 
+@register_checkpoint_hooks
 class GroupedBatchBrain(sb.Brain):
     """``sb.Brain`` that trains on speaker-grouped batches, under DDP on GPUs or CPUs,
     without a host round trip in the training step (see the module)."""
@@ -193,6 +203,26 @@ class GroupedBatchBrain(sb.Brain):
         return dict(zip(wavs, torch.cat([e for _, e in parts]).cpu() if parts else []))
 
     # ---------------------------------------------------------------- checkpoints
+    @mark_as_saver
+    def _save(self, path):
+        state = {
+            "step": self.step,
+            "avg_train_loss": self.avg_train_loss,
+            "optimizer_step": self.optimizer_step,
+            "train_sums": dict(self.train_sums),
+            "last_values": dict(self.last_values),
+        }
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(yaml.dump(state))
+
+    @mark_as_loader
+    def _recover(self, path, end_of_epoch):
+        sb.Brain._recover(self, path, end_of_epoch)  # the step counters, the running loss
+        with open(path, encoding="utf-8") as f:
+            state = yaml.safe_load(f)
+        self.train_sums = dict(state.get("train_sums") or {})  # {} in older checkpoints
+        self.last_values = dict(state.get("last_values") or {})
+
     def _save_intra_epoch_ckpt(self):
         self.read_step_log()  # never a checkpoint after a non-finite step
         super()._save_intra_epoch_ckpt()

@@ -20,8 +20,10 @@ a folder that recovery ignores, and the previous checkpoint is used.
 - recovers from the newest *intact* checkpoint: a checkpoint whose files do not load
   (truncated, corrupted, not weights-only: a pickle that would run code is refused by
   ``torch.load``) is moved aside to ``damaged+CKPT+...`` with a warning and the next one
-  is tried; when none loads, one line names the damaged file. A ``CKPT.yaml`` that is
-  not a checkpoint's meta is skipped the same way.
+  is tried, with nothing of the damaged one kept (the data loader's intra-epoch position
+  is forgotten: the end-of-epoch load that follows would not reset it); when none
+  loads, one line names the damaged file. A ``CKPT.yaml`` that is not a checkpoint's
+  meta is skipped the same way.
 
 Under DDP every process waits until the main one has renamed the meta file: each
 process then lists the same checkpoints in ``save_and_keep_only`` (SpeechBrain runs one
@@ -220,6 +222,7 @@ class AtomicCheckpointer(Checkpointer):
                 self.load_checkpoint(checkpoint)
             except DamagedCheckpoint as err:
                 damaged.append((checkpoint.path, err))
+                self._forget_partial_load()
                 logger.warning(
                     "damaged checkpoint %s (%s); trying the previous one", err.path, err.why
                 )
@@ -240,6 +243,13 @@ class AtomicCheckpointer(Checkpointer):
         logger.info("Would load a checkpoint here, but none found yet.")
         self.check_space()
         return None
+
+    def _forget_partial_load(self):
+        """Undo what a failed load set and the next (end-of-epoch) load would keep: a data
+        loader's step to skip to. Every other recoverable is overwritten by the next load."""
+        for obj in self.recoverables.values():
+            if getattr(obj, "_speechbrain_recovery_skip_to", None) is not None:
+                obj._speechbrain_recovery_skip_to = None
 
     def _set_aside(self, folder):
         if not if_main_process():
@@ -287,6 +297,13 @@ def _naming_failures(hook, name):
             raise InputError(
                 f"{path}: does not fit this run's {name} ({'; '.join(lines[:3])}): the "
                 "folder holds a run with other settings; train into a new --output_folder"
+            ) from None
+        except ValueError as err:
+            if "parameter group" not in str(err):  # an optimiser of other parameter groups
+                raise DamagedCheckpoint(path, _why(err)) from err
+            raise InputError(
+                f"{path}: does not fit this run's {name} ({_why(err)}): the folder holds a "
+                "run with other settings; train into a new --output_folder"
             ) from None
         except Exception as err:
             raise DamagedCheckpoint(path, _why(err)) from err

@@ -215,6 +215,21 @@ def recipe_copy(hparams_file, overrides, folder):
     return str(path)
 
 
+def _making_folder(err):
+    """Whether ``err`` is an ``OSError`` of making a folder (read-only, no such parent,
+    not permitted, a file in the way, ...)."""
+    if not isinstance(err, OSError) or err.filename is None:
+        return False
+    if isinstance(err, (NotADirectoryError, FileExistsError, PermissionError)):
+        return True
+    tb = err.__traceback__
+    while tb is not None:
+        if tb.tb_frame.f_code.co_name in ("makedirs", "mkdir"):
+            return True
+        tb = tb.tb_next
+    return False
+
+
 def load_recipe_hparams(hparams_file, overrides="", losses=None):
     """``(hparams, overrides)``: the loaded recipe and the overrides it was loaded with
     (the built-in scale merged in; give them to ``sb.create_experiment_directory``).
@@ -258,14 +273,14 @@ def load_recipe_hparams(hparams_file, overrides="", losses=None):
     )
     try:
         return load_hyperpyyaml(text, merged), merged
-    except (NotADirectoryError, FileExistsError, PermissionError) as err:  # folders made on load
-        raise InputError(
-            f"{err.filename}: cannot create this folder ({err.strerror}); "
-            "check output_folder and the other paths"
-        ) from None
     except InputError:
         raise
     except Exception as err:  # a constructor refusing its arguments, a bad !ref, ...
+        if _making_folder(err):  # folders made on load (the checkpointer's): any reason
+            raise InputError(
+                f"{err.filename}: cannot create this folder ({err.strerror}); "
+                "check output_folder and the other paths"
+            ) from None
         detail = str(err).strip().splitlines()[0] if str(err).strip() else ""
         raise InputError(
             f"{hparams_file}: cannot build the recipe from it and the overrides "

@@ -1,11 +1,14 @@
 """The training recipe's command line and environment, checked before any work.
 
-- :func:`split_arguments`: SpeechBrain's ``parse_arguments`` after three fixes: an option
+- :func:`split_arguments`: SpeechBrain's ``parse_arguments`` after these fixes: an option
   given twice is refused in one line (SpeechBrain would hand YAML a duplicate key and
   fail with a traceback), ``--precision auto`` (the yamls' default, which SpeechBrain's
-  parser does not accept) becomes the yaml override ``precision: auto``, and SpeechBrain's
+  parser does not accept) becomes the yaml override ``precision: auto``, SpeechBrain's
   on/off run options (``--compile``) also take ``True`` / ``False`` as every other
-  option of the recipe does.
+  option of the recipe does, its parser's errors (``--precision fp8``, ``--max_grad_norm
+  abc``) are one ``InputError`` instead of argparse's usage text, and its run options
+  that a bad value breaks are range-checked (:data:`RUN_OPTION_RULES`;
+  ``--optimizer_step_limit``, a string for SpeechBrain's parser, becomes an integer).
 - :func:`check_values`: value ranges of the recipe's settings, read from the plain YAML
   and the overrides *before* HyperPyYAML builds anything (``--number_of_epochs 0`` would
   otherwise divide by zero in ``ap.yaml``'s decay, or export an untrained model).
@@ -24,22 +27,34 @@ True
 ... except InputError as err:
 ...     print(err)
 --lr is given twice (0.1 and 0.2); give each option once
+>>> try:
+...     split_arguments(["mp.yaml", "--precision", "fp8"])
+... except InputError as err:
+...     print(err)
+--precision fp8: must be one of fp32, fp16, bf16 or auto
 >>> check_values({"lr": "1e-3", "number_of_epochs": 0, "crop_frames": 200})
 ['--number_of_epochs 0: must be an integer of at least 1']
 >>> check_values({"lr": -0.1, "crop_frames": 0})[1][:45]
 '--crop_frames 0: must be an integer of at lea'
 """
 
+import dataclasses
 import math
 import numbers
 import re
 
-import speechbrain as sb
+from speechbrain.utils.run_opts import RunOptions
 
 from maskproxy_losses.data.audio import HOP, MIN_SAMPLES, WIN_EXTRA
 from maskproxy_losses.utils.errors import InputError
 
-__all__ = ["split_arguments", "check_values", "check_device", "MIN_CROP_FRAMES"]
+__all__ = [
+    "split_arguments",
+    "check_values",
+    "check_device",
+    "MIN_CROP_FRAMES",
+    "RUN_OPTION_RULES",
+]
 
 # the shortest crop the front ends and the encoder embed (data.audio.MIN_SAMPLES)
 MIN_CROP_FRAMES = max(1, math.ceil((MIN_SAMPLES - WIN_EXTRA) / HOP))
@@ -75,8 +90,64 @@ def split_arguments(argv):
             del argv[i : i + (1 if "=" in arg else 2)]
             auto.append("precision: auto")
             break
-    hparams_file, run_opts, overrides = sb.parse_arguments(_bare_flags(argv))
+    hparams_file, run_opts, overrides = _Parsing.from_command_line_args(_bare_flags(argv))
+    run_opts = _check_run_options(run_opts)
     return hparams_file, run_opts, "\n".join(p for p in [overrides, *auto] if p)
+
+
+class _Parsing(RunOptions):
+    """SpeechBrain's ``parse_arguments`` whose parser errors are one ``InputError``."""
+
+    @staticmethod
+    def _create_parser():
+        parser = RunOptions._create_parser()
+        parser.error = _parser_error
+        return parser
+
+
+_ARGPARSE = re.compile(r"argument (--[\w-]+)(?:/\S+)?: (.*)")
+_VALUE = re.compile(r"invalid (choice|float value|int value): '(.*?)'")
+
+
+def _parser_error(message):
+    """argparse's error ``message`` as one ``InputError`` naming the option and value."""
+    match = _ARGPARSE.fullmatch(message)
+    if match is None:
+        if "param_file" in message:
+            message = "no hparams file given: the first argument is the recipe's yaml"
+        raise InputError(message)
+    option, what = match.groups()
+    value = _VALUE.match(what)
+    if value is None:  # "expected one argument"
+        raise InputError(f"{option}: {what}")
+    kind, given = value.groups()
+    must = {"float value": "a number", "int value": "an integer"}.get(kind)
+    if must is None:  # the precision options' choices
+        must = "one of fp32, fp16, bf16" + (" or auto" if option == "--precision" else "")
+    raise InputError(f"{option} {given}: must be {must}")
+
+
+def _check_run_options(run_opts):
+    """``run_opts`` with ``optimizer_step_limit`` an integer; ``InputError`` listing every
+    given run option out of its range (:data:`RUN_OPTION_RULES`)."""
+    given = run_opts.overridden_args
+    limit = run_opts.optimizer_step_limit
+    if limit is not None:
+        run_opts = dataclasses.replace(run_opts, optimizer_step_limit=_yaml12(limit))
+    problems = [
+        f"--{key} {run_opts[key]}: must be {what}"
+        for key, (test, what) in RUN_OPTION_RULES.items()
+        if key in given and not test(run_opts[key])
+    ]
+    both = {"ckpt_interval_minutes", "ckpt_interval_steps"}
+    if both <= given and run_opts.ckpt_interval_minutes > 0 and run_opts.ckpt_interval_steps > 0:
+        problems.append(
+            f"--ckpt_interval_minutes {run_opts.ckpt_interval_minutes} --ckpt_interval_steps "
+            f"{run_opts.ckpt_interval_steps}: give one of them"
+        )
+    if problems:
+        raise InputError(problems)
+    return run_opts
 
 
 def _bare_flags(argv):
@@ -149,6 +220,20 @@ _RULES = {
     "ckpt_interval_minutes": (lambda v: _number(v) and v >= 0, "a number of at least 0"),
     "warmup_epochs": (lambda v: _number(v) and v >= 0, "a number of at least 0"),
 }
+# SpeechBrain's run options (command line, or yaml keys) whose bad values break a run: 0
+# accumulation steps divide by zero, negative ones or a gradient norm <= 0 turn the update
+# around or off, a step limit below 1 trains nothing, a negative interval saves nothing.
+RUN_OPTION_RULES = {
+    "grad_accumulation_factor": (lambda v: _integer(v) and v >= 1, "an integer of at least 1"),
+    "max_grad_norm": (lambda v: _number(v) and v > 0, "a number above 0"),
+    "optimizer_step_limit": (
+        lambda v: v is None or (_integer(v) and v >= 1),
+        "an integer of at least 1",
+    ),
+    "ckpt_interval_minutes": _RULES["ckpt_interval_minutes"],
+    "ckpt_interval_steps": (lambda v: _integer(v) and v >= 0, "an integer of at least 0"),
+}
+_RULES.update(RUN_OPTION_RULES)
 
 
 def check_values(settings):

@@ -8,15 +8,17 @@
   process ends.
 - **Same settings on resume**: ``<output_folder>/run.json`` records, at the first start,
   every setting of the yaml and the overrides (tags and all, as plain YAML reads them),
-  except :data:`MAY_CHANGE`, and the training data (:meth:`RunFolder.check_data`: the
-  rows of ``train.csv`` and ``dev.csv`` without their paths, and the label set). A later
-  run whose settings or data differ is refused in one line listing the differences,
-  before anything in the folder is rewritten (SpeechBrain's ``hyperparams.yaml``, the
-  logs and the checkpoints are untouched: the recipe sets up the experiment folder
-  after these checks). A folder with checkpoints but no record (made before 0.2) is
-  resumed with a warning and recorded. ``save/label_encoder.txt`` is checked against the
-  training speakers; an empty or unreadable one is rebuilt when the recorded data match
-  (the encoder is a function of ``train.csv``), else named.
+  except :data:`MAY_CHANGE`, SpeechBrain's run options that change what is trained
+  (:data:`RUN_OPTIONS`, e.g. ``--grad_accumulation_factor``), and the training data
+  (:meth:`RunFolder.check_data`: the rows of ``train.csv`` and ``dev.csv`` without their
+  paths, and the label set). A later run whose settings or data differ is refused in
+  one line listing the differences, before anything in the folder is rewritten
+  (SpeechBrain's ``hyperparams.yaml``, the logs and the checkpoints are untouched: the
+  recipe sets up the experiment folder after these checks). A folder with checkpoints
+  but no record (made before 0.2) is resumed with a warning and recorded.
+  ``save/label_encoder.txt`` is checked against the training speakers; an empty or
+  unreadable one is rebuilt when the recorded data match (the encoder is a function of
+  ``train.csv``), else named.
 - **Clean start** (:meth:`RunFolder.started`, after SpeechBrain's experiment set-up):
   checkpoint folders a killed or failed save left without ``CKPT.yaml`` are removed; a
   log file that can no longer be written (disk full) gives one note instead of a
@@ -48,6 +50,7 @@ __all__ = [
     "LOCK_FILE",
     "RECORD_FILE",
     "MAY_CHANGE",
+    "RUN_OPTIONS",
     "RunLock",
     "RunFolder",
     "open_run_folder",
@@ -91,6 +94,23 @@ MAY_CHANGE = frozenset(
     }
 )
 
+# SpeechBrain run options (command line, or a yaml key of the same name) that change the
+# trained model, recorded with the settings; a record without one holds the default.
+# The checkpoint intervals, logging, the device and the precision may change.
+RUN_OPTIONS = (
+    "grad_accumulation_factor",
+    "max_grad_norm",
+    "skip_nonfinite_grads",
+    "optimizer_step_limit",
+    "remove_vector_weight_decay",
+)
+
+
+def _run_option_defaults():
+    from speechbrain.utils.run_opts import RunOptions
+
+    return {key: getattr(RunOptions(), key) for key in RUN_OPTIONS}
+
 
 # --------------------------------------------------------------- settings and data
 def _tagged(value):
@@ -117,15 +137,20 @@ def _sha1_file(path):
     return h.hexdigest()
 
 
-def run_settings(hparams_file, overrides, hparams=None):
+def run_settings(hparams_file, overrides, hparams=None, run_opts=None):
     """The settings that define a run: the yaml's top-level keys with ``overrides``
-    applied, tags kept (``{"!new:...": args}``), without :data:`MAY_CHANGE`; plus the
-    content digest of the training list (``train_list sha1``) when one is given (not for
-    the built-in corpus, whose lists its seed defines)."""
+    applied, tags kept (``{"!new:...": args}``), without :data:`MAY_CHANGE`; the
+    :data:`RUN_OPTIONS` as SpeechBrain takes them (``run_opts`` given on the command line,
+    else the yaml's, else its default); plus the content digest of the training list
+    (``train_list sha1``) when one is given (not for the built-in corpus, whose lists its
+    seed defines)."""
     with open(hparams_file, encoding="utf-8") as f:
         settings = read_tagged_yaml(f.read()) or {}
     _update(settings, read_tagged_yaml(overrides) or {} if overrides else {})
     out = {k: v for k, v in settings.items() if k not in MAY_CHANGE}
+    given = getattr(run_opts, "overridden_args", ())
+    for key, default in _run_option_defaults().items():
+        out[key] = run_opts[key] if key in given else settings.get(key, default)
     hparams = hparams or {}
     train_list = hparams.get("train_list")
     if not hparams.get("builtin_corpus") and train_list and os.path.isfile(train_list):
@@ -282,7 +307,9 @@ class RunFolder:
         atexit.register(self.lock.release)
         self.record = self._read_record()
         if self.record is not None and _checkpoints(self.save):
-            changed = differences(self.record.get("settings", {}), self.settings)
+            defaults = {k: v for k, v in _run_option_defaults().items() if k in self.settings}
+            recorded = {**defaults, **self.record.get("settings", {})}  # older records
+            changed = differences(recorded, self.settings)
             if changed:
                 self.lock.release()
                 raise InputError(self._refusal("with other settings", changed))
@@ -433,14 +460,14 @@ def _naming(log_stats, path):
     return wrapped
 
 
-def open_run_folder(hparams, hparams_file, overrides):
-    """The :class:`RunFolder` of the run ``hparams`` describe: its output and manifest
-    folders checked writable (every process: in seconds, not after data preparation),
-    then locked and its settings compared with the record (main process: rank 0 or no
-    DDP)."""
+def open_run_folder(hparams, hparams_file, overrides, run_opts=None):
+    """The :class:`RunFolder` of the run ``hparams`` and ``run_opts`` describe: its output
+    and manifest folders checked writable (every process: in seconds, not after data
+    preparation), then locked and its settings compared with the record (main process:
+    rank 0 or no DDP)."""
     from speechbrain.utils.distributed import get_rank
 
     for key in ("output_folder", "manifest_folder"):
         check_writable_dir(hparams[key], key)
-    settings = run_settings(hparams_file, overrides, hparams)
+    settings = run_settings(hparams_file, overrides, hparams, run_opts)
     return RunFolder(hparams, settings, main=get_rank() in (None, 0)).open()

@@ -190,7 +190,7 @@ def train(argv):
     hparams_file, run_opts, overrides = split_arguments(argv)  # no option twice; --compile True
     hparams, overrides = load_recipe_hparams(hparams_file, overrides)  # keys, value ranges
     run_opts = resolve_run_options(hparams, run_opts)  # gloo on CPU, `precision: auto`
-    run = open_run_folder(hparams, hparams_file, overrides)  # writable, locked, same settings
+    run = open_run_folder(hparams, hparams_file, overrides, run_opts)  # locked, same settings
     sb.utils.distributed.ddp_init_group(run_opts)
     if run_opts.ckpt_interval_steps > 0:  # SpeechBrain allows one intra-epoch interval only
         hparams.pop("ckpt_interval_minutes", None)
