@@ -267,9 +267,13 @@ def _load_json(path):
         return None
 
 
-def write_shards(train_csv, output_dir, shard_size=1000, block=12, seed=0, num_workers=1):
+def write_shards(
+    train_csv, output_dir, shard_size=1000, block=12, seed=0, num_workers=1, before_rewrite=None
+):
     """Write the shards and ``shards.json`` of ``train_csv`` to ``output_dir``; return the
-    index path (see the module docstring). ``num_workers`` processes write shards."""
+    index path (see the module docstring). ``num_workers`` processes write shards;
+    ``before_rewrite`` is called once the shards are found stale, before any is touched
+    (the recipe refuses there to rewrite shards another run reads)."""
     output_dir = os.path.abspath(output_dir)
     for name in (INDEX_NAME, PROGRESS_NAME):
         check_not_input(os.path.join(output_dir, name), [(train_csv, "the manifest")], "OUTPUT_DIR")
@@ -291,6 +295,8 @@ def write_shards(train_csv, output_dir, shard_size=1000, block=12, seed=0, num_w
     if old and old.get("plan") == plan and _complete(output_dir, old.get("shards", [])):
         logger.info("%s is up to date; reusing the shards", index_path)
         return index_path
+    if before_rewrite and (old or os.listdir(output_dir)):
+        before_rewrite()
     if os.path.lexists(index_path):  # before any shard changes: no index names a new shard
         os.remove(index_path)
 

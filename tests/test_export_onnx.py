@@ -318,7 +318,7 @@ def test_output_inside_the_model_directory_is_refused(fbank_export, capsys):
     before = ckpt.read_bytes()
     code, _, err = _cli([model_dir, ckpt, "--overwrite"], capsys)
     assert code == 2 and err.count("\n") == 1, err
-    assert f"error: {ckpt}: would replace a file of an input of this run (the model" in err
+    assert f"error: {ckpt}: is an input of this run (the model directory's {ckpt.name})" in err
     assert ckpt.read_bytes() == before and _no_temps(model_dir) == []
 
 

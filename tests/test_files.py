@@ -9,6 +9,7 @@ import sys
 
 import pytest
 
+from maskproxy_losses.inference.model_dir import model_inputs
 from maskproxy_losses.utils.errors import InputError
 from maskproxy_losses.utils.files import (
     atomic_dir,
@@ -102,23 +103,24 @@ def test_check_not_input(tmp_path):
     model.mkdir()
     for path in (lst, wav):
         path.write_text("x")
-    inputs = [(model, "the model directory"), (lst, "the wav list")]
+    (model / "embedding_model.ckpt").write_text("x")
+    inputs = [*model_inputs(model), (lst, "the wav list")]
     check_not_input(tmp_path / "out.npz", inputs, listed=[str(wav)], what="audio file")
-    check_not_input(model / "new.npz", inputs)  # a new file in the model directory is fine
-    (model / "x.npz").write_text("x")
+    (model / "x.npz").write_text("x")  # the user's file beside the model: a rerun rewrites it
+    check_not_input(model / "x.npz", inputs)
     (tmp_path / "link.txt").symlink_to(lst)
     cases = [
         (tmp_path / "link.txt", {}, "is an input of this run (the wav list); choose another"),
         (
-            model / "x.npz",
+            model / "embedding_model.ckpt",
             {},
-            f"would replace a file of an input of this run (the model directory {model})",
+            "is an input of this run (the model directory's embedding_model.ckpt)",
         ),
         (wav, {"listed": [str(wav)], "what": "audio file"}, f"(audio file {wav})"),
         (
             tmp_path,
             {"folder": True},
-            f"contains an input of this run (the model directory {model})",
+            "contains an input of this run (the model directory's hyperparams.yaml",
         ),
     ]
     for out, kwargs, message in cases:

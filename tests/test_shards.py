@@ -180,6 +180,23 @@ def test_a_changed_plan_removes_the_old_index_first(manifest, tmp_path, monkeypa
     assert not (tmp_path / "shards.json").exists()
 
 
+def test_before_rewrite_is_called_only_when_shards_would_change(manifest, tmp_path):
+    calls = []
+
+    def refuse():
+        calls.append(1)
+        raise InputError("a run reads these shards")
+
+    write_shards(manifest[0], tmp_path, shard_size=10, block=4, before_rewrite=refuse)
+    assert calls == []  # an empty folder: nothing to protect
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    write_shards(manifest[0], tmp_path, shard_size=10, block=4, before_rewrite=refuse)
+    assert calls == []  # the same plan: reused
+    with pytest.raises(InputError, match="a run reads these shards"):
+        write_shards(manifest[0], tmp_path, shard_size=20, block=4, before_rewrite=refuse)
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
+
+
 def test_parallel_write_and_the_command_line_give_the_same_shards(
     manifest, shards, tmp_path, capsys
 ):

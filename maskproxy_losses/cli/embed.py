@@ -183,7 +183,9 @@ def _inputs(args):
 
 def _check_output(args, entries, *inputs):
     """``check_output`` of ``--output`` against the model, the lists and the audio files."""
-    named = [(args.model_dir, "the model directory"), *inputs]
+    from maskproxy_losses.inference.model_dir import model_inputs
+
+    named = [*model_inputs(args.model_dir), *inputs]
     named += [(getattr(args, "wav_list", None), "the wav list")]
     check_output(args.output, named, listed=(e[-2] for e in entries))
 

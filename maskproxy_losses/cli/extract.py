@@ -111,10 +111,11 @@ def _entries(args):
 def _check_outputs(args):
     """Refuse an output folder whose job files would overwrite the list or the model."""
     from maskproxy_losses.inference.extract import INDEX_NAME, JOB_NAME, PARTS, SKIPPED_NAME
+    from maskproxy_losses.inference.model_dir import model_inputs
 
     inputs = [
         (args.wav_scp or args.wav_list, "the wav scp" if args.wav_scp else "the wav list"),
-        (args.model_dir, "the model directory"),
+        *model_inputs(args.model_dir),
     ]
     for name in (JOB_NAME, INDEX_NAME, SKIPPED_NAME, PARTS):
         path = os.path.join(args.output_dir, name)

@@ -64,6 +64,7 @@ def read_trials(trials_file, test_root=None, id_to_wav=None):
     id_to_wav = id_to_wav or {}
     trials, problems = [], []
     known = {}  # token -> (token, path): one string per distinct file, however many trials
+    is_file = {}  # with id_to_wav, a token that is no ID is stat-ed once
     for where, fields in list_fields(trials_file, problems):
         if len(fields) != 3:
             problems.append(f"{where}: expected 3 fields 'label path1 path2', got {len(fields)}")
@@ -80,7 +81,8 @@ def read_trials(trials_file, test_root=None, id_to_wav=None):
         )
         unknown = [
             tok for tok, path in ((e, e_path), (t, t_path))
-            if id_to_wav and tok not in id_to_wav and not os.path.isfile(path)
+            if id_to_wav and tok not in id_to_wav
+            and not is_file.setdefault(tok, os.path.isfile(path))
         ]  # fmt: skip
         if unknown:
             source = getattr(id_to_wav, "source", "the test_csv")

@@ -42,6 +42,8 @@ __all__ = [
     "HPARAMS_FILE",
     "MAX_HPARAMS_BYTES",
     "CKPT_FILE",
+    "MODEL_FILES",
+    "model_inputs",
     "MODULE_KEYS",
     "check_model_dir",
     "check_hparams",
@@ -188,6 +190,15 @@ def _not_a_training_folder(model_dir):
         (inner / name).is_file() for name in (HPARAMS_FILE, CKPT_FILE)
     ):
         raise InputError(f"{model_dir}: is a training output folder; use {inner}")
+
+
+MODEL_FILES = (HPARAMS_FILE, CKPT_FILE, "calibration.json", "qmf.json", "README.md")
+
+
+def model_inputs(model_dir):
+    """``(path, what)`` of the files of a model directory that define the model (the
+    inputs :func:`~maskproxy_losses.utils.files.check_not_input` protects)."""
+    return [(Path(model_dir) / name, f"the model directory's {name}") for name in MODEL_FILES]
 
 
 def check_model_dir(model_dir):

@@ -50,7 +50,7 @@ import torch
 from torch import nn
 
 from maskproxy_losses.data.audio import MIN_SAMPLES, SAMPLE_RATE
-from maskproxy_losses.inference.model_dir import MODULE_KEYS, load_modules
+from maskproxy_losses.inference.model_dir import MODULE_KEYS, load_modules, model_inputs
 from maskproxy_losses.inference.onnx_runtime import INSTALL_HINT, OnnxEmbedder
 from maskproxy_losses.utils.errors import InputError
 from maskproxy_losses.utils.files import (
@@ -369,7 +369,7 @@ def export_onnx(
 
     out = Path(out_path).absolute()
     _check_output_path(out, overwrite)
-    check_not_input(out, [(model_dir, "the model directory")], "OUT.onnx")
+    check_not_input(out, model_inputs(model_dir), "OUT.onnx")
     _, modules = load_modules(model_dir, trust)
     compute_features, mean_var_norm, embedding_model = (modules[k] for k in MODULE_KEYS)
     embedder = WaveformEmbedder(compute_features, mean_var_norm, embedding_model).eval()

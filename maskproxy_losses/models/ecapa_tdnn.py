@@ -28,6 +28,8 @@ torch.Size([2, 1, 16])
 import torch
 from speechbrain.lobes.models.ECAPA_TDNN import ECAPA_TDNN as _SpeechBrainECAPA
 
+from maskproxy_losses.data.length_batches import float32_lengths
+
 __all__ = ["ECAPA_TDNN"]
 
 
@@ -73,7 +75,12 @@ class ECAPA_TDNN(_SpeechBrainECAPA):
     def forward(self, x, lengths=None):
         """SpeechBrain's forward, with ``lengths`` in ``x``'s float type: its
         squeeze-excitation masks take the lengths' dtype, so float64 lengths (the dev
-        pass's frame-exact ones) would turn the activations float64."""
+        pass's frame-exact ones) would turn the activations float64; float64 lengths become
+        float32 rounded down (:func:`~maskproxy_losses.data.length_batches.float32_lengths`:
+        no padded frame is kept)."""
         if lengths is not None and lengths.is_floating_point():
-            lengths = lengths.to(torch.float32 if x.dtype == torch.float64 else x.dtype)
+            dtype = torch.float32 if x.dtype == torch.float64 else x.dtype
+            if lengths.dtype == torch.float64 and dtype == torch.float32:
+                lengths = float32_lengths(lengths)
+            lengths = lengths.to(dtype)
         return super().forward(x, lengths)

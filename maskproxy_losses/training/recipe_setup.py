@@ -37,7 +37,7 @@ from maskproxy_losses.data.sampler import SpeakerBatchSampler
 from maskproxy_losses.data.speed_perturb import SPEEDS, SpeedPerturbedCrops
 from maskproxy_losses.training.finetune import load_pretrained
 from maskproxy_losses.training.options import check_device
-from maskproxy_losses.training.run_lock import hold_manifests, preparing_manifests
+from maskproxy_losses.training.run_lock import check_rewrite, hold_manifests, preparing_manifests
 from maskproxy_losses.utils.errors import InputError
 from maskproxy_losses.utils.precision import resolve_run_precision
 
@@ -91,6 +91,7 @@ def _prepare_manifests(hparams):
             os.path.join(hparams["manifest_folder"], "shards"),
             shard_size=hparams["shard_size"],
             seed=hparams["prep_seed"],
+            before_rewrite=lambda: check_rewrite(hparams["manifest_folder"]),
         )
     return manifests
 

@@ -194,6 +194,7 @@ def _open_locked(path, mode):
     """``path`` opened and ``flock``-ed (``mode``, waiting), checked to be the file at
     ``path`` still (a preparation that made the folder removes its lock files on error)."""
     while True:
+        os.makedirs(os.path.dirname(path), exist_ok=True)  # removed by a failed preparation
         f = open(path, "a")
         _flock(f, mode)
         try:

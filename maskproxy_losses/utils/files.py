@@ -240,9 +240,10 @@ def _inside(path, folder):
 def check_not_input(output, inputs, option="--output", folder=False, listed=(), what=""):
     """Raise ``InputError`` before any work when writing ``output`` would destroy an input
     of the run: when it is one of ``inputs`` (``(path, what)`` pairs, e.g. ``(list,
-    "the wav list")``; the same file after links), would replace a file inside an input
-    folder (a model directory; a new file there is fine) or, with ``folder`` (a folder
-    output replaced whole), contains an input.
+    "the wav list")``; the same file after links) or, with ``folder`` (a folder output
+    replaced whole), contains one. A model directory is given as its files
+    (:func:`~maskproxy_losses.inference.model_dir.model_inputs`): other files beside them
+    are the user's.
 
     ``listed``: the paths of a long list (``what`` names them), compared by name first,
     so millions of entries cost one set lookup each, no file system call.
@@ -256,8 +257,6 @@ def check_not_input(output, inputs, option="--output", folder=False, listed=(), 
         path = os.fspath(path)
         if _same(out, path):
             refuse(f"is an input of this run ({kind})")
-        if os.path.isdir(path) and _inside(out, path) and os.path.lexists(out):
-            refuse(f"would replace a file of an input of this run ({kind} {path})")
         if folder and _inside(path, out):
             refuse(f"contains an input of this run ({kind} {path}), which it would replace")
     names = {os.path.basename(out), os.path.basename(os.path.realpath(out))}
