@@ -24,7 +24,7 @@ import io
 import json
 import os
 
-from maskproxy_losses.utils.files import utf8_named
+from maskproxy_losses.utils.files import stat_many, utf8_named
 
 __all__ = [
     "CSV_FIELDS",
@@ -123,18 +123,6 @@ def read_done(output_dir, options, outputs):
     return record if isinstance(record, dict) and record.get("options") == options else None
 
 
-def _stat(path):
-    try:
-        st = os.stat(path)
-    except OSError:
-        return None
-    return st.st_size, st.st_mtime_ns
-
-
-def _stat_all(paths):
-    return [_stat(p) for p in paths]
-
-
 def check_files(csv_paths, workers=8, chunk=4096):
     r"""The ``file:line: what`` problems of the rows of the manifests ``csv_paths`` whose
     audio is missing or changed (size or modification time) since data preparation. One
@@ -153,8 +141,6 @@ def check_files(csv_paths, workers=8, chunk=4096):
     >>> [p.split(": ", 1)[1][:48] for p in check_files([m])]
     ['changed since data preparation (size 10 -> 11 by']
     """
-    from concurrent.futures import ThreadPoolExecutor
-
     wheres, wavs, stats = [], [], []
     for path in csv_paths:
         with utf8_named(path), open(path, newline="", encoding="utf-8") as f:
@@ -165,9 +151,7 @@ def check_files(csv_paths, workers=8, chunk=4096):
                 wheres.append((path, lineno))
                 wavs.append(row[w])
                 stats.append((int(row[s]), int(row[m])))
-    parts = [wavs[i : i + chunk] for i in range(0, len(wavs), chunk)]
-    with ThreadPoolExecutor(workers) as pool:
-        now = [st for part in pool.map(_stat_all, parts) for st in part]
+    now = stat_many(wavs, workers, chunk)
     problems = []
     for (path, lineno), wav, before, stat in zip(wheres, wavs, stats, now):
         if stat == before:
@@ -185,11 +169,8 @@ def check_files(csv_paths, workers=8, chunk=4096):
 
 def stat_files(paths):
     """``{path: [size, mtime_ns] or None}`` (None: missing) of ``paths``."""
-    out = {}
-    for path in paths:
-        stat = _stat(path)
-        out[path] = None if stat is None else list(stat)
-    return out
+    paths = list(paths)
+    return {p: None if st is None else list(st) for p, st in zip(paths, stat_many(paths))}
 
 
 def changed_since(recorded):
@@ -200,8 +181,7 @@ def changed_since(recorded):
     ([], ['/no/such/x.wav: changed since data preparation, where it was skipped as bad'])
     """
     notes = []
-    for path, before in recorded.items():
-        now = _stat(path)
+    for (path, before), now in zip(recorded.items(), stat_many(list(recorded))):
         if (None if now is None else list(now)) != before:
             notes.append(f"{path}: changed since data preparation, where it was skipped as bad")
     return notes

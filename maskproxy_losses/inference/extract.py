@@ -73,6 +73,7 @@ from maskproxy_losses.utils.files import (
     atomic_write_text,
     check_writable_dir,
     remove_stale_temps,
+    stat_many,
     temp_path,
     umask_mode,
 )
@@ -261,22 +262,13 @@ def _loader(dataset, num_workers):
     )
 
 
-def missing_files(rows, threads=32):
+def missing_files(rows):
     """``"where: missing file path"`` of each ``(key, path, where)`` row whose file does not
-    exist, in list order: a ``stat`` per distinct file, in threads (a network file system
-    answers them in parallel), so a typo on line 1,000,000 is found before any embedding
-    rather than hours in; the audio headers are still read per part, in loader workers."""
-    from concurrent.futures import ThreadPoolExecutor
-
+    exist, in list order (:func:`~maskproxy_losses.utils.files.stat_many`: a typo on line
+    1,000,000 is found before any embedding, not hours in; the audio headers are still
+    read per part, in loader workers)."""
     paths = list(dict.fromkeys(p for _, p, _ in rows))
-    chunks = [paths[i : i + 4096] for i in range(0, len(paths), 4096)]
-    with ThreadPoolExecutor(threads) as pool:
-        found = [
-            ok
-            for chunk in pool.map(lambda c: [os.path.isfile(p) for p in c], chunks)
-            for ok in chunk
-        ]
-    gone = {p for p, ok in zip(paths, found) if not ok}
+    gone = {p for p, st in zip(paths, stat_many(paths, workers=32)) if st is None}
     first = {}
     for _, p, where in rows:
         if p in gone:

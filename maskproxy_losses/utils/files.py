@@ -38,6 +38,7 @@ __all__ = [
     "umask_mode",
     "check_writable_dir",
     "check_not_input",
+    "stat_many",
     "utf8_named",
     "text_lines",
     "list_fields",
@@ -225,6 +226,29 @@ def check_writable_dir(folder, what="output folder"):
             f"{folder}: the {what} is not writable ({err.strerror}); "
             "choose another folder or fix its permissions"
         ) from err
+
+
+def _stat(path):
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_size, st.st_mtime_ns
+
+
+def stat_many(paths, workers=8, chunk=4096):
+    """``(size, mtime_ns)`` of each of ``paths``, or ``None`` where it cannot be stat-ed:
+    ``chunk`` files per task in ``workers`` threads (stat releases the GIL; a network file
+    system answers several at once), for lists of millions of files.
+
+    >>> stat_many([__file__])[0][0] > 0, stat_many(["/no/such/file"])
+    (True, [None])
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    parts = [paths[i : i + chunk] for i in range(0, len(paths), chunk)]
+    with ThreadPoolExecutor(workers) as pool:
+        return [st for part in pool.map(lambda ps: [_stat(p) for p in ps], parts) for st in part]
 
 
 def _same(a, b):
