@@ -52,7 +52,7 @@ def build(name, parser):
 def _warnings(cal, scores, model_dir):
     """What the user should know about a calibration that fitted but is not what they want:
     a scale <= 0, or (``model_dir``) a qmf.json that takes precedence over it."""
-    from maskproxy_losses.scoring.qmf import QMF_FILE, model_calibration
+    from maskproxy_losses.scoring.qmf import QMF_FILE, model_qmf
 
     if scores.min() == scores.max():
         yield f"all {scores.size} scores are {scores[0]:g}: the calibration cannot use them"
@@ -61,7 +61,7 @@ def _warnings(cal, scores, model_dir):
             f"the fitted scale is negative ({cal.scale:.6g}): target trials score lower than "
             "non-target ones; are the labels or the scores reversed?"
         )
-    if model_dir is not None and model_calibration(model_dir)[0] is not None:
+    if model_dir is not None and model_qmf(model_dir) is not None:
         yield (
             f"{os.path.join(model_dir, QMF_FILE)} takes precedence over this calibration in "
             "verify (identify uses calibration.json); remove qmf.json to verify with it"

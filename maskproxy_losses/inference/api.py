@@ -63,7 +63,7 @@ from maskproxy_losses.inference.embedding import (
 from maskproxy_losses.inference.model_dir import load_encoder
 from maskproxy_losses.scoring.calibration import bayes_threshold, load_model_calibration
 from maskproxy_losses.scoring.cosine import cosine_scores
-from maskproxy_losses.scoring.qmf import indexed_quality, qmf_for
+from maskproxy_losses.scoring.qmf import indexed_quality, model_qmf
 from maskproxy_losses.utils.errors import InputError, problem_key
 from maskproxy_losses.utils.files import check_writable_dir
 from maskproxy_losses.utils.precision import resolve_precision
@@ -267,7 +267,7 @@ def verify_pair(
     model directory's ``calibration.json``, if any; or a ``Calibration``; or None:
     ``scale * score + offset``), and accepted when the LLR reaches the Bayes threshold
     ``log((1 - p_target) / p_target)`` (the precedence of
-    :func:`~maskproxy_losses.scoring.qmf.model_calibration`). ``precision`` as in
+    :func:`~maskproxy_losses.scoring.qmf.model_qmf`). ``precision`` as in
     :func:`embed_files`. Bad input raises ``InputError`` naming the file.
     """
     if not 0.0 < float(p_target) < 1.0:
@@ -276,7 +276,7 @@ def verify_pair(
     if isinstance(calibration, str) and calibration == "model_dir":
         calibration = load_model_calibration(model.model_dir)
     if isinstance(qmf, str) and qmf == "model_dir":  # fitted on full-utterance cosine scores
-        qmf, _ = qmf_for(model.model_dir, "cosine", "none")
+        qmf = model_qmf(model.model_dir)
     stats = {}
     emb = embed_files(
         model,
@@ -479,7 +479,7 @@ class Verifier(SpeakerEmbedder):
     has none), a :class:`~maskproxy_losses.scoring.calibration.Calibration`, or ``None``
     (cosine scores only); ``qmf``: the model directory's ``qmf.json`` (default; used
     before ``calibration`` when present, in ``verify`` only: see
-    :func:`~maskproxy_losses.scoring.qmf.model_calibration`), a
+    :func:`~maskproxy_losses.scoring.qmf.model_qmf`), a
     :class:`~maskproxy_losses.scoring.qmf.QMF`, or ``None``. Decisions accept when the LLR
     reaches the Bayes threshold of ``p_target``. ``verify(a, b)`` returns a
     :class:`PairResult`; ``enrol({speaker: [audio, ...]})`` an :class:`EnrolledSpeakers`;
@@ -514,7 +514,7 @@ class Verifier(SpeakerEmbedder):
         if isinstance(calibration, str) and calibration == "model_dir":
             calibration = load_model_calibration(self.model.model_dir)
         if isinstance(qmf, str) and qmf == "model_dir":  # fitted on full-utterance cosine
-            qmf, _ = qmf_for(self.model.model_dir, "cosine", "none")
+            qmf = model_qmf(self.model.model_dir)
         self.calibration, self.qmf = calibration, qmf
 
     def _decide(self, score, p_target):

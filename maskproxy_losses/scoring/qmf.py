@@ -76,7 +76,7 @@ __all__ = [
     "qmf_metrics",
     "load_model_qmf",
     "qmf_for",
-    "model_calibration",
+    "model_qmf",
 ]
 
 logger = logging.getLogger(__name__)
@@ -336,13 +336,11 @@ def qmf_for(model_dir, score_mode, norm, choice="auto"):
     return (qmf, path) if fitted == (score_mode, norm) else (None, None)
 
 
-def model_calibration(model_dir):
-    """``(qmf, calibration)`` of a model directory, each None where absent: the one
-    precedence of ``maskproxy verify | identify``, :func:`~maskproxy_losses.inference.api.
-    verify_pair` and :class:`~maskproxy_losses.inference.api.Verifier`. A pair of
-    utterances gets the LLR of ``qmf.json`` (when fitted on full-utterance cosine scores)
-    before that of ``calibration.json``; ``identify`` uses ``calibration.json`` only (a
-    speaker model averaged over utterances has no duration or norm for the QMF)."""
-    from maskproxy_losses.scoring.calibration import load_model_calibration
-
-    return qmf_for(model_dir, "cosine", "none")[0], load_model_calibration(model_dir)
+def model_qmf(model_dir):
+    """The QMF that ``maskproxy verify``, :func:`~maskproxy_losses.inference.api.verify_pair`
+    and :class:`~maskproxy_losses.inference.api.Verifier` take from a model directory: its
+    ``qmf.json`` when fitted on full-utterance cosine scores, else None. A pair of
+    utterances gets its LLR before that of ``calibration.json``; ``identify`` uses
+    ``calibration.json`` only (a speaker model averaged over utterances has no duration or
+    norm for the QMF)."""
+    return qmf_for(model_dir, "cosine", "none")[0]
