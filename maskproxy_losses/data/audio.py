@@ -15,12 +15,8 @@ resamples to 16 kHz and averages the channels, with SpeechBrain's ``AudioNormali
 
 Example
 -------
->>> import torch
 >>> crop_samples(200), crop_samples(350)
 (32240, 56240)
->>> batch, lens = pad_batch([torch.ones(3), torch.ones(1)])
->>> batch.tolist(), [round(x, 3) for x in lens.tolist()]
-([[1.0, 1.0, 1.0], [1.0, 0.0, 0.0]], [1.0, 0.333])
 """
 
 import os
@@ -38,7 +34,6 @@ __all__ = [
     "signal_problem",
     "probe",
     "read_wav",
-    "pad_batch",
     "probe_entries",
     "conversion_note",
     "to_16k_mono",
@@ -177,18 +172,6 @@ def read_wav(path, start=0, stop=None, convert=False):
             raise ValueError(f"sample rate {sr} Hz, expected {SAMPLE_RATE}")
         return to_16k_mono(torch.from_numpy(wav), sr)
     return torch.from_numpy(wav.mean(axis=1) if wav.shape[1] > 1 else wav[:, 0])
-
-
-def pad_batch(wavs):
-    """Stack 1-D tensors, zero-padded at the end; return ``(batch, relative lengths)``."""
-    import torch
-
-    longest = max(w.shape[0] for w in wavs)
-    batch = torch.zeros(len(wavs), longest)
-    for i, w in enumerate(wavs):
-        batch[i, : w.shape[0]] = w
-    lens = torch.tensor([w.shape[0] / longest for w in wavs])
-    return batch, lens
 
 
 def probe_entries(entries, convert=False):
