@@ -446,13 +446,10 @@ def extract(
     mine = list(range(index, n_parts, count))
     todo = [j for j in mine if _finished(folder, job, j) is None]
     size = job["part_size"]
-    missing = (
-        []
-        if skip_bad
-        else missing_files([r for j in todo for r in entries[j * size : (j + 1) * size]])
-    )
-    if missing:
-        raise InputError(missing)
+    if not skip_bad:  # with skip_bad, each part skips its missing files
+        missing = missing_files([r for j in todo for r in entries[j * size : (j + 1) * size]])
+        if missing:
+            raise InputError(missing)
     embedder = Embedder(
         model.encoder, None, None, batch_seconds, max_seconds, precision, resample=resample
     )

@@ -42,7 +42,6 @@ __all__ = [
     "HPARAMS_FILE",
     "MAX_HPARAMS_BYTES",
     "CKPT_FILE",
-    "MODEL_FILES",
     "model_inputs",
     "MODULE_KEYS",
     "check_model_dir",
@@ -192,25 +191,33 @@ def _not_a_training_folder(model_dir):
         raise InputError(f"{model_dir}: is a training output folder; use {inner}")
 
 
-MODEL_FILES = (HPARAMS_FILE, CKPT_FILE, "calibration.json", "qmf.json", "README.md")
-
-
 def model_inputs(model_dir):
     """``(path, what)`` of the files of a model directory that define the model (the
     inputs :func:`~maskproxy_losses.utils.files.check_not_input` protects)."""
-    return [(Path(model_dir) / name, f"the model directory's {name}") for name in MODEL_FILES]
+    from maskproxy_losses.inference.model_card import CARD_FILE
+    from maskproxy_losses.scoring.calibration import CALIBRATION_FILE
+    from maskproxy_losses.scoring.qmf import QMF_FILE
+
+    names = (HPARAMS_FILE, CKPT_FILE, CALIBRATION_FILE, QMF_FILE, CARD_FILE)
+    return [(Path(model_dir) / name, f"the model directory's {name}") for name in names]
+
+
+def _check_folder(model_dir):
+    """Raise ``InputError`` unless ``model_dir`` is a folder with a :data:`HPARAMS_FILE`
+    that is not a training output folder's."""
+    if not Path(model_dir).is_dir():
+        raise InputError(f"{model_dir}: model directory not found")
+    _not_a_training_folder(model_dir)
+    if not (Path(model_dir) / HPARAMS_FILE).is_file():
+        raise InputError(f"{model_dir}: not a model directory (no {HPARAMS_FILE})")
 
 
 def check_model_dir(model_dir):
     """Raise ``InputError`` unless ``model_dir`` is a folder holding a model directory's
     :data:`HPARAMS_FILE` and :data:`CKPT_FILE` (nothing is read)."""
-    model_dir = Path(model_dir)
-    if not model_dir.is_dir():
-        raise InputError(f"{model_dir}: model directory not found")
-    _not_a_training_folder(model_dir)
-    for name in (HPARAMS_FILE, CKPT_FILE):
-        if not (model_dir / name).is_file():
-            raise InputError(f"{model_dir}: not a model directory (no {name})")
+    _check_folder(model_dir)
+    if not (Path(model_dir) / CKPT_FILE).is_file():
+        raise InputError(f"{model_dir}: not a model directory (no {CKPT_FILE})")
 
 
 def check_hparams(model_dir):
@@ -279,11 +286,7 @@ def load_modules(model_dir, trust=False):
     from hyperpyyaml import load_hyperpyyaml
 
     model_dir = Path(model_dir)
-    if not model_dir.is_dir():
-        raise InputError(f"{model_dir}: model directory not found")
-    _not_a_training_folder(model_dir)
-    if not (model_dir / HPARAMS_FILE).is_file():
-        raise InputError(f"{model_dir}: not a model directory (no {HPARAMS_FILE})")
+    _check_folder(model_dir)
     hparams_path, ckpt = model_dir / HPARAMS_FILE, model_dir / CKPT_FILE
     try:
         if trust:  # the user's explicit choice: SpeechBrain's own loader, tags and all
